@@ -1,0 +1,110 @@
+"""Task sources: where batches of (support, query) tasks come from.
+
+A task source owns a finite population of tasks split into disjoint
+``train`` / ``val`` / ``test`` subsets (the split is a pure function of the
+source's seed, so two processes agree on it), and yields :class:`~hvi.tasks.TaskBatch`
+objects in the layout documented there. Procedural sources (sinusoid, clouds)
+define a finite population too: task ``i`` is generated from ``(seed, i)``, so
+the same index always gives the same task and splits never share a task.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from typing import ClassVar, Literal
+
+import torch
+
+from hvi.tasks import TaskBatch
+
+__all__ = ["SPLITS", "TaskSource", "register_source", "get_source", "list_sources"]
+
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+class TaskSource(ABC):
+    """A population of tasks with a fixed meta-train/val/test split.
+
+    Subclasses set the class attributes and implement :meth:`num_tasks` and
+    :meth:`get_tasks`; sampling and iteration are derived from those.
+
+    Attributes:
+        likelihood: ``"gaussian"`` (regression) or ``"categorical"``.
+        num_classes: Number of classes for categorical sources, else ``None``.
+        default_model: Name of the zoo model this source is meant for.
+    """
+
+    likelihood: ClassVar[str] = "gaussian"
+    num_classes: int | None = None
+    default_model: ClassVar[str] = "mlp"
+
+    @property
+    @abstractmethod
+    def x_shape(self) -> tuple[int, ...]:
+        """Shape of one input example."""
+
+    @property
+    @abstractmethod
+    def y_shape(self) -> tuple[int, ...]:
+        """Shape of one target example (``()`` for class labels)."""
+
+    @abstractmethod
+    def num_tasks(self, split: Split) -> int:
+        """Number of tasks in ``split``."""
+
+    @abstractmethod
+    def get_tasks(self, split: Split, index: torch.Tensor) -> TaskBatch:
+        """The tasks with positions ``index`` (int64, shape ``(B,)``) within ``split``.
+
+        Must be deterministic: the same ``(split, index)`` always gives the
+        same tensors. ``task_index`` of the result is ``index`` and
+        ``num_tasks`` is ``self.num_tasks(split)``.
+        """
+
+    def sample(self, split: Split, batch_size: int, generator: torch.Generator) -> TaskBatch:
+        """``batch_size`` distinct tasks of ``split`` drawn uniformly without replacement."""
+        m = self.num_tasks(split)
+        if not 1 <= batch_size <= m:
+            raise ValueError(
+                f"batch_size={batch_size} must be between 1 and the {m} tasks of split {split!r}; "
+                f"lower the task batch (--task-batch)."
+            )
+        index = torch.randperm(m, generator=generator)[:batch_size]
+        return self.get_tasks(split, index)
+
+    def iterate(self, split: Split, batch_size: int) -> Iterator[TaskBatch]:
+        """Every task of ``split`` once, in order, in batches of at most ``batch_size``."""
+        m = self.num_tasks(split)
+        for start in range(0, m, batch_size):
+            yield self.get_tasks(split, torch.arange(start, min(start + batch_size, m)))
+
+
+_SOURCES: dict[str, Callable[..., TaskSource]] = {}
+
+
+def register_source(name: str) -> Callable[[Callable[..., TaskSource]], Callable[..., TaskSource]]:
+    """Class/function decorator registering a task-source builder under ``name``."""
+
+    def wrap(builder: Callable[..., TaskSource]) -> Callable[..., TaskSource]:
+        if name in _SOURCES:
+            raise ValueError(f"task source {name!r} is already registered; pick another name.")
+        _SOURCES[name] = builder
+        return builder
+
+    return wrap
+
+
+def get_source(name: str, **cfg) -> TaskSource:
+    """Builds the registered task source ``name`` with keyword configuration ``cfg``."""
+    if name not in _SOURCES:
+        raise ValueError(
+            f"unknown task source {name!r}; registered sources: {', '.join(sorted(_SOURCES))}."
+        )
+    return _SOURCES[name](**cfg)
+
+
+def list_sources() -> list[str]:
+    """Names of all registered task sources, sorted."""
+    return sorted(_SOURCES)

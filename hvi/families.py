@@ -1,0 +1,62 @@
+"""Variational families q(φ; λ) for the per-task weights.
+
+A family says what λ is (a dict of unconstrained tensors shaped like the
+weight), how to start it from the prior p(φ | θ) (λ^(0)), and how to draw
+φ from q(φ; λ) given standard-normal noise (the reparameterization). The
+inner loop adapts λ by gradient ascent; nothing else is needed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["GuideFamily", "NormalFamily", "inv_softplus"]
+
+
+def inv_softplus(x: Tensor) -> Tensor:
+    """The inverse of ``softplus``: ``x + log(-expm1(-x))``, stable for small and large x."""
+    return x + torch.log(-torch.expm1(-x))
+
+
+class GuideFamily(ABC):
+    """A reparameterizable family q(φ; λ) over one weight tensor."""
+
+    #: Names of the λ tensors, e.g. ``("loc", "rho")``.
+    param_names: tuple[str, ...] = ()
+
+    @abstractmethod
+    def init(self, prior: dist.Distribution) -> dict[str, Tensor]:
+        """λ^(0) from p(φ | θ): the member of the family closest to the prior."""
+
+    @abstractmethod
+    def dist(self, lam: Mapping[str, Tensor]) -> dist.Distribution:
+        """q(φ; λ) with batch shape = the weight's shape (no ``to_event``)."""
+
+    @abstractmethod
+    def sample(self, lam: Mapping[str, Tensor], eps: Tensor) -> Tensor:
+        """A draw of φ from standard-normal noise ``eps`` (differentiable in λ)."""
+
+
+class NormalFamily(GuideFamily):
+    """Diagonal Normal: λ = (loc, rho), σ = softplus(rho).
+
+    Starts at the prior's mean and standard deviation (exactly θ for a Normal
+    prior), so λ^(0) = θ as in the design brief.
+    """
+
+    param_names = ("loc", "rho")
+
+    def init(self, prior: dist.Distribution) -> dict[str, Tensor]:
+        return {"loc": prior.mean, "rho": inv_softplus(prior.stddev)}
+
+    def dist(self, lam: Mapping[str, Tensor]) -> dist.Distribution:
+        return dist.Normal(lam["loc"], F.softplus(lam["rho"]))
+
+    def sample(self, lam: Mapping[str, Tensor], eps: Tensor) -> Tensor:
+        return lam["loc"] + F.softplus(lam["rho"]) * eps

@@ -1,0 +1,209 @@
+"""Meta-training with ``pyro.infer.SVI``: :func:`fit` and its immutable :class:`FitResult`."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+import pyro
+import torch
+from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+from pyro.optim import PyroOptim
+from torch import Tensor
+
+from hvi.data.base import TaskSource
+from hvi.meta import MetaModel
+from hvi.tasks import TaskBatch
+from hvi.validation import validate_batch
+
+__all__ = ["FitResult", "fit", "make_elbo", "subsample", "TaskSampler"]
+
+#: Anything that yields a training batch: a source, a fixed batch, or ``f(generator) -> TaskBatch``.
+TaskSampler = TaskSource | TaskBatch | Callable[[torch.Generator], TaskBatch]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        params: Constrained values of every Pyro param after training (detached copies).
+        losses: The SVI loss per step: an estimate of −ELBO (with M/B and β applied).
+        config: The model's and the fit's settings.
+        seconds: Wall-clock training time.
+    """
+
+    params: Mapping[str, Tensor]
+    losses: tuple[float, ...]
+    config: Mapping[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def elbo(self) -> tuple[float, ...]:
+        """ELBO estimate per step (the negated losses)."""
+        return tuple(-v for v in self.losses)
+
+
+def make_elbo(kind: Literal["trace", "meanfield"] = "trace", num_particles: int = 1):
+    """The Pyro ELBO: ``Trace_ELBO`` or ``TraceMeanField_ELBO`` (analytic KL where known).
+
+    Particles are vectorized: the guide's inner loop runs once per θ particle,
+    batched with vmap, and once in total when q(θ) is a point mass.
+    """
+    if not (isinstance(num_particles, int) and num_particles >= 1):
+        raise ValueError(f"num_particles={num_particles!r} must be an integer >= 1.")
+    kinds = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
+    if kind not in kinds:
+        raise ValueError(f"elbo={kind!r} is not understood; use 'trace' or 'meanfield'.")
+    return kinds[kind](
+        num_particles=num_particles,
+        vectorize_particles=num_particles > 1,
+        max_plate_nesting=2,
+    )
+
+
+def subsample(batch: TaskBatch, size: int, generator: torch.Generator) -> TaskBatch:
+    """``size`` tasks of ``batch`` drawn uniformly without replacement (keeps ``num_tasks``)."""
+    B = batch.batch_size
+    if not 1 <= size <= B:
+        raise ValueError(f"task_batch={size} must be between 1 and the {B} tasks given.")
+    pick = torch.randperm(B, generator=generator)[:size].to(batch.support_x.device)
+
+    def take(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.index_select(0, pick)
+
+    return TaskBatch(
+        take(batch.support_x),
+        take(batch.support_y),
+        take(batch.query_x),
+        take(batch.query_y),
+        take(batch.task_index),
+        batch.num_tasks,
+        take(batch.support_noise),
+        take(batch.query_noise),
+    )
+
+
+def _sampler(data: TaskSampler, task_batch: int | None) -> Callable[[torch.Generator], TaskBatch]:
+    if isinstance(data, TaskSource):
+        b = 8 if task_batch is None else task_batch
+        return lambda g: data.sample("train", b, g)
+    if isinstance(data, TaskBatch):
+        if task_batch is None or task_batch == data.batch_size:
+            return lambda g: data
+        return lambda g: subsample(data, task_batch, g)
+    if callable(data):
+        return data
+    raise TypeError(
+        f"data must be a TaskSource, a TaskBatch or a callable(generator) -> TaskBatch, "
+        f"got {type(data).__name__}."
+    )
+
+
+def fit(
+    meta: MetaModel,
+    data: TaskSampler,
+    *,
+    steps: int = 1000,
+    task_batch: int | None = None,
+    optimizer: PyroOptim | None = None,
+    lr: float = 1e-3,
+    clip_norm: float | None = None,
+    elbo: Literal["trace", "meanfield"] = "trace",
+    num_particles: int = 1,
+    seed: int | None = 0,
+    device: torch.device | str | None = None,
+    resume: bool = False,
+    generator: torch.Generator | None = None,
+    callback: Callable[[int, float, TaskBatch], None] | None = None,
+    progress: bool = False,
+) -> FitResult:
+    """Meta-trains ``meta`` by SVI on the ELBO.
+
+    Args:
+        meta: The model.
+        data: A :class:`~hvi.data.TaskSource` (its ``train`` split is sampled),
+            a :class:`~hvi.TaskBatch` (all of it each step, or ``task_batch``
+            tasks of it drawn without replacement), or ``f(generator) -> TaskBatch``.
+        steps: Number of SVI steps (default 1000).
+        task_batch: Tasks per step B (default: 8 for a source, all for a batch).
+        optimizer: Any Pyro optimizer; default ``pyro.optim.Adam({"lr": lr})``.
+        lr: Learning rate of the default optimizer (default 1e-3).
+        clip_norm: Clip each parameter's gradient norm to this (default None).
+        elbo: ``"trace"`` (``Trace_ELBO``, default) or ``"meanfield"``.
+        num_particles: ELBO particles, vectorized (default 1).
+        seed: Seeds Pyro/PyTorch and the task sampler (default 0); None leaves RNGs alone.
+        device: Moves each batch there (default: leave as is).
+        resume: Keep the param store as it is (continue training) instead of clearing it.
+        generator: Task-sampling generator (default: a new one seeded with ``seed``).
+        callback: Called as ``callback(step, loss, batch)`` after every step.
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        A :class:`FitResult`.
+
+    Raises:
+        FloatingPointError: If the loss becomes NaN/inf (lower the inner lr or the learning rate).
+    """
+    if not (isinstance(steps, int) and steps >= 0):
+        raise ValueError(f"steps={steps!r} must be a non-negative integer.")
+    if not resume:
+        pyro.clear_param_store()
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    if generator is None:
+        generator = torch.Generator()
+        generator.manual_seed(0 if seed is None else seed)
+    sample = _sampler(data, task_batch)
+    if optimizer is None:
+        if not lr > 0:
+            raise ValueError(f"lr={lr} must be positive.")
+        clip = {} if clip_norm is None else {"clip_norm": float(clip_norm)}
+        optimizer = pyro.optim.Adam({"lr": lr}, clip)
+    svi = SVI(meta.model, meta.guide, optimizer, loss=make_elbo(elbo, num_particles))
+    losses: list[float] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="meta-train", unit="step")
+    start = time.perf_counter()
+    for step in range(steps):
+        batch = sample(generator)
+        if device is not None:
+            batch = batch.to(device)
+        validate_batch(batch, meta.likelihood)
+        loss = svi.step(batch)
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"the loss became {loss} at step {step}; lower the inner lr (InnerConfig.lr) or "
+                "the learning rate, or clip gradients (clip_norm)."
+            )
+        losses.append(loss)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(elbo=f"{-loss:.4g}")
+        if callback is not None:
+            callback(step, loss, batch)
+    if bar is not None:
+        bar.close()
+    params = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    config = {
+        **meta.config(),
+        "fit": {
+            "steps": steps,
+            "task_batch": task_batch,
+            "lr": lr,
+            "clip_norm": clip_norm,
+            "elbo": elbo,
+            "num_particles": num_particles,
+            "seed": seed,
+        },
+    }
+    return FitResult(
+        MappingProxyType(params), tuple(losses), MappingProxyType(config), time.perf_counter() - start
+    )

@@ -1,0 +1,118 @@
+"""``MetaModel``: the thin object layer tying network, prior, likelihood and inner loop."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from hvi.adapt import InnerConfig, InnerLoop
+from hvi.functional import FunctionalNet
+from hvi.guide import guide as _guide
+from hvi.likelihoods import Likelihood, get_likelihood
+from hvi.model import model as _model
+from hvi.priors.base import HierarchicalPrior, get_prior
+from hvi.sites import GlobalSite
+from hvi.tasks import TaskBatch
+
+__all__ = ["MetaModel"]
+
+
+class MetaModel:
+    """A hierarchical Bayesian meta-learning model: θ → φ_i → D_i.
+
+    Args:
+        net: Any ``nn.Module`` mapping ``(N, *x_shape)`` to outputs; its
+            current weights initialise the prior mean.
+        prior: A :class:`~hvi.priors.HierarchicalPrior` or a registered name
+            (default ``"gaussian"``).
+        likelihood: A :class:`~hvi.likelihoods.Likelihood` or a registered
+            name (default ``"gaussian"``: learned noise).
+        q_theta: ``"delta"`` (point mass / empirical Bayes, default) or
+            ``"normal"`` (diagonal Normal over latent θ; needs a hyperprior).
+        inner: Inner-loop settings (default :class:`~hvi.adapt.InnerConfig`).
+        objective: ``"query"`` (outer ELBO on the query set, default) or
+            ``"support+query"``.
+        q_theta_init_scale: Initial std of a Normal q(θ) (default 0.01).
+
+    Call :meth:`model` and :meth:`guide` with a :class:`~hvi.TaskBatch`; they
+    are the Pyro model and guide (``pyro.infer.SVI(m.model, m.guide, ...)``).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        prior: HierarchicalPrior | str = "gaussian",
+        likelihood: Likelihood | str = "gaussian",
+        *,
+        q_theta: Literal["delta", "normal"] = "delta",
+        inner: InnerConfig | None = None,
+        objective: Literal["query", "support+query"] = "query",
+        q_theta_init_scale: float = 0.01,
+    ) -> None:
+        if q_theta not in ("delta", "normal"):
+            raise ValueError(f"q_theta={q_theta!r} is not understood; use 'delta' or 'normal'.")
+        if objective not in ("query", "support+query"):
+            raise ValueError(f"objective={objective!r} is not understood; use 'query' or 'support+query'.")
+        if not q_theta_init_scale > 0:
+            raise ValueError(f"q_theta_init_scale={q_theta_init_scale} must be positive.")
+        self.net = FunctionalNet(net)
+        self.prior = get_prior(prior).bind(self.net.init_weights)
+        self.likelihood = get_likelihood(likelihood)
+        self.inner = inner if inner is not None else InnerConfig()
+        if not self.inner.kl_weight > 0:
+            raise ValueError(
+                f"kl_weight={self.inner.kl_weight} must be > 0 for the variational objective; "
+                "use a small value such as 1e-3 to down-weight the KL."
+            )
+        self.q_theta = q_theta
+        self.objective = objective
+        self.q_theta_init_scale = float(q_theta_init_scale)
+        ref = next(iter(self.net.init_weights.values()))
+        sites = dict(self.prior.sites())
+        sites.update({f"likelihood.{k}": s for k, s in self.likelihood.global_sites().items()})
+        self.sites: dict[str, GlobalSite] = {
+            n: dataclasses.replace(s, init=s.init.to(device=ref.device, dtype=ref.dtype))
+            for n, s in sites.items()
+        }
+        if q_theta == "normal" and not any(s.latent for s in self.sites.values()):
+            raise ValueError(
+                "q_theta='normal' needs latent global sites, but the prior has no hyperprior; "
+                "use a prior with a hyperprior (e.g. GaussianPrior(hyperprior=True)) or q_theta='delta'."
+            )
+        self._loops: dict[int, InnerLoop] = {}
+
+    @property
+    def kl_weight(self) -> float:
+        """β: the weight of KL(q(φ_i) ‖ p(φ_i | θ)), inner and outer."""
+        return self.inner.kl_weight
+
+    def inner_loop(self, y_event_dim: int) -> InnerLoop:
+        """The inner loop for targets with ``y_event_dim`` per-example dims."""
+        if y_event_dim not in self._loops:
+            self._loops[y_event_dim] = InnerLoop(
+                self.net, self.prior, self.likelihood, self.inner, y_event_dim
+            )
+        return self._loops[y_event_dim]
+
+    def model(self, batch: TaskBatch, *, inner_steps: int | None = None, predict: bool = False) -> Tensor | None:
+        """The Pyro model (see :mod:`hvi.model`)."""
+        return _model(self, batch, inner_steps=inner_steps, predict=predict)
+
+    def guide(self, batch: TaskBatch, *, inner_steps: int | None = None, predict: bool = False) -> dict[str, Any]:
+        """The Pyro guide (see :mod:`hvi.guide`)."""
+        return _guide(self, batch, inner_steps=inner_steps, predict=predict)
+
+    def config(self) -> dict[str, Any]:
+        """The settings that define this model, JSON-serialisable."""
+        return {
+            "q_theta": self.q_theta,
+            "objective": self.objective,
+            "q_theta_init_scale": self.q_theta_init_scale,
+            "inner": dataclasses.asdict(self.inner),
+            "prior": type(self.prior.prior).__name__,
+            "likelihood": type(self.likelihood).__name__,
+            "num_weights": self.net.num_weights,
+        }

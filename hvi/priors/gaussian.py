@@ -1,0 +1,67 @@
+"""``gaussian``: a diagonal Normal with a learned mean and scale per weight."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from torch import Tensor
+
+from hvi.priors.base import HierarchicalPrior, register_prior
+from hvi.sites import GlobalSite
+
+__all__ = ["GaussianPrior"]
+
+
+@register_prior("gaussian")
+class GaussianPrior(HierarchicalPrior):
+    """Diagonal Normal p(φ|θ) = N(μ, σ²) with a learned μ and σ per weight (the seeds' meta-prior).
+
+    θ per weight tensor: ``loc`` (initialized from the network) and ``scale``.
+
+    Args:
+        init_scale: Initial σ of every weight (default 0.01).
+        hyperprior: If True, θ gets the hyperprior μ ~ N(0, loc_scale²) and
+            σ ~ LogNormal(log init_scale, 1), making θ latent (needed for
+            ``q_theta="normal"``). Default False: empirical Bayes.
+        loc_scale: Scale of the hyperprior on μ (default 1.0).
+        learn_scale: If False, σ stays at ``init_scale`` (a fixed-variance prior).
+    """
+
+    def __init__(
+        self,
+        init_scale: float = 0.01,
+        hyperprior: bool = False,
+        loc_scale: float = 1.0,
+        learn_scale: bool = True,
+    ) -> None:
+        if not init_scale > 0:
+            raise ValueError(f"init_scale={init_scale} must be a positive standard deviation.")
+        if not loc_scale > 0:
+            raise ValueError(f"loc_scale={loc_scale} must be a positive standard deviation.")
+        self.init_scale = float(init_scale)
+        self.hyperprior = bool(hyperprior)
+        self.loc_scale = float(loc_scale)
+        self.learn_scale = bool(learn_scale)
+
+    def weight_sites(self, name: str, weight: Tensor) -> dict[str, GlobalSite]:
+        zeros = torch.zeros_like(weight)
+        loc_hp = dist.Normal(zeros, self.loc_scale) if self.hyperprior else None
+        sites = {"loc": GlobalSite(weight.detach().clone(), constraints.real, loc_hp)}
+        if self.learn_scale:
+            scale_hp = (
+                dist.LogNormal(zeros + math.log(self.init_scale), 1.0)
+                if self.hyperprior
+                else None
+            )
+            sites["scale"] = GlobalSite(
+                torch.full_like(weight, self.init_scale), constraints.positive, scale_hp
+            )
+        return sites
+
+    def local(self, name: str, theta: Mapping[str, Tensor]) -> dist.Distribution:
+        scale = theta["scale"] if self.learn_scale else self.init_scale
+        return dist.Normal(theta["loc"], scale)

@@ -1,0 +1,121 @@
+"""2-D U-Net for image-to-image regression (``bayes_unet``)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import register_model
+
+__all__ = ["BayesUNet", "bayes_unet"]
+
+
+class _DoubleConv(nn.Module):
+    """Two 3x3 convolutions (padding 1), each followed by ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv2(F.relu(self.conv1(x))))
+
+
+class BayesUNet(nn.Module):
+    """Deterministic 2-D U-Net; the hvi engine places the distribution over its weights.
+
+    Level ``l`` (``0 <= l < depth``) has ``base * 2**l`` channels. The encoder
+    applies two 3x3 conv + ReLU per level with 2x2 max-pooling between levels.
+    The decoder upsamples with bilinear ``F.interpolate`` (scale 2,
+    ``align_corners=False``; parameter-free), concatenates the encoder skip
+    feature of the same level (``[upsampled, skip]`` on the channel axis) and
+    applies two 3x3 conv + ReLU. A final 1x1 conv maps to ``out_channels``
+    (no output activation). No normalisation layers and no buffers.
+
+    Args:
+        in_channels: Input channels ``C``.
+        out_channels: Output channels.
+        base: Channels at level 0.
+        depth: Number of resolution levels (``depth - 1`` poolings).
+
+    Raises:
+        ValueError: If any argument is not a positive integer.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, base: int, depth: int) -> None:
+        super().__init__()
+        for arg, val in (("in_channels", in_channels), ("out_channels", out_channels),
+                         ("base", base), ("depth", depth)):
+            if not isinstance(val, int) or isinstance(val, bool) or val < 1:
+                raise ValueError(f"bayes_unet: {arg} must be a positive int, got {val!r}")
+        self.depth = depth
+        widths = [base * 2**level for level in range(depth)]
+        self.down = nn.ModuleList()
+        prev = in_channels
+        for w in widths:
+            self.down.append(_DoubleConv(prev, w))
+            prev = w
+        # up[i] produces level depth-2-i from [upsampled level+1, skip level].
+        self.up = nn.ModuleList(
+            _DoubleConv(widths[level + 1] + widths[level], widths[level])
+            for level in reversed(range(depth - 1))
+        )
+        self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``(N, in_channels, H, W)`` to ``(N, out_channels, H, W)``.
+
+        Raises:
+            ValueError: If ``x`` is not 4-D or ``H``/``W`` is not divisible by
+                ``2**(depth - 1)``.
+        """
+        if x.dim() != 4:
+            raise ValueError(f"bayes_unet expects input of shape (N, C, H, W), got {tuple(x.shape)}")
+        factor = 2 ** (self.depth - 1)
+        h, w = x.shape[-2], x.shape[-1]
+        if h % factor or w % factor:
+            raise ValueError(
+                f"bayes_unet with depth={self.depth} needs H and W divisible by "
+                f"2**(depth-1) = {factor}; got input shape {tuple(x.shape)} (H={h}, W={w})"
+            )
+        skips = []
+        for level, block in enumerate(self.down):
+            if level > 0:
+                x = F.max_pool2d(x, kernel_size=2)
+            x = block(x)
+            skips.append(x)
+        skips.pop()  # deepest level is the bottleneck, not a skip
+        for block in self.up:
+            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skips.pop()], dim=1))
+        return self.head(x)
+
+
+@register_model("bayes_unet")
+def bayes_unet(in_channels: int = 3, out_channels: int = 1, base: int = 16, depth: int = 3) -> nn.Module:
+    """2-D U-Net for image-to-image regression (ReLU, bilinear upsampling, no BatchNorm).
+
+    Level ``l`` has ``base * 2**l`` channels (defaults: 16/32/64), two 3x3
+    convolutions (padding 1) each followed by ReLU, 2x2 max-pooling going
+    down, bilinear ``F.interpolate`` (scale 2) going up, skip connections by
+    concatenation, and a final 1x1 convolution. Input ``(N, C, H, W)`` with
+    ``H`` and ``W`` divisible by ``2**(depth - 1)``; output
+    ``(N, out_channels, H, W)``. The module is deterministic and has no
+    buffers; "bayes" refers to the hvi engine placing a distribution over its
+    weights.
+
+    Args:
+        in_channels: Input channels. Defaults to 3.
+        out_channels: Output channels. Defaults to 1.
+        base: Channels at the first level. Defaults to 16.
+        depth: Number of resolution levels. Defaults to 3.
+
+    Returns:
+        A :class:`BayesUNet` (118,273 parameters with the defaults).
+
+    Raises:
+        ValueError: If any argument is not a positive integer.
+    """
+    return BayesUNet(in_channels, out_channels, base, depth)
