@@ -1,0 +1,149 @@
+"""The fitted posterior of a conjugate Normal–Normal hierarchy matches the exact one.
+
+Model (known σ, τ; d-dim φ_i; the "network" returns its weight vector):
+
+    μ ~ N(0, s0²)  [only with q_theta="normal"; empirical Bayes otherwise]
+    φ_i | μ ~ N(μ, τ²)        y_ij | φ_i ~ N(φ_i, σ²),  j = 1..n
+
+With the inner loop converged, q(φ_i | θ) is the exact conditional
+p(φ_i | θ, D_i), so the guide family holds the exact posterior and SVI must
+find it: the empirical-Bayes μ̂ and p(φ_i | μ̂, D_i) for a point mass, and
+p(μ | D) with the marginals p(φ_i | D) for a Normal q(θ).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+from torch import nn
+
+import hvi
+from hvi.priors import GaussianPrior
+
+D, M, N = 2, 10, 5
+SIGMA, TAU, S0 = 1.0, 1.0, 10.0
+
+
+class VectorNet(nn.Module):
+    """f_φ(x) = φ for every example: φ_i are plain group-level effects."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(D, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w.expand(x.shape[0], D)
+
+
+def make_data() -> hvi.TaskBatch:
+    g = torch.Generator().manual_seed(1)
+    mu = torch.tensor([2.0, -1.5], dtype=torch.float64)
+    phi = mu + TAU * torch.randn(M, D, generator=g, dtype=torch.float64)
+    y = phi[:, None, :] + SIGMA * torch.randn(M, N, D, generator=g, dtype=torch.float64)
+    x = torch.zeros(M, N, 1, dtype=torch.float64)
+    empty_x, empty_y = x[:, :0], y[:, :0]
+    return hvi.TaskBatch(x, y, empty_x, empty_y)
+
+
+def exact(batch: hvi.TaskBatch) -> dict[str, torch.Tensor]:
+    ybar = batch.support_y.mean(1)  # (M, D)
+    v = TAU**2 + SIGMA**2 / N  # Var(ȳ_i | μ)
+    post_prec_mu = 1 / S0**2 + M / v
+    mu_mean = (ybar.sum(0) / v) / post_prec_mu
+    mu_sd = math.sqrt(1 / post_prec_mu)
+    prec_c = 1 / TAU**2 + N / SIGMA**2  # precision of p(φ_i | μ, D_i)
+    shrink = (1 / TAU**2) / prec_c
+    mu_eb = ybar.mean(0)
+    return {
+        "mu_eb": mu_eb,
+        "phi_eb_mean": (mu_eb / TAU**2 + N * ybar / SIGMA**2) / prec_c,
+        "phi_cond_sd": torch.full((M, D), math.sqrt(1 / prec_c), dtype=torch.float64),
+        "mu_mean": mu_mean,
+        "mu_sd": torch.full((D,), mu_sd, dtype=torch.float64),
+        "phi_mean": (mu_mean / TAU**2 + N * ybar / SIGMA**2) / prec_c,
+        "phi_sd": torch.full((M, D), math.sqrt(1 / prec_c + shrink**2 * mu_sd**2), dtype=torch.float64),
+    }
+
+
+def guide_samples(meta: hvi.MetaModel, batch: hvi.TaskBatch, n: int, calls: int = 40) -> torch.Tensor:
+    """Draws from the guide's marginal q(φ_i), averaging over the inner loop's own noise.
+
+    Each guide call adapts once (per θ particle) with fresh inner-loop noise.
+    """
+    draws = []
+    for _ in range(calls):
+        with torch.no_grad(), pyro.plate("draws", n // calls, dim=-3):
+            tr = poutine.trace(meta.guide).get_trace(batch)
+        draws.append(tr.nodes["phi.w"]["value"].reshape(-1, M, D))
+    return torch.cat(draws)
+
+
+def build(q_theta: str) -> hvi.MetaModel:
+    prior = GaussianPrior(init_scale=TAU, learn_scale=False, hyperprior=q_theta == "normal", loc_scale=S0)
+    return hvi.MetaModel(
+        VectorNet(),
+        prior,
+        hvi.Gaussian(noise=SIGMA),
+        q_theta=q_theta,
+        inner=hvi.InnerConfig(steps=12, lr=1.0, num_samples=32),
+        objective="support+query",
+        q_theta_init_scale=0.1,
+    )
+
+
+def close(actual, expected, rel, floor=0.02):
+    err = (actual - expected).abs()
+    bound = rel * expected.abs() + floor
+    assert bool((err <= bound).all()), f"max excess {float((err - bound).max()):.4f}\n{actual}\n{expected}"
+
+
+def test_point_mass_matches_empirical_bayes_posterior():
+    batch = make_data()
+    ref = exact(batch)
+    meta = build("delta")
+    optim = pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.02 ** (1 / 400)})
+    hvi.fit(meta, batch, steps=400, optimizer=optim, num_particles=8, seed=0)
+    mu_hat = pyro.param("theta.w.loc").detach()
+    close(mu_hat, ref["mu_eb"], rel=0.03)
+    phi = guide_samples(meta, batch, 4000)
+    close(phi.mean(0), ref["phi_eb_mean"], rel=0.03)
+    close(phi.std(0), ref["phi_cond_sd"], rel=0.10, floor=0.0)
+
+
+def test_normal_q_theta_matches_exact_posterior():
+    batch = make_data()
+    ref = exact(batch)
+    meta = build("normal")
+    optim = pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.02 ** (1 / 500)})
+    hvi.fit(meta, batch, steps=500, optimizer=optim, num_particles=8, seed=0)
+    q_loc = pyro.param("q_theta.theta.w.loc.loc").detach()
+    q_scale = pyro.param("q_theta.theta.w.loc.scale").detach()
+    close(q_loc, ref["mu_mean"], rel=0.03)
+    close(q_scale, ref["mu_sd"], rel=0.10, floor=0.0)
+    phi = guide_samples(meta, batch, 4000)
+    close(phi.mean(0), ref["phi_mean"], rel=0.03)
+    close(phi.std(0), ref["phi_sd"], rel=0.10, floor=0.0)
+
+
+@pytest.mark.parametrize("q_theta", ["delta", "normal"])
+def test_exact_posterior_is_a_fixed_point(q_theta):
+    """Started at the exact answer, the converged inner loop reproduces the exact q(φ_i)."""
+    batch = make_data()
+    ref = exact(batch)
+    meta = build(q_theta)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    if q_theta == "delta":
+        pyro.param("theta.w.loc", ref["mu_eb"].clone())
+        mean, sd = ref["phi_eb_mean"], ref["phi_cond_sd"]
+    else:
+        pyro.param("q_theta.theta.w.loc.loc", ref["mu_mean"].clone())
+        pyro.param("q_theta.theta.w.loc.scale", ref["mu_sd"].clone(), constraint=torch.distributions.constraints.positive)
+        mean, sd = ref["phi_mean"], ref["phi_sd"]
+    phi = guide_samples(meta, batch, 20000)
+    close(phi.mean(0), mean, rel=0.02, floor=0.02)
+    close(phi.std(0), sd, rel=0.04, floor=0.0)

@@ -1,0 +1,317 @@
+"""The engine against naive references: inner loop, outer gradients, ELBO pieces, scaling, errors."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+import torch.nn.functional as F
+from pyro.infer import Trace_ELBO
+from torch import nn
+from torch.distributions import Normal, kl_divergence
+from torch.func import functional_call
+
+import hvi
+from hvi.families import inv_softplus
+from hvi.priors import GaussianPrior
+
+DT = torch.float64
+
+
+def small_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 1)).to(DT)
+
+
+def regression_batch(B=3, Ns=4, Nq=5, M=None, seed=0) -> hvi.TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.rand(B, Ns, 1, generator=g, dtype=DT) * 4 - 2
+    xq = torch.rand(B, Nq, 1, generator=g, dtype=DT) * 4 - 2
+    a = torch.rand(B, 1, 1, generator=g, dtype=DT) + 0.5
+    return hvi.TaskBatch(xs, a * torch.sin(xs), xq, a * torch.sin(xq), num_tasks=M)
+
+
+def build(inner: hvi.InnerConfig, q_theta="delta", hyperprior=False, objective="query") -> hvi.MetaModel:
+    return hvi.MetaModel(
+        small_net(),
+        GaussianPrior(init_scale=0.1, hyperprior=hyperprior),
+        hvi.Gaussian(noise="learned", init_scale=0.5),
+        q_theta=q_theta,
+        inner=inner,
+        objective=objective,
+    )
+
+
+def naive_adapt(meta, theta_loc, theta_scale, sigma, lr, x, y, eps, steps, cfg):
+    """One task, the obvious way: torch.autograd.grad per step, no vmap."""
+    lam = {n: {"loc": theta_loc[n], "rho": inv_softplus(theta_scale[n])} for n in theta_loc}
+    names = list(lam)
+    for m in range(steps):
+        loglik = 0.0
+        phis = {n: lam[n]["loc"] + F.softplus(lam[n]["rho"]) * eps[n][m] for n in names}  # (S, *w)
+        for s in range(cfg.num_samples):
+            out = functional_call(meta.net.module, {n: phis[n][s] for n in names}, (x,))
+            loglik = loglik + Normal(out, sigma).log_prob(y).sum()
+        loglik = loglik / cfg.num_samples
+        kl = sum(
+            kl_divergence(Normal(lam[n]["loc"], F.softplus(lam[n]["rho"])), Normal(theta_loc[n], theta_scale[n])).sum()
+            for n in names
+        )
+        obj = (loglik - cfg.kl_weight * kl) / x.shape[0]
+        flat = [lam[n][k] for n in names for k in ("loc", "rho")]
+        grads = torch.autograd.grad(obj, flat, create_graph=not cfg.first_order)
+        it = iter(grads)
+        lam = {
+            n: {k: lam[n][k] + lr[n][k] * (next(it).detach() if cfg.first_order else next(it)) for k in ("loc", "rho")}
+            for n in names
+        }
+    return lam
+
+
+def current_theta(meta):
+    loc = {n: pyro.param(f"theta.{n}.loc") for n in meta.net.names}
+    scale = {n: pyro.param(f"theta.{n}.scale") for n in meta.net.names}
+    return loc, scale
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("num_samples,learn_lr", [(1, False), (2, True)])
+def test_vmapped_inner_loop_and_outer_gradients_match_naive_loop(first_order, num_samples, learn_lr):
+    cfg = hvi.InnerConfig(steps=3, lr=0.05, num_samples=num_samples, kl_weight=0.7, first_order=first_order, learn_lr=learn_lr)
+    meta = build(cfg)
+    batch = regression_batch(M=7)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(3)
+    elbo = Trace_ELBO()
+    loss = elbo.differentiable_loss(meta.model, meta.guide, batch)
+    pyro.set_rng_seed(3)
+    tr = poutine.trace(meta.guide).get_trace(batch)
+    ret = tr.nodes["_RETURN"]["value"]
+    eps = ret["inner_noise"]
+
+    loc, scale = current_theta(meta)
+    sigma = pyro.param("likelihood.noise")
+    lr = {n: {k: (pyro.param(f"inner_lr.{n}.{k}") if learn_lr else cfg.lr) for k in ("loc", "rho")} for n in loc}
+    B, M = batch.batch_size, batch.num_tasks
+    naive_loss = 0.0
+    for i in range(B):
+        lam = naive_adapt(meta, loc, scale, sigma, lr, batch.support_x[i], batch.support_y[i],
+                          {n: e[i] for n, e in eps.items()}, cfg.steps, cfg)
+        for n in lam:  # (b) same λ_i
+            for k in ("loc", "rho"):
+                torch.testing.assert_close(ret["lambda"][n][k][i], lam[n][k], rtol=1e-10, atol=1e-12)
+        # Outer ELBO term of task i at the guide's own φ draw (its standard noise recovered).
+        phi = {}
+        log_q = log_p = 0.0
+        for n in lam:
+            q_scale = F.softplus(lam[n]["rho"])
+            drawn = tr.nodes[f"phi.{n}"]["value"][i, 0]
+            e = ((drawn - lam[n]["loc"]) / q_scale).detach()
+            phi[n] = lam[n]["loc"] + q_scale * e
+            log_q = log_q + Normal(lam[n]["loc"], q_scale).log_prob(phi[n]).sum()
+            log_p = log_p + Normal(loc[n], scale[n]).log_prob(phi[n]).sum()
+        out = functional_call(meta.net.module, phi, (batch.query_x[i],))
+        loglik = Normal(out, sigma).log_prob(batch.query_y[i]).sum()
+        naive_loss = naive_loss - (M / B) * (loglik + cfg.kl_weight * (log_p - log_q))
+    torch.testing.assert_close(loss, naive_loss, rtol=1e-10, atol=1e-9)
+
+    leaves = [pyro.param(n).unconstrained() for n in pyro.get_param_store().keys()]
+    g_engine = torch.autograd.grad(loss, leaves, allow_unused=True)
+    g_naive = torch.autograd.grad(naive_loss, leaves, allow_unused=True)
+    for name, a, b in zip(pyro.get_param_store().keys(), g_engine, g_naive):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_second_order_gradient_differs_from_first_order():
+    """The two modes must really differ (else the test above could not tell them apart)."""
+    grads = {}
+    for fo in (False, True):
+        meta = build(hvi.InnerConfig(steps=3, lr=0.05, first_order=fo))
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        loss = Trace_ELBO().differentiable_loss(meta.model, meta.guide, regression_batch())
+        leaf = pyro.param("theta.0.weight.loc").unconstrained()
+        grads[fo] = torch.autograd.grad(loss, leaf)[0]
+    assert (grads[False] - grads[True]).abs().max() > 1e-3 * grads[False].abs().max()
+
+
+def log_normal(x, m, s):
+    return (-0.5 * ((x - m) / s) ** 2 - torch.log(s) - 0.5 * math.log(2 * math.pi)).sum()
+
+
+@pytest.mark.parametrize("objective", ["query", "support+query"])
+def test_elbo_equals_hand_computation_for_a_fixed_trace(objective):
+    """Trace_ELBO on one trace = Σ_i (M/B)[log p(y|φ) + β(log p(φ|θ) − log q(φ))] + log p(θ) − log q(θ)."""
+    cfg = hvi.InnerConfig(steps=2, lr=0.05, kl_weight=0.5)
+    meta = build(cfg, q_theta="normal", hyperprior=True, objective=objective)
+    batch = regression_batch(B=3, M=11)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(5)
+    loss = Trace_ELBO().differentiable_loss(meta.model, meta.guide, batch)
+    pyro.set_rng_seed(5)
+    tr = poutine.trace(meta.guide).get_trace(batch)
+    store = pyro.get_param_store()
+    total = 0.0
+    theta = {}
+    for name in meta.sites:  # latent θ: log p(θ) − log q(θ) at the drawn value
+        if not meta.sites[name].latent:
+            continue  # the likelihood's noise has no hyperprior: a param, no ELBO term
+        v = tr.nodes[name]["value"]
+        theta[name] = v
+        qloc, qscale = store[f"q_theta.{name}.loc"], store[f"q_theta.{name}.scale"]
+        if name.endswith(".loc"):
+            total = total + log_normal(v, torch.zeros_like(v), torch.ones_like(v))
+            total = total - log_normal(v, qloc, qscale)
+        else:  # positive sites: LogNormal hyperprior; q is a Normal on log v plus the Jacobian
+            lv = torch.log(v)
+            total = total + log_normal(lv, torch.full_like(v, math.log(0.1)), torch.ones_like(v)) - lv.sum()
+            total = total - (log_normal(lv, qloc, qscale) - lv.sum())
+    sigma = store["likelihood.noise"]
+    B, M = batch.batch_size, batch.num_tasks
+    x, y = (batch.query_x, batch.query_y) if objective == "query" else batch.joined()[:2]
+    for i in range(B):
+        phi, lp, lq = {}, 0.0, 0.0
+        for n in meta.net.names:
+            d = tr.nodes[f"phi.{n}"]["fn"].base_dist
+            phi[n] = tr.nodes[f"phi.{n}"]["value"][i, 0]
+            lq = lq + log_normal(phi[n], d.loc[i, 0], d.scale[i, 0])
+            lp = lp + log_normal(phi[n], theta[f"theta.{n}.loc"], theta[f"theta.{n}.scale"])
+        out = functional_call(meta.net.module, phi, (x[i],))
+        ll = log_normal(y[i], out, sigma.expand_as(out))
+        total = total + (M / B) * (ll + cfg.kl_weight * (lp - lq))
+    torch.testing.assert_close(loss, -total, rtol=1e-10, atol=1e-8)
+
+
+def test_task_subsampling_gives_an_unbiased_full_data_elbo():
+    """E over subsets of B tasks of the scaled ELBO = the ELBO on all M tasks.
+
+    The φ draws are pinned by conditioning the guide (λ still comes from the inner
+    loop with steps=0), so every per-task term is deterministic and the identity
+    must hold exactly; a missing or doubled M/B factor breaks it.
+    """
+    M, B = 5, 2
+    meta = build(hvi.InnerConfig(steps=0))
+    full = regression_batch(B=M, seed=1)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    phi_all = {n: 0.1 * torch.randn((M, 1) + s, dtype=DT) for n, s in meta.net.shapes.items()}
+
+    def loss_on(idx):
+        idx_t = torch.tensor(idx)
+        sub = hvi.TaskBatch(full.support_x[idx_t], full.support_y[idx_t], full.query_x[idx_t],
+                            full.query_y[idx_t], idx_t, M)
+        data = {f"phi.{n}": v[idx_t] for n, v in phi_all.items()}
+        guide_tr = poutine.trace(poutine.condition(meta.guide, data=data)).get_trace(sub)
+        for name in data:  # pinned draws, still scored as guide samples
+            guide_tr.nodes[name]["is_observed"] = False
+        model_tr = poutine.trace(poutine.replay(meta.model, guide_tr)).get_trace(sub)
+        # Trace.log_prob_sum applies each site's scale: the plate's M/B and β.
+        return float((guide_tr.log_prob_sum() - model_tr.log_prob_sum()).detach())
+
+    full_loss = loss_on(list(range(M)))
+    subsets = list(itertools.combinations(range(M), B))
+    mean_sub = sum(loss_on(list(s)) for s in subsets) / len(subsets)
+    assert math.isclose(mean_sub, full_loss, rel_tol=1e-12)
+    assert not math.isclose(loss_on([0, 1]), full_loss, rel_tol=1e-3)  # the subsets do differ
+
+
+def test_prediction_shapes_and_moments():
+    meta = build(hvi.InnerConfig(steps=2, lr=0.05))
+    batch = regression_batch(B=3, Nq=7)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    pred = hvi.predict(meta, batch, num_samples=50)
+    assert pred.mean.shape == (3, 7, 1) and pred.std.shape == (3, 7, 1)
+    assert pred.samples.shape == (50, 3, 7, 1)
+    sigma = pyro.param("likelihood.noise").detach()
+    # Var = Var_s f_s + σ²: the std exceeds σ and matches the law of total variance.
+    torch.testing.assert_close(pred.std**2, pred.samples.var(0, unbiased=False) + sigma**2)
+    m = hvi.regression_metrics(pred, batch.query_y)
+    assert set(m) >= {"rmse", "nll", "crps", "coverage_90"} and m["rmse"].shape == (3,)
+
+
+def test_gaussian_crps_matches_numerical_integral():
+    mean, std, y = torch.tensor(0.3, dtype=DT), torch.tensor(0.7, dtype=DT), torch.tensor(1.1, dtype=DT)
+    # CRPS = ∫ (F(z) − 1[z ≥ y])² dz, integrated on each side of the step at y.
+    below = torch.linspace(-10, float(y), 100001, dtype=DT)
+    above = torch.linspace(float(y), 10, 100001, dtype=DT)
+    numeric = torch.trapezoid(Normal(mean, std).cdf(below) ** 2, below) + torch.trapezoid(
+        (1 - Normal(mean, std).cdf(above)) ** 2, above
+    )
+    torch.testing.assert_close(hvi.metrics.gaussian_crps(mean, std, y), numeric, rtol=1e-6, atol=1e-8)
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+def test_bad_batches_raise_clear_errors():
+    lik = hvi.Gaussian()
+    good = regression_batch()
+    cases = {
+        "query_x has per-example shape": dict(query_x=torch.zeros(3, 5, 2, dtype=DT)),
+        "support set is empty": dict(support_x=torch.zeros(3, 0, 1, dtype=DT), support_y=torch.zeros(3, 0, 1, dtype=DT)),
+        r"support_y contains 1 NaN/inf": dict(support_y=good.support_y.clone().index_put_((torch.tensor(0), torch.tensor(0)), torch.tensor(float("nan"), dtype=DT))),
+        r"query_x contains 15 NaN/inf": dict(query_x=torch.full_like(good.query_x, float("inf"))),
+        "query_y holds 2 tasks": dict(query_y=good.query_y[:2]),
+        "support_noise has non-positive": dict(support_noise=torch.zeros_like(good.support_y), query_noise=torch.ones_like(good.query_y)),
+    }
+    for msg, change in cases.items():
+        fields = {k: getattr(good, k) for k in ("support_x", "support_y", "query_x", "query_y")}
+        noise = {k: change.pop(k) for k in ("support_noise", "query_noise") if k in change}
+        fields.update(change)
+        with pytest.raises(ValueError, match=msg):
+            hvi.validate_batch(hvi.TaskBatch(**fields, **noise), lik)
+
+
+def test_bad_configuration_raises_clear_errors():
+    with pytest.raises(ValueError, match="unknown likelihood 'poisson'; registered likelihoods: categorical, gaussian"):
+        hvi.get_likelihood("poisson")
+    with pytest.raises(ValueError, match="noise=-1.0 must be a positive standard deviation"):
+        hvi.Gaussian(noise=-1.0)
+    with pytest.raises(ValueError, match="init_scale=0.0 must be a positive standard deviation"):
+        GaussianPrior(init_scale=0.0)
+    with pytest.raises(ValueError, match="inner lr=-0.1 must be positive"):
+        hvi.InnerConfig(lr=-0.1)
+    with pytest.raises(ValueError, match="unknown prior 'nope'"):
+        hvi.MetaModel(small_net(), "nope")
+    with pytest.raises(ValueError, match="q_theta='normal' needs latent global sites"):
+        hvi.MetaModel(small_net(), q_theta="normal")
+    with pytest.raises(ValueError, match="needs per-observation noise|support_noise is missing"):
+        meta = hvi.MetaModel(small_net(), likelihood=hvi.Gaussian(noise="known"))
+        hvi.fit(meta, regression_batch(), steps=1)
+    with pytest.raises(ValueError, match="has dtype torch.float64 but the categorical likelihood needs int64"):
+        hvi.validate_batch(regression_batch(), hvi.Categorical())
+
+
+def test_batchnorm_with_running_stats_is_refused_and_buffers_work():
+    net = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+    with pytest.raises(ValueError, match=r"module '1' \(BatchNorm1d\) tracks running statistics.*track_running_stats=False"):
+        hvi.FunctionalNet(net)
+    ok = hvi.FunctionalNet(nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3, track_running_stats=False)))
+    assert ok.names == ("0.weight", "0.bias", "1.weight", "1.bias")
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(1, 1)
+            self.register_buffer("factor", torch.tensor(3.0))
+
+        def forward(self, x):
+            return self.factor * self.lin(x)
+
+    f = hvi.FunctionalNet(Scaled())
+    w = {n: torch.ones(4, *s) for n, s in f.shapes.items()}
+    out = f.batched(w, torch.ones(4, 2, 1))
+    torch.testing.assert_close(out, torch.full((4, 2, 1), 6.0))
+
+
+def test_diverging_inner_loop_is_reported_not_hidden():
+    meta = build(hvi.InnerConfig(steps=5, lr=1e6))
+    with pytest.raises((FloatingPointError, ValueError), match="lower the inner lr|invalid values"):
+        hvi.fit(meta, regression_batch(), steps=3)
