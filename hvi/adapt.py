@@ -45,8 +45,10 @@ class InnerConfig:
 
     Args:
         steps: Number K of gradient steps (default 5). 0 means q(φ_i) = prior.
-        lr: Step size α per support example (default 0.1); the initial value
-            when ``learn_lr`` is set.
+        lr: Step size α per support example (default 0.01); the initial value
+            when ``learn_lr`` is set. Plain gradient ascent is stable only for
+            α below ~2 / curvature, and the KL term alone has curvature
+            β/σ0² per weight (σ0 the prior scale): keep α ≲ σ0²/β.
         learn_lr: Learn one positive α per λ tensor (Meta-SGD style, default False).
         num_samples: Monte Carlo draws of φ per inner step (default 1).
         kl_weight: β, the weight of KL(q ‖ p) in the inner *and* outer
@@ -55,7 +57,7 @@ class InnerConfig:
     """
 
     steps: int = 5
-    lr: float = 0.1
+    lr: float = 0.01
     learn_lr: bool = False
     num_samples: int = 1
     kl_weight: float = 1.0

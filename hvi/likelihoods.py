@@ -76,14 +76,15 @@ class Gaussian(Likelihood):
         noise: ``"learned"`` (a global positive site, default), ``"known"`` (a
             per-observation std supplied with the data as
             ``support_noise``/``query_noise``), or a positive float (fixed σ).
-        init_scale: Initial σ when learned (default 0.1).
+        init_scale: Initial σ when learned (default 1.0). The inner gradient
+            scales like 1/σ², so a small initial σ calls for a small inner lr.
         hyperprior: Optional hyperprior on a learned σ (makes it latent).
     """
 
     def __init__(
         self,
         noise: str | float = "learned",
-        init_scale: float = 0.1,
+        init_scale: float = 1.0,
         hyperprior: dist.Distribution | None = None,
     ) -> None:
         if isinstance(noise, str):

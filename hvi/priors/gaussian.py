@@ -18,12 +18,12 @@ __all__ = ["GaussianPrior"]
 
 @register_prior("gaussian")
 class GaussianPrior(HierarchicalPrior):
-    """Diagonal Normal p(φ|θ) = N(μ, σ²) with a learned μ and σ per weight (the seeds' meta-prior).
+    """Diagonal Normal p(φ|θ) = N(μ, σ²) with a learned μ and σ per weight (the default prior).
 
     θ per weight tensor: ``loc`` (initialized from the network) and ``scale``.
 
     Args:
-        init_scale: Initial σ of every weight (default 0.01).
+        init_scale: Initial σ of every weight (default 0.1).
         hyperprior: If True, θ gets the hyperprior μ ~ N(0, loc_scale²) and
             σ ~ LogNormal(log init_scale, 1), making θ latent (needed for
             ``q_theta="normal"``). Default False: empirical Bayes.
@@ -33,7 +33,7 @@ class GaussianPrior(HierarchicalPrior):
 
     def __init__(
         self,
-        init_scale: float = 0.01,
+        init_scale: float = 0.1,
         hyperprior: bool = False,
         loc_scale: float = 1.0,
         learn_scale: bool = True,
