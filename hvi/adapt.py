@@ -46,9 +46,11 @@ class InnerConfig:
     Args:
         steps: Number K of gradient steps (default 5). 0 means q(φ_i) = prior.
         lr: Step size α per support example (default 0.01); the initial value
-            when ``learn_lr`` is set. Plain gradient ascent is stable only for
-            α below ~2 / curvature, and the KL term alone has curvature
-            β/σ0² per weight (σ0 the prior scale): keep α ≲ σ0²/β.
+            when ``learn_lr`` is set. A mapping gives one α per λ key, e.g.
+            ``{"loc": 1e-3, "rho": 1e-1}``: with σ = softplus(ρ), small scales
+            move little under the α that suits the means. Plain gradient ascent
+            is stable only below ~2/curvature; the KL term alone has curvature
+            β/(Ns·σ0²) per weight (σ0 the prior scale), so keep α < 2·Ns·σ0²/β.
         learn_lr: Learn one positive α per λ tensor (Meta-SGD style, default False).
         num_samples: Monte Carlo draws of φ per inner step (default 1).
         kl_weight: β, the weight of KL(q ‖ p) in the inner *and* outer
@@ -57,7 +59,7 @@ class InnerConfig:
     """
 
     steps: int = 5
-    lr: float = 0.01
+    lr: float | Mapping[str, float] = 0.01
     learn_lr: bool = False
     num_samples: int = 1
     kl_weight: float = 1.0
@@ -66,8 +68,17 @@ class InnerConfig:
     def __post_init__(self) -> None:
         if not (isinstance(self.steps, int) and self.steps >= 0):
             raise ValueError(f"inner steps={self.steps!r} must be a non-negative integer.")
-        if not self.lr > 0:
+        lrs = self.lr.values() if isinstance(self.lr, Mapping) else [self.lr]
+        if not all(float(a) > 0 for a in lrs):
             raise ValueError(f"inner lr={self.lr} must be positive.")
+
+    def lr_for(self, key: str) -> float:
+        """α for λ tensor ``key`` (e.g. ``"loc"``)."""
+        if not isinstance(self.lr, Mapping):
+            return float(self.lr)
+        if key not in self.lr:
+            raise ValueError(f"inner lr mapping {dict(self.lr)} has no entry for λ key {key!r}.")
+        return float(self.lr[key])
         if not (isinstance(self.num_samples, int) and self.num_samples >= 1):
             raise ValueError(f"inner num_samples={self.num_samples!r} must be an integer >= 1.")
         if not self.kl_weight >= 0:

@@ -58,16 +58,16 @@ def guide_globals(meta: "MetaModel") -> tuple[dict[str, Tensor], dict[str, int |
     for name, site in meta.sites.items():
         k = len(site.shape)
         if not site.latent:
-            values[name] = pyro.param(name, site.init, constraint=site.constraint)
+            values[name] = pyro.param(name, site.init.clone(), constraint=site.constraint)
             particle_dims[name] = None
         elif meta.q_theta == "delta":
-            v = pyro.param(f"q_theta.{name}", site.init, constraint=site.constraint)
+            v = pyro.param(f"q_theta.{name}", site.init.clone(), constraint=site.constraint)
             pyro.sample(name, dist.Delta(v, event_dim=k))
             values[name] = v  # the point mass needs no particle copies
             particle_dims[name] = None
         else:
             transform = biject_to(site.constraint)
-            loc = pyro.param(f"q_theta.{name}.loc", transform.inv(site.init))
+            loc = pyro.param(f"q_theta.{name}.loc", transform.inv(site.init).clone())
             scale = pyro.param(
                 f"q_theta.{name}.scale",
                 torch.full_like(site.init, meta.q_theta_init_scale),
@@ -87,14 +87,15 @@ def inner_lrs(meta: "MetaModel") -> dict[str, dict[str, Tensor | float]]:
     """α per weight and λ key: constants, or positive params when learned."""
     cfg = meta.inner
     keys = meta.prior.family.param_names
+    init = {k: cfg.lr_for(k) for k in keys}
     if not cfg.learn_lr:
-        return {n: {k: cfg.lr for k in keys} for n in meta.net.shapes}
+        return {n: dict(init) for n in meta.net.shapes}
     ref = next(iter(meta.net.init_weights.values()))
     return {
         n: {
             k: pyro.param(
                 f"inner_lr.{n}.{k}",
-                torch.tensor(cfg.lr, dtype=ref.dtype, device=ref.device),
+                torch.tensor(init[k], dtype=ref.dtype, device=ref.device),
                 constraint=constraints.positive,
             )
             for k in keys
@@ -143,6 +144,13 @@ def guide(
         particle_dims=dims,
     )
 
+    # One device sync per guide call, after the loop (never inside it): a
+    # diverged inner loop is reported as such, not as a downstream shape error.
+    if not all(bool(torch.isfinite(v).all()) for lam_n in lam.values() for v in lam_n.values()):
+        raise FloatingPointError(
+            f"the inner loop diverged (non-finite λ after {steps} steps); lower the inner lr "
+            "(InnerConfig.lr / --inner-lr), raise the prior scale, or use fewer inner steps."
+        )
     family = meta.prior.family
     with pyro.plate("tasks", batch.num_tasks, subsample=batch.task_index, dim=-2):
         with poutine.scale(scale=meta.kl_weight):

@@ -313,5 +313,31 @@ def test_batchnorm_with_running_stats_is_refused_and_buffers_work():
 
 def test_diverging_inner_loop_is_reported_not_hidden():
     meta = build(hvi.InnerConfig(steps=5, lr=1e6))
-    with pytest.raises((FloatingPointError, ValueError), match="lower the inner lr|invalid values"):
+    with pytest.raises((FloatingPointError, ValueError), match="inner loop diverged|lower the inner lr"):
         hvi.fit(meta, regression_batch(), steps=3)
+
+
+def test_fit_leaves_site_inits_untouched_and_refit_starts_fresh():
+    """The param store must not alias GlobalSite.init (the optimizer updates in place)."""
+    meta = build(hvi.InnerConfig(steps=1, lr=0.05))
+    before = {n: s.init.clone() for n, s in meta.sites.items()}
+    first = hvi.fit(meta, regression_batch(), steps=5, lr=0.05)
+    for n, s in meta.sites.items():
+        torch.testing.assert_close(s.init, before[n], rtol=0, atol=0, msg=n)
+    assert not torch.equal(first.params["theta.0.weight.loc"], before["theta.0.weight.loc"])
+    second = hvi.fit(meta, regression_batch(), steps=5, lr=0.05)
+    torch.testing.assert_close(first.params["theta.0.weight.loc"], second.params["theta.0.weight.loc"])
+
+
+def test_per_key_inner_lr():
+    cfg = hvi.InnerConfig(steps=1, lr={"loc": 0.0125, "rho": 0.5})
+    assert cfg.lr_for("loc") == 0.0125 and cfg.lr_for("rho") == 0.5
+    meta = build(cfg)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    ret = meta.guide(regression_batch())
+    assert torch.isfinite(ret["lambda"]["0.weight"]["rho"]).all()
+    with pytest.raises(ValueError, match="inner lr=.*must be positive"):
+        hvi.InnerConfig(lr={"loc": 0.1, "rho": 0.0})
+    with pytest.raises(ValueError, match="no entry for λ key 'rho'"):
+        build(hvi.InnerConfig(steps=1, lr={"loc": 0.1})).guide(regression_batch())

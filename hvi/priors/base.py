@@ -38,7 +38,28 @@ class HierarchicalPrior(ABC):
     """Base class for p(θ) p(φ | θ) over the weights of a network.
 
     Subclasses implement :meth:`weight_sites` and :meth:`local`; optionally
-    :meth:`shared_sites` and :attr:`family`.
+    :meth:`shared_sites` and :attr:`family`. Register one with
+    :func:`register_prior` to use it by name. A minimal prior::
+
+        @register_prior("my-normal")
+        class MyNormal(HierarchicalPrior):
+            '''Normal p(φ|θ) = N(μ, σ²), μ per weight, one σ per tensor.'''
+
+            def weight_sites(self, name, weight):
+                return {"loc": GlobalSite(weight.detach().clone()),
+                        "scale": GlobalSite(weight.new_tensor(0.1), constraints.positive)}
+
+            def local(self, name, theta):
+                return dist.Normal(theta["loc"], theta["scale"])
+
+    The guide's q(φ_i; λ_i) is :attr:`family`, a diagonal Normal unless the
+    prior sets another :class:`~hvi.families.GuideFamily` as a class
+    attribute. A family names its λ tensors (``param_names``), starts them
+    from p(φ | θ) (``init``), builds q (``dist``, which should have
+    ``rsample``) and draws φ from standard-normal noise (``sample``, the
+    reparameterization); the inner loop adapts λ by gradient ascent, so no
+    gradient code is written by hand. KL(q ‖ p) is analytic where
+    ``torch.distributions.kl_divergence`` knows the pair and Monte Carlo otherwise.
     """
 
     #: The variational family of q(φ_i; λ_i); Normal unless a prior says otherwise.

@@ -1,0 +1,69 @@
+"""``gaussian-layer``: a Normal with a learned mean per weight and one learned scale per tensor."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from torch import Tensor
+
+from hvi.priors.base import HierarchicalPrior, register_prior
+from hvi.sites import GlobalSite
+
+__all__ = ["GaussianLayerPrior"]
+
+
+@register_prior("gaussian-layer")
+class GaussianLayerPrior(HierarchicalPrior):
+    """Normal p(φ|θ) = N(μ, σ²) with a learned μ per weight and one learned σ per weight tensor.
+
+    Roughly half the global parameters of ``gaussian``: every weight tensor
+    (a layer's weight matrix, its bias) shares one prior scale.
+
+    θ per weight tensor ``w``:
+
+    * ``theta.<w>.loc``: shape ``w.shape``, initialized from the network;
+    * ``theta.<w>.scale``: shape ``()``, positive, initialized to ``init_scale``.
+
+    Both are point estimates (``pyro.param``, empirical Bayes) unless
+    ``hyperprior=True``. q(φ) is the default diagonal Normal and
+    KL(q ‖ p) is analytic (Normal ‖ Normal).
+
+    Args:
+        init_scale: Initial σ of every tensor (default 0.1).
+        hyperprior: If True, μ ~ N(0, loc_scale²) and σ ~ LogNormal(log init_scale, 1)
+            make θ latent (covered by q(θ), needed for ``q_theta="normal"``).
+            Default False.
+        loc_scale: Scale of the hyperprior on μ (default 1.0).
+    """
+
+    def __init__(self, init_scale: float = 0.1, hyperprior: bool = False, loc_scale: float = 1.0) -> None:
+        if not init_scale > 0:
+            raise ValueError(f"init_scale={init_scale} must be a positive standard deviation.")
+        if not loc_scale > 0:
+            raise ValueError(f"loc_scale={loc_scale} must be a positive standard deviation.")
+        self.init_scale = float(init_scale)
+        self.hyperprior = bool(hyperprior)
+        self.loc_scale = float(loc_scale)
+
+    def weight_sites(self, name: str, weight: Tensor) -> dict[str, GlobalSite]:
+        scale0 = weight.new_tensor(self.init_scale)
+        loc_hp = dist.Normal(torch.zeros_like(weight), self.loc_scale) if self.hyperprior else None
+        scale_hp = dist.LogNormal(scale0.log(), 1.0) if self.hyperprior else None
+        return {
+            "loc": GlobalSite(weight.detach().clone(), constraints.real, loc_hp),
+            "scale": GlobalSite(scale0, constraints.positive, scale_hp),
+        }
+
+    def local(self, name: str, theta: Mapping[str, Tensor]) -> dist.Distribution:
+        return dist.Normal(theta["loc"], theta["scale"])
+
+    def __repr__(self) -> str:
+        return (
+            f"GaussianLayerPrior(init_scale={self.init_scale}, hyperprior={self.hyperprior}, "
+            f"loc_scale={self.loc_scale})"
+        )
+
+
