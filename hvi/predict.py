@@ -56,7 +56,7 @@ def predict(
 
     Args:
         meta: A trained model (θ is read from the Pyro param store).
-        batch: Tasks with support sets; ``query_y`` is not used.
+        batch: Tasks with support sets; ``query_y`` is not read (it may be NaN).
         inner_steps: Adaptation steps M_eval (default: the training value).
         num_samples: Weight draws S per task (default 100).
 
@@ -66,7 +66,7 @@ def predict(
     """
     if not (isinstance(num_samples, int) and num_samples >= 1):
         raise ValueError(f"num_samples={num_samples!r} must be an integer >= 1.")
-    validate_batch(batch, meta.likelihood)
+    validate_batch(batch, meta.likelihood, query_targets=False)
     # Draws share a particle plate (dim -3), as in pyro.infer.Predictive(parallel=True).
     with pyro.plate("predictive_samples", num_samples, dim=-3):
         guide_trace = poutine.trace(meta.guide).get_trace(batch, inner_steps=inner_steps, predict=True)

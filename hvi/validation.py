@@ -21,13 +21,21 @@ def _finite(name: str, t: Tensor) -> None:
         raise ValueError(f"{name} contains {bad} NaN/inf values; remove or impute them before fitting.")
 
 
-def validate_batch(batch: TaskBatch, likelihood: Likelihood, x_shape: tuple[int, ...] | None = None) -> None:
+def validate_batch(
+    batch: TaskBatch,
+    likelihood: Likelihood,
+    x_shape: tuple[int, ...] | None = None,
+    *,
+    query_targets: bool = True,
+) -> None:
     """Raises ``ValueError`` naming the offending field if ``batch`` is malformed.
 
     Args:
         batch: The tasks.
         likelihood: The likelihood the targets must fit.
         x_shape: Expected per-example input shape, if known (e.g. from training).
+        query_targets: Check ``query_y`` values (default True). Prediction reads
+            only its shape, so unknown query targets (NaN) are allowed there.
     """
     if not isinstance(batch, TaskBatch):
         raise TypeError(f"expected a hvi.TaskBatch, got {type(batch).__name__}.")
@@ -63,10 +71,14 @@ def validate_batch(batch: TaskBatch, likelihood: Likelihood, x_shape: tuple[int,
         raise ValueError(
             f"support_x has per-example shape {tuple(sx.shape[2:])} but the model was trained on {tuple(x_shape)}."
         )
-    for name, t in (("support_x", sx), ("support_y", sy), ("query_x", qx), ("query_y", qy)):
+    checked = [("support_x", sx), ("support_y", sy), ("query_x", qx)]
+    if query_targets:
+        checked.append(("query_y", qy))
+    for name, t in checked:
         _finite(name, t)
     likelihood.check_targets("support_y", sy)
-    likelihood.check_targets("query_y", qy)
+    if query_targets:
+        likelihood.check_targets("query_y", qy)
     for name, noise, y in (("support_noise", batch.support_noise, sy), ("query_noise", batch.query_noise, qy)):
         if noise is None:
             if likelihood.needs_noise:

@@ -341,3 +341,14 @@ def test_per_key_inner_lr():
         hvi.InnerConfig(lr={"loc": 0.1, "rho": 0.0})
     with pytest.raises(ValueError, match="no entry for λ key 'rho'"):
         build(hvi.InnerConfig(steps=1, lr={"loc": 0.1})).guide(regression_batch())
+
+
+def test_predict_accepts_unknown_query_targets():
+    meta = build(hvi.InnerConfig(steps=1, lr=0.05))
+    b = regression_batch()
+    unknown = hvi.TaskBatch(b.support_x, b.support_y, b.query_x, torch.full_like(b.query_y, float("nan")))
+    pyro.clear_param_store()
+    pred = hvi.predict(meta, unknown, num_samples=3)
+    assert torch.isfinite(pred.mean).all()
+    with pytest.raises(ValueError, match="query_y contains 15 NaN/inf"):
+        hvi.validate_batch(unknown, meta.likelihood)

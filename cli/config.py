@@ -1,0 +1,278 @@
+"""The configuration of ``hvi fit``: keys, TOML loading, resolution and resume checks.
+
+Every ``hvi fit`` option is also a key of the TOML config (``--inner-steps``
+is ``inner_steps``; dashes are accepted too), plus the tables
+``model_args``, ``data_args``, ``prior_args`` and ``likelihood_args``
+(keyword arguments of the model builder, the data source, the prior and the
+likelihood). Example ``run.toml``::
+
+    model = "bayes_unet"
+    data = "solar"
+    steps = 300
+    inner_steps = 3
+    inner_lr = 3e-4
+
+    [model_args]
+    base = 16
+
+    [prior_args]
+    init_scale = 0.03
+
+Resolution: per-model defaults (:mod:`hvi.cli.defaults`) < TOML < CLI.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hvi.cli.defaults import defaults_for
+
+__all__ = [
+    "KEYS",
+    "MUTABLE_ON_RESUME",
+    "load_toml",
+    "resolve",
+    "resolve_resume",
+    "is_path",
+]
+
+_INT, _FLOAT, _BOOL, _STR, _DICT = "int", "float", "bool", "str", "table"
+
+#: Config key → (kind, may be None).
+KEYS: dict[str, tuple[str, bool]] = {
+    "model": (_STR, False),
+    "model_args": (_DICT, False),
+    "data": (_STR, False),
+    "data_args": (_DICT, False),
+    "prior": (_STR, False),
+    "prior_args": (_DICT, False),
+    "likelihood": (_STR, True),
+    "likelihood_args": (_DICT, False),
+    "q_theta": (_STR, False),
+    "objective": (_STR, False),
+    "inner_steps": (_INT, False),
+    "inner_lr": (_FLOAT, False),
+    "learn_lr": (_BOOL, False),
+    "first_order": (_BOOL, False),
+    "kl_weight": (_FLOAT, False),
+    "inner_samples": (_INT, False),
+    "steps": (_INT, False),
+    "task_batch": (_INT, False),
+    "lr": (_FLOAT, False),
+    "clip_norm": (_FLOAT, True),
+    "seed": (_INT, False),
+    "device": (_STR, False),
+    "threads": (_INT, True),
+    "val_every": (_INT, True),
+    "val_tasks": (_INT, False),
+    "val_samples": (_INT, False),
+    "checkpoint_every": (_INT, True),
+    "eval_samples": (_INT, False),
+    "eval_tasks": (_INT, True),
+}
+
+#: Keys that may change when a run is resumed; every other key must match the saved run.
+MUTABLE_ON_RESUME = frozenset(
+    {
+        "steps", "device", "threads", "val_every", "val_tasks", "val_samples", "checkpoint_every",
+        "eval_samples", "eval_tasks",
+    }
+)
+
+_CHOICES = {
+    "q_theta": ("delta", "normal"),
+    "objective": ("query", "support+query"),
+}
+
+
+def _kind_ok(kind: str, v: Any) -> bool:
+    if kind == _INT:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if kind == _FLOAT:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if kind == _BOOL:
+        return isinstance(v, bool)
+    if kind == _STR:
+        return isinstance(v, str)
+    return isinstance(v, Mapping)
+
+
+def check_value(key: str, value: Any, where: str) -> Any:
+    """Validates one config value; returns it normalised (floats as float)."""
+    if key not in KEYS:
+        raise ValueError(
+            f"unknown config key {key!r} in {where}; known keys: {', '.join(sorted(KEYS))}."
+        )
+    kind, nullable = KEYS[key]
+    if value is None:
+        if nullable:
+            return None
+        raise ValueError(f"config key {key!r} in {where} must not be empty.")
+    if not _kind_ok(kind, value):
+        raise ValueError(
+            f"config key {key!r} in {where} must be a {kind}, got {value!r} ({type(value).__name__})."
+        )
+    if kind == _FLOAT:
+        value = float(value)
+    if kind == _DICT:
+        value = json.loads(json.dumps(dict(value)))  # plain JSON (tuples → lists)
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ValueError(f"{key}={value!r} is not understood; use one of {', '.join(_CHOICES[key])}.")
+    positive_int = {"inner_samples", "steps", "task_batch", "val_tasks", "val_samples", "eval_samples"}
+    if key in positive_int and value < 1:
+        raise ValueError(f"{key}={value} must be >= 1.")
+    if key == "eval_tasks" and value < 2:
+        raise ValueError(f"eval_tasks={value} must be >= 2 (a CI needs two tasks).")
+    if key in {"val_every", "checkpoint_every", "threads"} and value < 1:
+        raise ValueError(f"{key}={value} must be >= 1.")
+    if key in {"inner_steps", "seed"} and value < 0:
+        raise ValueError(f"{key}={value} must be >= 0.")
+    if key in {"inner_lr", "lr", "clip_norm"} and not value > 0:
+        raise ValueError(f"{key}={value} must be positive.")
+    if key == "kl_weight" and not value > 0:
+        raise ValueError(f"kl_weight={value} must be positive (e.g. 1e-3 to down-weight the KL).")
+    if key == "device" and not (value == "cpu" or value == "cuda" or value.startswith("cuda:")):
+        raise ValueError(f"device={value!r} is not understood; use cpu, cuda or cuda:N.")
+    return value
+
+
+def load_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads and validates a ``run.toml`` (keys with dashes are accepted)."""
+    p = Path(os.fspath(path))
+    try:
+        with open(p, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"config file {p} does not exist; check the --config path.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read config file {p}: {e}.") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"config file {p} is not valid TOML: {e}.") from None
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        k = key.replace("-", "_")
+        if k in {"out", "resume", "config"}:
+            raise ValueError(f"config key {key!r} in {p} is a command-line-only option; pass --{k} instead.")
+        out[k] = check_value(k, value, str(p))
+    return out
+
+
+def is_path(data: str) -> bool:
+    """Whether ``--data`` names a file (netCDF / zarr) rather than a registered source."""
+    return (
+        os.sep in data
+        or data.endswith((".nc", ".nc4", ".netcdf", ".zarr", ".h5"))
+        or Path(data).exists()
+    )
+
+
+def _normalise_data(cfg: dict[str, Any]) -> None:
+    data = cfg.get("data")
+    if isinstance(data, str) and is_path(data):
+        cfg["data"] = str(Path(data).expanduser().resolve())
+
+
+def resolve(cli: Mapping[str, Any], toml: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """The resolved config of a new run and the set of keys set explicitly.
+
+    Args:
+        cli: Options given on the command line (None = not given).
+        toml: Keys from ``--config``.
+
+    Raises:
+        ValueError: If no model is named or a value is invalid.
+    """
+    given = {k: v for k, v in cli.items() if v is not None}
+    for k, v in given.items():
+        check_value(k, v, "the command line")
+    model = given.get("model", toml.get("model"))
+    if model is None:
+        raise ValueError("no model given; pass --model NAME (see 'hvi models') or set model in --config.")
+    from hvi.cli.registry import load_registries
+    from hvi.models import list_models
+
+    load_registries()
+    if model not in list_models():
+        raise ValueError(f"unknown model {model!r}; registered models: {', '.join(list_models())} (see 'hvi models').")
+    cfg = defaults_for(model)
+    default_data = cfg.get("data")
+    if given.get("data", toml.get("data", default_data)) != default_data:
+        cfg["data_args"] = {}  # a different source does not inherit the default source's arguments
+    explicit: set[str] = set()
+    for layer in (toml, given):
+        for k, v in layer.items():
+            explicit.add(k)
+            if KEYS[k][0] == _DICT:
+                cfg[k] = {**(cfg.get(k) or {}), **copy.deepcopy(v)}
+            else:
+                cfg[k] = copy.deepcopy(v)
+    cfg["model"] = model
+    if cfg.get("data") is None:
+        raise ValueError(
+            f"model {model!r} has no default data source; pass --data SOURCE_OR_PATH (see 'hvi sources')."
+        )
+    _normalise_data(cfg)
+    return cfg, explicit
+
+
+def resolve_resume(
+    saved: Mapping[str, Any], cli: Mapping[str, Any], toml: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The config of a resumed run: the saved one, with the mutable keys overridden.
+
+    Raises:
+        ValueError: Naming the first key that was given with a value different
+            from the saved run's (other than :data:`MUTABLE_ON_RESUME`).
+    """
+    given = {k: v for k, v in cli.items() if v is not None}
+    for k, v in given.items():
+        check_value(k, v, "the command line")
+    cfg = copy.deepcopy(dict(saved))
+    for where, layer in (("--config", toml), ("the command line", given)):
+        layer = dict(layer)
+        _normalise_data(layer)
+        for k, v in layer.items():
+            if k in MUTABLE_ON_RESUME:
+                cfg[k] = copy.deepcopy(v)
+                continue
+            old = saved.get(k)
+            if KEYS[k][0] == _DICT and isinstance(v, Mapping):
+                for sub, sv in v.items():
+                    ov = (old or {}).get(sub)
+                    if json.dumps(ov) != json.dumps(sv):
+                        raise ValueError(
+                            f"cannot --resume: {k}.{sub} is {_show(ov)} in the saved run but {_show(sv)} "
+                            f"in {where}; it changes the model. Resume with the saved settings or start a new "
+                            "run with another --out."
+                        )
+                continue
+            if json.dumps(old) != json.dumps(v):
+                raise ValueError(
+                    f"cannot --resume: {k} is {_show(old)} in the saved run but {_show(v)} in {where}; "
+                    f"only {', '.join(sorted(MUTABLE_ON_RESUME))} may change. Resume with the saved settings or start a new run with another --out."
+                )
+    return cfg
+
+
+def _show(v: Any) -> str:
+    return "unset" if v is None else repr(v)
+
+
+def finalize(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Fills the derived defaults (val/checkpoint cadence) and checks cross-key constraints."""
+    steps = cfg["steps"]
+    if cfg.get("val_every") is None:
+        cfg["val_every"] = max(1, steps // 10)
+    if cfg.get("checkpoint_every") is None:
+        cfg["checkpoint_every"] = max(1, steps // 10)
+    for k, v in cfg.items():
+        if k in KEYS:
+            check_value(k, v, "the resolved config")
+    return cfg

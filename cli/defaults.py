@@ -1,0 +1,120 @@
+"""Per-model defaults of ``hvi fit``: one table, overridden by the TOML config and the CLI.
+
+Precedence (lowest first): :data:`COMMON` < :data:`MODEL_DEFAULTS` [model]
+< ``--config run.toml`` < command-line options.
+
+Stability of the inner loop (plain gradient ascent on the per-example support
+ELBO): its curvature grows like ``n_out / sigma^2`` (``n_out`` outputs per
+example, ``sigma`` the likelihood noise) and like ``1 / sigma0^2`` (prior
+scale) for the KL term, so the inner step size ``inner_lr`` must stay below
+about ``2 / curvature``. Each row picks the likelihood ``init_scale``, the
+prior ``init_scale`` and ``inner_lr`` together with that in mind.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["COMMON", "MODEL_DEFAULTS", "defaults_for"]
+
+#: Defaults shared by every model (a model row overrides them).
+COMMON: dict[str, Any] = {
+    "data_args": {},
+    "model_args": {},
+    "prior": "gaussian",
+    "prior_args": {},
+    "likelihood": None,  # None: the data source's (gaussian / categorical)
+    "likelihood_args": {},
+    "q_theta": "delta",
+    "objective": "query",
+    "inner_steps": 5,
+    "inner_lr": 0.01,
+    "learn_lr": False,
+    "first_order": False,
+    "kl_weight": 1.0,
+    "inner_samples": 1,
+    "steps": 1000,
+    "task_batch": 8,
+    "lr": 1e-3,
+    "clip_norm": None,
+    "seed": 0,
+    "device": "cpu",
+    "threads": 1,
+    "val_every": None,  # None: steps // 10
+    "val_tasks": 32,
+    "val_samples": 20,
+    "checkpoint_every": None,  # None: steps // 10
+    "eval_samples": 100,  # hvi evaluate --num-samples default
+    "eval_tasks": None,  # hvi evaluate --max-tasks default (None: every test task)
+}
+
+#: One row per zoo model: its default data source and everything tuned for it.
+#: ``likelihood_args`` apply to the Gaussian likelihood only.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Sinusoid regression (MAML benchmark): 1 output per example; sigma starts at 1 (amplitudes up to 5).
+    "mlp": {
+        "data": "sinusoid",
+        "model_args": {"hidden": [40, 40]},
+        "prior_args": {"init_scale": 0.1},
+        "likelihood_args": {"init_scale": 1.0},
+        "inner_steps": 5,
+        "inner_lr": 0.03,
+        "steps": 1000,
+        "task_batch": 8,
+        "lr": 5e-3,
+        "eval_tasks": 200,
+    },
+    # LFW faces as implicit neural representations: 156 support pixels.
+    "siren": {
+        "data": "faces",
+        "model_args": {"width": 64, "depth": 3},
+        "prior_args": {"init_scale": 0.01},
+        "likelihood_args": {"init_scale": 0.1},
+        "inner_steps": 3,
+        "inner_lr": 5e-4,
+        "steps": 300,
+        "task_batch": 4,
+        "lr": 1e-4,
+        "val_tasks": 10,
+    },
+    # 5-way 1-shot glyph classification (categorical likelihood).
+    "conv4": {
+        "data": "glyphs",
+        "model_args": {"hidden": 32},
+        "prior_args": {"init_scale": 0.05},
+        "inner_steps": 3,
+        "inner_lr": 0.01,
+        "first_order": True,
+        "steps": 500,
+        "task_batch": 4,
+        "lr": 1e-3,
+        "val_tasks": 16,
+        "val_samples": 5,
+        "eval_samples": 10,
+        "eval_tasks": 100,
+    },
+    # Solar clear-sky-index maps (3 x 8 x 16 -> 1 x 8 x 16): 128 outputs per example.
+    "bayes_unet": {
+        "data": "solar",
+        "model_args": {"base": 8, "depth": 3},
+        "prior_args": {"init_scale": 0.03},
+        "likelihood_args": {"init_scale": 0.3},
+        "inner_steps": 3,
+        "inner_lr": 3e-4,
+        "steps": 300,
+        "task_batch": 4,
+        "lr": 1e-3,
+        "val_tasks": 12,
+    },
+}
+
+
+def defaults_for(model: str) -> dict[str, Any]:
+    """The defaults of ``model``: :data:`COMMON` updated by its row (deep-copied)."""
+    import copy
+
+    out = copy.deepcopy(COMMON)
+    row = copy.deepcopy(MODEL_DEFAULTS.get(model, {}))
+    out.update(row)
+    out.setdefault("data", None)
+    return out

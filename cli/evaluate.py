@@ -1,0 +1,330 @@
+"""``hvi evaluate`` and ``hvi predict``: meta-test metrics with baselines, and predictions to netCDF."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from torch import Tensor
+
+from hvi.cli.registry import build_meta, build_source, resolve_device
+from hvi.cli.run import MODEL_DIR, eval_chunk_size, read_run_config
+
+__all__ = ["evaluate_run", "format_table", "predict_files", "load_run"]
+
+#: Order of the metrics in the table.
+REGRESSION = ("rmse", "mae", "nll", "crps", "coverage_50", "coverage_80", "coverage_90", "coverage_95")
+CLASSIFICATION = ("accuracy", "nll", "ece")
+#: Deterministic baselines a source may offer as ``source.<name>(batch)``.
+POINT_BASELINES = ("persistence", "climatology")
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    cfg: dict[str, Any]
+    info: dict[str, Any]
+    meta: Any
+    device: torch.device
+
+
+def load_run(run_dir: str | os.PathLike, device: str | None = None) -> LoadedRun:
+    """Rebuilds a complete run's model and loads its final params into the param store."""
+    from hvi.checkpoint import expected_params, load_checkpoint, read_checkpoint
+
+    path = Path(os.fspath(run_dir)).expanduser().resolve()
+    cfg = read_run_config(path)
+    if not (path / MODEL_DIR / "checkpoint.json").is_file():
+        raise ValueError(
+            f"run {path} has no final model ({MODEL_DIR}/ is missing): it did not finish; "
+            f"resume it with 'hvi fit --out {path} --resume'."
+        )
+    dev = resolve_device(device or "cpu")
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
+    info = dict(read_checkpoint(path / MODEL_DIR).extra)
+    meta = build_meta(cfg, dev)
+    load_checkpoint(path / MODEL_DIR, expected=expected_params(meta), device=dev)
+    return LoadedRun(cfg, info, meta, dev)
+
+
+def _ci(values: Tensor) -> dict[str, float]:
+    from hvi.metrics import mean_ci
+
+    m, lo, hi = mean_ci(values.detach().double().cpu())
+    return {"value": m, "ci_low": lo, "ci_high": hi}
+
+
+def _point_metrics(pred: Tensor, y: Tensor) -> dict[str, Tensor]:
+    err = (pred - y).reshape(y.shape[0], -1)
+    mae = err.abs().mean(1)
+    # The CRPS of a point forecast is its absolute error.
+    return {"rmse": err.pow(2).mean(1).sqrt(), "mae": mae, "crps": mae}
+
+
+def _skill(model_rmse: Tensor, ref_rmse: Tensor, seed: int, draws: int = 2000) -> dict[str, float]:
+    """1 - mean RMSE_model / mean RMSE_ref with a paired bootstrap 95% CI over tasks."""
+    m, r = model_rmse.double().cpu(), ref_rmse.double().cpu()
+    value = 1.0 - float(m.mean() / r.mean())
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, m.numel(), (draws, m.numel()), generator=g)
+    boot = 1.0 - m[idx].mean(1) / r[idx].mean(1)
+    lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=boot.dtype)).tolist()
+    return {"value": value, "ci_low": lo, "ci_high": hi}
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    *,
+    data: str | None = None,
+    num_samples: int | None = None,
+    inner_steps: int | None = None,
+    split: str = "test",
+    max_tasks: int | None = None,
+    device: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Meta-test metrics of a run with 95% CIs over tasks, and its baselines.
+
+    Baselines: ``prior`` (the same model without adaptation, 0 inner steps),
+    ``scratch`` (same network and prior family from a fresh initialisation,
+    not meta-learned, adapted per task with the same inner steps) and, when
+    the source offers them, ``persistence``/``climatology`` (with a skill score).
+    """
+    from hvi.metrics import classification_metrics, regression_metrics
+    from hvi.predict import predict
+
+    run = load_run(run_dir, device)
+    cfg = dict(run.cfg)
+    if num_samples is None:
+        num_samples = int(cfg.get("eval_samples") or 100)
+    if max_tasks is None:
+        max_tasks = cfg.get("eval_tasks")
+    if not (isinstance(num_samples, int) and num_samples >= 1):
+        raise ValueError(f"--num-samples {num_samples} must be >= 1.")
+    if inner_steps is not None and inner_steps < 0:
+        raise ValueError(f"--inner-steps {inner_steps} must be >= 0.")
+    if data is not None:
+        from hvi.cli.config import is_path
+
+        new = str(Path(data).expanduser().resolve()) if is_path(data) else data
+        if new != cfg["data"]:
+            cfg["data_args"] = {}
+        cfg["data"] = new
+    source = build_source(cfg)
+    for k in ("x_shape", "y_shape"):
+        if k in run.info and list(getattr(source, k)) != list(run.info[k]):
+            raise ValueError(
+                f"data {cfg['data']!r} has {k} {tuple(getattr(source, k))} but the run was trained on "
+                f"{tuple(run.info[k])}; evaluate on data of the same shape."
+            )
+    if source.likelihood != run.info.get("likelihood", source.likelihood):
+        raise ValueError(
+            f"data {cfg['data']!r} is {source.likelihood} but the run was trained on {run.info['likelihood']} data."
+        )
+    n = source.num_tasks(split)
+    if max_tasks is not None:
+        if max_tasks < 2:
+            raise ValueError(f"--max-tasks {max_tasks} must be >= 2 (a CI needs two tasks).")
+        n = min(n, max_tasks)
+    meta = run.meta
+    steps = cfg["inner_steps"] if inner_steps is None else inner_steps
+    classify = meta.likelihood.is_classification
+    chunk = eval_chunk_size(meta, num_samples)
+
+    # The non-meta-learned baseline: a fresh network's init as θ, in its own param store.
+    store = pyro.get_param_store()
+    scratch_meta = build_meta(cfg, run.device, seed=cfg["seed"] + 1)
+    scratch_state: dict[str, Any] = {"params": {}, "constraints": {}}  # filled at init values on first use
+
+    baselines = [b for b in POINT_BASELINES if callable(getattr(source, b, None)) and not classify]
+    per: dict[str, dict[str, list[Tensor]]] = {
+        k: {} for k in ("model", "prior", "scratch", *baselines)
+    }
+
+    def add(name: str, metrics: Mapping[str, Tensor]) -> None:
+        for k, v in metrics.items():
+            per[name].setdefault(k, []).append(v.detach())
+
+    def score(pred, y) -> dict[str, Tensor]:
+        return classification_metrics(pred, y) if classify else regression_metrics(pred, y)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, desc=f"evaluate ({split})", unit="task", leave=False)
+    devices = [run.device.index or 0] if run.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
+            torch.manual_seed(seed)
+            for start in range(0, n, chunk):
+                idx = torch.arange(start, min(start + chunk, n))
+                batch = source.get_tasks(split, idx).to(run.device)
+                y = batch.query_y
+                add("model", score(predict(meta, batch, inner_steps=steps, num_samples=num_samples), y))
+                add("prior", score(predict(meta, batch, inner_steps=0, num_samples=num_samples), y))
+                with store.scope(scratch_state):
+                    add("scratch", score(predict(scratch_meta, batch, inner_steps=steps, num_samples=num_samples), y))
+                for b in baselines:
+                    add(b, _point_metrics(getattr(source, b)(batch).to(y.dtype), y))
+                if bar is not None:
+                    bar.update(len(idx))
+    finally:
+        if bar is not None:
+            bar.close()
+
+    order = CLASSIFICATION if classify else REGRESSION
+    cat = {name: {k: torch.cat(v) for k, v in d.items()} for name, d in per.items()}
+
+    def table(name: str) -> dict[str, dict[str, float]]:
+        return {k: _ci(cat[name][k]) for k in order if k in cat[name]}
+
+    out: dict[str, Any] = {
+        "run": str(Path(os.fspath(run_dir)).expanduser().resolve()),
+        "data": cfg["data"],
+        "split": split,
+        "num_tasks": n,
+        "inner_steps": steps,
+        "num_samples": num_samples,
+        "metrics": table("model"),
+        "baselines": {
+            "prior": {"description": "same model, no adaptation (0 inner steps)", "metrics": table("prior")},
+            "scratch": {
+                "description": f"fresh network init as prior mean, not meta-learned, {steps} inner steps per task",
+                "metrics": table("scratch"),
+            },
+        },
+    }
+    for b in baselines:
+        out["baselines"][b] = {"description": f"the source's {b} forecast", "metrics": table(b)}
+    if baselines:
+        out["skill"] = {
+            b: _skill(cat["model"]["rmse"], cat[b]["rmse"], seed) for b in baselines
+        }
+    return out
+
+
+def _fmt(d: Mapping[str, float] | None) -> str:
+    if d is None:
+        return "-"
+    v, lo, hi = d["value"], d["ci_low"], d["ci_high"]
+    if math.isnan(lo):
+        return f"{v:.4f}"
+    return f"{v:.4f} ± {(hi - lo) / 2:.4f}"
+
+
+def format_table(res: Mapping[str, Any]) -> str:
+    """The human-readable table of :func:`evaluate_run`'s result."""
+    cols = ["model", *res["baselines"]]
+    heads = {"model": "adapted", "prior": "prior (0 steps)", "scratch": "scratch"}
+    rows = [["metric", *[heads.get(c, c) for c in cols]]]
+    metrics = list(res["metrics"])
+    for m in metrics:
+        row = [m, _fmt(res["metrics"].get(m))]
+        for c in cols[1:]:
+            row.append(_fmt(res["baselines"][c]["metrics"].get(m)))
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols) + 1)]
+    lines = [
+        f"{res['num_tasks']} {res['split']} tasks of {res['data']!r}; {res['inner_steps']} inner steps, "
+        f"{res['num_samples']} samples; mean ± 95% CI half-width over tasks",
+    ]
+    for i, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    for b, s in res.get("skill", {}).items():
+        lines.append(
+            f"skill vs {b} (1 - RMSE/RMSE_{b}): {s['value']:.3f}  [95% CI {s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+        )
+    return "\n".join(lines)
+
+
+def predict_files(
+    run_dir: str | os.PathLike,
+    support: str | os.PathLike,
+    query: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    inner_steps: int | None = None,
+    num_samples: int = 100,
+    device: str | None = None,
+    seed: int = 0,
+) -> Path:
+    """Adapts to the support file's tasks and writes predictions for the query file (netCDF, atomic)."""
+    from hvi.data.files import read_support_query, write_prediction
+    from hvi.predict import predict
+
+    if not (isinstance(num_samples, int) and num_samples >= 1):
+        raise ValueError(f"--num-samples {num_samples} must be >= 1.")
+    if inner_steps is not None and inner_steps < 0:
+        raise ValueError(f"--inner-steps {inner_steps} must be >= 0.")
+    out_path = Path(os.fspath(out)).expanduser()
+    if not out_path.parent.is_dir():
+        raise ValueError(f"cannot write {out_path}: directory {out_path.parent} does not exist.")
+    run = load_run(run_dir, device)
+    batch = read_support_query(support, query)
+    xs = list(batch.x_shape)
+    if "x_shape" in run.info and xs != list(run.info["x_shape"]):
+        raise ValueError(
+            f"{support} has x examples of shape {tuple(xs)} but the run was trained on {tuple(run.info['x_shape'])}."
+        )
+    classify = run.meta.likelihood.is_classification
+    if classify != (not batch.support_y.is_floating_point()):
+        kind = "class labels" if classify else "float targets"
+        raise ValueError(f"the run was trained on {kind} but {support} holds the other kind of y.")
+    # The query targets are not used by prediction (and may be absent: NaN / -1 fill).
+    batch = dataclasses.replace(batch, query_y=torch.zeros_like(batch.query_y)).to(run.device)
+    steps = run.cfg["inner_steps"] if inner_steps is None else inner_steps
+    chunk = eval_chunk_size(run.meta, num_samples)
+    means, stds, probs = [], [], []
+    devices = [run.device.index or 0] if run.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
+        torch.manual_seed(seed)
+        for start in range(0, batch.batch_size, chunk):
+            sub = _slice(batch, start, start + chunk)
+            p = predict(run.meta, sub, inner_steps=steps, num_samples=num_samples)
+            means.append(p.mean.cpu())
+            if p.std is not None:
+                stds.append(p.std.cpu())
+            if p.probs is not None:
+                probs.append(p.probs.cpu())
+    attrs = {
+        "run": str(Path(os.fspath(run_dir)).expanduser().resolve()),
+        "model": run.cfg["model"],
+        "inner_steps": steps,
+        "num_samples": num_samples,
+        "support_file": str(support),
+        "query_file": str(query),
+    }
+    return write_prediction(
+        out_path,
+        torch.cat(means),
+        torch.cat(stds) if stds else None,
+        torch.cat(probs) if probs else None,
+        attrs=attrs,
+    )
+
+
+def _slice(batch, a: int, b: int):
+    def cut(t):
+        return None if t is None else t[a:b]
+
+    return dataclasses.replace(
+        batch,
+        support_x=cut(batch.support_x),
+        support_y=cut(batch.support_y),
+        query_x=cut(batch.query_x),
+        query_y=cut(batch.query_y),
+        task_index=cut(batch.task_index) - a,
+        num_tasks=min(b, batch.batch_size) - a,
+        support_noise=cut(batch.support_noise),
+        query_noise=cut(batch.query_noise),
+    )

@@ -1,0 +1,329 @@
+"""The ``hvi`` command line: fit, evaluate, predict, models, priors, sources.
+
+Every bad input ends in one line ``Error: ...`` on stderr and a non-zero exit
+status (1 for errors, 2 for usage errors, 130 when training was interrupted).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+__all__ = ["cli", "main"]
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _one_line(msg: str, limit: int = 600) -> str:
+    lines = [line.strip() for line in str(msg).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else "unknown error"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class HviGroup(click.Group):
+    """A click group whose every error is one ``Error: ...`` line (usage errors included)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: D102
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            click.echo(f"Error: {_one_line(e.format_message())}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            click.echo(f"Error: {_one_line(e.format_message())}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Maps the library's error types to one-line click errors (no tracebacks)."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        from hvi.cli.run import Interrupted
+
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError, FloatingPointError, NotADirectoryError, IsADirectoryError) as e:
+            raise click.ClickException(_one_line(str(e))) from None
+        except PermissionError as e:
+            raise click.ClickException(_one_line(f"permission denied: {e}")) from None
+        except Interrupted as e:
+            click.echo(
+                f"Interrupted after step {e.step}; the run is kept at {e.where}. "
+                "Continue it with the same command and --resume.",
+                err=True,
+            )
+            raise click.exceptions.Exit(130) from None
+        except KeyboardInterrupt:
+            click.echo("Aborted; an interrupted run can be continued from its last checkpoint with --resume.", err=True)
+            raise click.exceptions.Exit(130) from None
+
+    return wrapper
+
+
+def _version() -> str:
+    from hvi import __version__
+
+    return __version__
+
+
+@click.group(cls=HviGroup, context_settings=CONTEXT)
+@click.version_option(_version(), "--version", "-V", prog_name="hvi", message="%(prog)s %(version)s")
+def cli() -> None:
+    """Bayesian meta-learning by hierarchical variational inference (θ → φ_i → D_i).
+
+    \b
+    Examples:
+      hvi fit --model bayes_unet                 # solar maps, defaults tuned for 2 CPU cores
+      hvi fit --model mlp --steps 500 --out runs/sine
+      hvi evaluate runs/sine
+      hvi predict runs/sine --support s.nc --query q.nc --out pred.nc
+      hvi models; hvi priors; hvi sources
+    """
+
+
+# --------------------------------------------------------------------------- fit
+
+_FIT_HELP = """Meta-train a model by SVI and write a run directory.
+
+Options override --config run.toml, which overrides the model's defaults
+(see 'hvi models'). The run is built in OUT.tmp-XXXXXXXX and renamed to OUT
+when it finishes; bad input leaves nothing behind. Ctrl-C stops after the
+current step and keeps a resumable checkpoint.
+
+\b
+Run directory:
+  config.json     resolved configuration
+  metrics.jsonl   one JSON object per step (loss, elbo, loss_per_task, tasks_per_s, val)
+  checkpoint/     latest training state (resume from here)
+  model/          final model (read by evaluate / predict)
+
+\b
+Examples:
+  hvi fit --model bayes_unet
+  hvi fit --model mlp --steps 300 --inner-steps 3 --out runs/sine
+  hvi fit --model mlp --data tasks.nc --config run.toml --out runs/mine
+  hvi fit --out runs/sine --resume --steps 600     # continue / extend a run
+"""
+
+
+@cli.command("fit", help=_FIT_HELP, context_settings=CONTEXT)
+@click.option("--model", "model", metavar="NAME", help="Zoo model (see 'hvi models').")
+@click.option("--data", "data", metavar="SOURCE_OR_PATH", help="Registered source (see 'hvi sources') or a .nc/.zarr file. Default: the model's.")
+@click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False), help="TOML file with any of these options (and model_args, data_args, prior_args, likelihood_args tables).")
+@click.option("--out", "out", metavar="RUN_DIR", help="Run directory (default: runs/MODEL).")
+@click.option("--steps", type=int, metavar="N", help="Total SVI steps.")
+@click.option("--task-batch", "task_batch", type=int, metavar="B", help="Tasks per step.")
+@click.option("--inner-steps", "inner_steps", type=int, metavar="K", help="Inner gradient steps on each support set.")
+@click.option("--inner-lr", "inner_lr", type=float, metavar="A", help="Inner step size per support example.")
+@click.option("--learn-lr/--no-learn-lr", "learn_lr", default=None, help="Learn the inner step sizes (Meta-SGD style).")
+@click.option("--first-order/--second-order", "first_order", default=None, help="Do not differentiate through the inner gradients.")
+@click.option("--prior", metavar="NAME", help="Hierarchical prior (see 'hvi priors').")
+@click.option("--q-theta", "q_theta", type=click.Choice(["delta", "normal"]), help="q(θ): point mass (empirical Bayes) or Normal.")
+@click.option("--kl-weight", "kl_weight", type=float, metavar="β", help="Weight of KL(q(φ_i) ‖ p(φ_i | θ)).")
+@click.option("--lr", type=float, metavar="LR", help="Adam learning rate of θ.")
+@click.option("--seed", type=int, metavar="S", help="Seed of initialisation, sampling and task order.")
+@click.option("--device", metavar="cpu|cuda", help="Where to train (cpu, cuda, cuda:N).")
+@click.option("--threads", type=int, metavar="N", help="CPU threads for torch (default 1: fastest for small models on a busy machine).")
+@click.option("--resume", is_flag=True, help="Continue the interrupted or finished run at --out.")
+@click.option("--val-every", "val_every", type=int, metavar="N", help="Validate on held-out val tasks every N steps (default steps/10).")
+@click.option("--checkpoint-every", "checkpoint_every", type=int, metavar="N", help="Write checkpoint/ every N steps (default steps/10).")
+@click.option("--progress/--no-progress", default=True, help="Show the progress bar (stderr).")
+@_errors
+def fit_cmd(config_path, out, resume, progress, **opts) -> None:
+    from hvi.cli.run import run_fit
+
+    summary = run_fit(
+        opts, config_path=config_path, out=out, resume=resume, progress=progress, echo=click.echo
+    )
+    val = ""
+    if summary.val:
+        val = " val " + " ".join(f"{k}={v:.4g}" for k, v in summary.val.items())
+    click.echo(
+        f"trained {summary.steps} steps ({summary.steps - summary.start_step} now) in {summary.seconds:.1f}s; "
+        f"final loss {summary.final_loss:.4g};{val}"
+    )
+    click.echo(f"run directory: {summary.run_dir}")
+
+
+# --------------------------------------------------------------------------- evaluate
+
+_EVAL_HELP = """Meta-test metrics of a run on held-out tasks, with baselines.
+
+Regression: RMSE, MAE, Gaussian NLL, CRPS, coverage of the 50/80/90/95%
+predictive intervals; classification: accuracy, NLL, ECE; each the mean over
+tasks with a 95% CI. Baselines: the un-adapted prior (0 inner steps), a
+non-meta-learned network trained per task from scratch with the same inner
+steps, and the source's persistence/climatology forecasts where it has them
+(with the skill score 1 - RMSE/RMSE_persistence).
+
+\b
+Examples:
+  hvi evaluate runs/bayes_unet
+  hvi evaluate runs/sine --json --num-samples 50 --inner-steps 10
+  hvi evaluate runs/mine --data other_tasks.nc --split val
+"""
+
+
+@cli.command("evaluate", help=_EVAL_HELP, context_settings=CONTEXT)
+@click.argument("run_dir", metavar="RUN_DIR")
+@click.option("--data", metavar="SOURCE_OR_PATH", help="Evaluate on other data of the same shape (default: the run's).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@click.option("--num-samples", "num_samples", type=click.IntRange(min=1), help="Predictive weight samples per task (default: the run's eval_samples, 100 for most models).")
+@click.option("--inner-steps", "inner_steps", type=click.IntRange(min=0), help="Adaptation steps at test time (default: the training value).")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True, help="Which tasks.")
+@click.option("--max-tasks", "max_tasks", type=int, help="Evaluate at most this many tasks (default: the run's eval_tasks; all for most models).")
+@click.option("--device", metavar="cpu|cuda", help="Where to run (default cpu).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the predictive samples.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar (stderr).")
+@_errors
+def evaluate_cmd(run_dir, data, as_json, num_samples, inner_steps, split, max_tasks, device, seed, progress) -> None:
+    from hvi.cli.evaluate import evaluate_run, format_table
+
+    res = evaluate_run(
+        run_dir,
+        data=data,
+        num_samples=num_samples,
+        inner_steps=inner_steps,
+        split=split,
+        max_tasks=max_tasks,
+        device=device,
+        seed=seed,
+        progress=progress and not as_json,
+    )
+    if as_json:
+        click.echo(json.dumps(_finite(res), allow_nan=False))
+    else:
+        click.echo(format_table(res))
+
+
+def _finite(obj):
+    """JSON-safe copy: NaN/inf (e.g. the CI of a single task) become null."""
+    import math
+
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# --------------------------------------------------------------------------- predict
+
+_PREDICT_HELP = """Adapt a run to new tasks and write predictive mean and std (netCDF).
+
+The support file holds x and y of every task (all samples are support); the
+query file holds x (y optional) of the same tasks; see hvi.data.files for the
+layout. The output holds mean and std (and probs for classification) with
+dims (task, sample, ...); it is written atomically.
+
+\b
+Examples:
+  hvi predict runs/sine --support support.nc --query query.nc --out pred.nc
+  hvi predict runs/bayes_unet --support s.nc --query q.nc --out p.nc --inner-steps 5
+"""
+
+
+@cli.command("predict", help=_PREDICT_HELP, context_settings=CONTEXT)
+@click.argument("run_dir", metavar="RUN_DIR")
+@click.option("--support", required=True, metavar="FILE", help="Support set (.nc/.zarr).")
+@click.option("--query", required=True, metavar="FILE", help="Query inputs (.nc/.zarr).")
+@click.option("--out", "out", required=True, metavar="FILE", help="Output .nc file.")
+@click.option("--num-samples", "num_samples", type=click.IntRange(min=1), default=100, show_default=True, help="Predictive weight samples.")
+@click.option("--inner-steps", "inner_steps", type=click.IntRange(min=0), help="Adaptation steps (default: the training value).")
+@click.option("--device", metavar="cpu|cuda", help="Where to run (default cpu).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the predictive samples.")
+@_errors
+def predict_cmd(run_dir, support, query, out, num_samples, inner_steps, device, seed) -> None:
+    from hvi.cli.evaluate import predict_files
+
+    path = predict_files(
+        run_dir, support, query, out, inner_steps=inner_steps, num_samples=num_samples, device=device, seed=seed
+    )
+    click.echo(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------- listings
+
+
+@cli.command("models", context_settings=CONTEXT)
+@_errors
+def models_cmd() -> None:
+    """List the zoo models, one per line (name, default data, description).
+
+    \b
+    Example:
+      hvi models
+    """
+    from hvi.cli.defaults import MODEL_DEFAULTS
+    from hvi.cli.registry import load_registries
+    from hvi.models import describe_model, list_models
+
+    load_registries()
+    names = list_models()
+    w = max(map(len, names), default=0)
+    for name in names:
+        data = MODEL_DEFAULTS.get(name, {}).get("data")
+        where = f" [default data: {data}]" if data else ""
+        click.echo(f"{name.ljust(w)}  {describe_model(name)}{where}")
+
+
+@cli.command("priors", context_settings=CONTEXT)
+@_errors
+def priors_cmd() -> None:
+    """List the hierarchical priors, one per line (name, description).
+
+    \b
+    Example:
+      hvi priors
+    """
+    from hvi.cli.registry import load_registries
+    from hvi.priors.base import describe_prior, list_priors
+
+    load_registries()
+    names = list_priors()
+    w = max(map(len, names), default=0)
+    for name in names:
+        click.echo(f"{name.ljust(w)}  {describe_prior(name)}")
+
+
+@cli.command("sources", context_settings=CONTEXT)
+@_errors
+def sources_cmd() -> None:
+    """List the registered data sources for --data, one per line.
+
+    \b
+    Example:
+      hvi sources
+    """
+    from hvi.cli.registry import load_registries, source_description
+    from hvi.data.base import list_sources
+
+    load_registries()
+    names = list_sources()
+    w = max(map(len, names), default=0)
+    for name in names:
+        click.echo(f"{name.ljust(w)}  {source_description(name)}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="hvi")
+
+
+if __name__ == "__main__":
+    main()

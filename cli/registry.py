@@ -1,0 +1,184 @@
+"""Loading the registries and building sources and models from a resolved config."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+__all__ = [
+    "load_registries",
+    "build_source",
+    "build_meta",
+    "infer_model_args",
+    "source_description",
+    "resolve_device",
+]
+
+#: Modules whose import registers the built-in data sources.
+_SOURCE_MODULES = (
+    "hvi.data.sinusoid",
+    "hvi.data.clouds",
+    "hvi.data.images",
+    "hvi.data.glyphs",
+    "hvi.data.files",
+    "hvi.data.solar",
+)
+
+_loaded = False
+
+
+def load_registries() -> None:
+    """Imports the model zoo, the priors and every built-in data source (once)."""
+    global _loaded
+    if _loaded:
+        return
+    importlib.import_module("hvi.models")
+    importlib.import_module("hvi.priors")
+    for name in _SOURCE_MODULES:
+        importlib.import_module(name)
+    _loaded = True
+
+
+def _check_kwargs(what: str, name: str, builder: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
+    """Raises ValueError naming a keyword the builder does not accept."""
+    try:
+        params = inspect.signature(builder).parameters.values()
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    accepted = [
+        p.name
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        and p.name != "self"
+    ]
+    for k in kwargs:
+        if k not in accepted:
+            raise ValueError(
+                f"unknown {what}_args key {k!r} for {what} {name!r}; accepted keys: "
+                f"{', '.join(accepted) if accepted else '(none)'}."
+            )
+
+
+def build_source(cfg: Mapping[str, Any]):
+    """The task source of ``cfg["data"]``: a registered name or a netCDF/zarr path."""
+    load_registries()
+    from hvi.cli.config import is_path
+    from hvi.data.base import _SOURCES, get_source, list_sources
+
+    data = cfg["data"]
+    args = dict(cfg.get("data_args") or {})
+    if is_path(data):
+        from hvi.data.files import FileSource
+
+        _check_kwargs("data", "file", FileSource, args)
+        if "split_fractions" in args and isinstance(args["split_fractions"], list):
+            args["split_fractions"] = tuple(args["split_fractions"])
+        return FileSource(data, **args)
+    if data not in _SOURCES:
+        raise ValueError(
+            f"unknown data source {data!r}; registered sources: {', '.join(list_sources())} "
+            "(or pass the path of a .nc/.zarr file)."
+        )
+    _check_kwargs("data", data, _SOURCES[data], args)
+    for k, v in list(args.items()):
+        if k == "num_tasks" and isinstance(v, list):
+            args[k] = tuple(v)
+    return get_source(data, **args)
+
+
+def source_description(name: str) -> str:
+    """First line of a registered source's docstring."""
+    from hvi.data.base import _SOURCES
+
+    doc = inspect.getdoc(_SOURCES[name]) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def infer_model_args(model: str, source, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Model arguments that follow from the data's shapes (zoo models only).
+
+    Keys in ``given`` win; only missing ones are filled.
+    """
+    xs, ys = tuple(source.x_shape), tuple(source.y_shape)
+    classes = getattr(source, "num_classes", None)
+    out: dict[str, Any] = {}
+    if model == "mlp" and len(xs) == 1:
+        out["in_features"] = xs[0]
+        out["out_features"] = classes if classes else (ys[0] if len(ys) == 1 else math.prod(ys) or 1)
+    elif model == "siren" and len(xs) == 1:
+        out["in_features"] = xs[0]
+        out["out_features"] = classes if classes else (ys[0] if len(ys) == 1 else 1)
+    elif model == "bayes_unet" and len(xs) == 3 and len(ys) == 3:
+        out["in_channels"], out["out_channels"] = xs[0], ys[0]
+    elif model == "conv4" and len(xs) == 3:
+        out["in_channels"], out["image_size"] = xs[0], xs[-1]
+        if classes:
+            out["num_classes"] = classes
+    return {k: v for k, v in out.items() if k not in given}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu`` / ``cuda`` / ``cuda:N``, checked to exist."""
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) exist.")
+    return dev
+
+
+def build_meta(cfg: Mapping[str, Any], device: torch.device, seed: int | None = None):
+    """The :class:`hvi.MetaModel` of a resolved config, with its network on ``device``.
+
+    The network is initialised from ``seed`` (default ``cfg["seed"]``) without
+    disturbing the global RNG.
+    """
+    load_registries()
+    from hvi import InnerConfig, MetaModel
+    from hvi.likelihoods import _LIKELIHOODS, get_likelihood
+    from hvi.models import get_model
+    from hvi.priors.base import _PRIORS, get_prior, list_priors
+
+    prior_name = cfg["prior"]
+    if prior_name not in _PRIORS:
+        raise ValueError(f"unknown prior {prior_name!r}; registered priors: {', '.join(list_priors())}.")
+    _check_kwargs("prior", prior_name, _PRIORS[prior_name], cfg.get("prior_args") or {})
+    lik_name = cfg["likelihood"]
+    if lik_name not in _LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {lik_name!r}; registered: {', '.join(sorted(_LIKELIHOODS))}.")
+    _check_kwargs("likelihood", lik_name, _LIKELIHOODS[lik_name], cfg.get("likelihood_args") or {})
+    margs = dict(cfg.get("model_args") or {})
+    for k, v in margs.items():
+        if isinstance(v, list):
+            margs[k] = tuple(v)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg["seed"] if seed is None else seed)
+        try:
+            net = get_model(cfg["model"], **margs)
+        except TypeError as e:  # a builder called with a value of the wrong type
+            raise ValueError(f"model {cfg['model']!r} rejected model_args {margs}: {e}") from None
+    net = net.to(device)
+    inner = InnerConfig(
+        steps=cfg["inner_steps"],
+        lr=cfg["inner_lr"],
+        learn_lr=cfg["learn_lr"],
+        num_samples=cfg["inner_samples"],
+        kl_weight=cfg["kl_weight"],
+        first_order=cfg["first_order"],
+    )
+    return MetaModel(
+        net,
+        get_prior(prior_name, **(cfg.get("prior_args") or {})),
+        get_likelihood(lik_name, **(cfg.get("likelihood_args") or {})),
+        q_theta=cfg["q_theta"],
+        inner=inner,
+        objective=cfg["objective"],
+    )

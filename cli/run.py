@@ -1,0 +1,562 @@
+"""``hvi fit``: run directories, training loop hooks, validation, checkpoints and resume.
+
+Run directory (``--out RUN_DIR``)::
+
+    RUN_DIR/
+      config.json      the resolved configuration (every key of run.toml)
+      metrics.jsonl    one JSON object per training step (loss, ELBO, loss per
+                       task, tasks/s; ``val`` metrics every val_every steps)
+      checkpoint/      the latest training state (hvi.checkpoint: params,
+                       optimizer, RNG and task-sampler state), every
+                       checkpoint_every steps and at the end
+      model/           the final model (params + config), what evaluate/predict read
+
+Life cycle:
+
+* Every input is checked (config, data, model, one forward pass) before
+  anything is written, so bad input leaves nothing on disk.
+* The run is built in a sibling ``RUN_DIR.tmp-XXXXXXXX`` and renamed to
+  ``RUN_DIR`` only when it finished: ``RUN_DIR`` exists iff the run is complete.
+* An error during training removes the temporary directory.
+* Ctrl-C / SIGTERM stops after the current step, writes a checkpoint and keeps
+  ``RUN_DIR.tmp-XXXXXXXX``; so does a killed process (its last periodic
+  checkpoint). ``hvi fit --out RUN_DIR --resume`` continues the newest such
+  directory (or extends a complete ``RUN_DIR`` to a larger ``--steps``) with
+  the same step count, optimizer state, RNG state and task-sampler state, so
+  the result is bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+from hvi.cli.config import finalize, load_toml, resolve, resolve_resume
+from hvi.cli.registry import build_meta, build_source, infer_model_args, resolve_device
+
+__all__ = ["run_fit", "find_resumable", "read_run_config", "Interrupted", "validation_metrics"]
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoint"
+MODEL_DIR = "model"
+
+
+class Interrupted(Exception):
+    """Training stopped on request after ``step`` steps; the run directory was kept."""
+
+    def __init__(self, step: int, where: Path) -> None:
+        super().__init__(step, where)
+        self.step = step
+        self.where = where
+
+
+# --------------------------------------------------------------------------- run dirs
+
+
+def _tmp_dirs(out: Path) -> list[Path]:
+    if not out.parent.is_dir():
+        return []
+    return sorted(p for p in out.parent.glob(f"{out.name}.tmp-*") if p.is_dir())
+
+
+def _checkpoint_step(d: Path) -> int | None:
+    try:
+        meta = json.loads((d / CHECKPOINT_DIR / "checkpoint.json").read_text())
+        return int(meta["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def find_resumable(out: Path) -> tuple[Path | None, int | None]:
+    """The newest interrupted ``RUN_DIR.tmp-*`` with a checkpoint, and its step."""
+    best: tuple[Path | None, int | None, float] = (None, None, -1.0)
+    for d in _tmp_dirs(out):
+        step = _checkpoint_step(d)
+        if step is None:
+            continue
+        mtime = (d / CHECKPOINT_DIR / "checkpoint.json").stat().st_mtime
+        if mtime > best[2]:
+            best = (d, step, mtime)
+    return best[0], best[1]
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """``config.json`` of a run directory (clear errors for a missing/incomplete run)."""
+    if not run_dir.is_dir():
+        tmp, step = find_resumable(run_dir)
+        if tmp is not None:
+            raise ValueError(
+                f"run {run_dir} is not complete: an interrupted run is at {tmp} (step {step}); "
+                f"finish it with 'hvi fit --out {run_dir} --resume'."
+            )
+        raise FileNotFoundError(f"run directory {run_dir} does not exist; train one with 'hvi fit --out {run_dir}'.")
+    path = run_dir / CONFIG_FILE
+    try:
+        cfg = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{run_dir} is not an hvi run directory ({CONFIG_FILE} is missing).") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); the run directory is damaged.") from None
+    if not isinstance(cfg, dict) or "model" not in cfg:
+        raise ValueError(f"{path} is not an hvi run config (no 'model').")
+    return cfg
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    from hvi.checkpoint import _public
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        _public(tmp)
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drops the metrics lines of steps after ``step`` (they are redone on resume)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            break  # a torn last line of a killed run
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in keep))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- stopping
+
+
+class _StopFlag:
+    """First Ctrl-C/SIGTERM asks for a graceful stop after the current step; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+
+        for s in old:
+            signal.signal(s, handler)
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validation_metrics(meta, batches, num_samples: int, seed: int, device: torch.device) -> dict[str, float]:
+    """Mean metrics over fixed held-out tasks; never touches the training RNG stream."""
+    from hvi.metrics import classification_metrics, regression_metrics
+    from hvi.predict import predict
+
+    devices = [device.index or 0] if device.type == "cuda" else []
+    per: dict[str, list[torch.Tensor]] = {}
+    with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
+        torch.manual_seed(seed)
+        for b in batches:
+            pred = predict(meta, b, num_samples=num_samples)
+            if meta.likelihood.is_classification:
+                m = classification_metrics(pred, b.query_y)
+            else:
+                m = regression_metrics(pred, b.query_y)
+                m = {k: m[k] for k in ("rmse", "nll", "crps", "coverage_90")}
+            for k, v in m.items():
+                per.setdefault(k, []).append(v)
+    return {k: float(torch.cat(v).mean().cpu()) for k, v in per.items()}
+
+
+def _chunks(source, split: str, n: int, chunk: int, device: torch.device) -> list:
+    n = min(n, source.num_tasks(split))
+    out = []
+    for start in range(0, n, chunk):
+        idx = torch.arange(start, min(start + chunk, n))
+        out.append(source.get_tasks(split, idx).to(device))
+    return out
+
+
+def eval_chunk_size(meta, num_samples: int, budget_bytes: float = 2.5e8) -> int:
+    """Tasks per predict call so the weight samples stay within ``budget_bytes``."""
+    per_task = max(1, meta.net.num_weights) * 4 * max(1, num_samples)
+    return int(max(1, min(64, budget_bytes // per_task)))
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def _complete_with_source(cfg: dict[str, Any], explicit: set[str], source) -> None:
+    """Fills the likelihood and the shape-derived model arguments from the data."""
+    if cfg.get("likelihood") is None:
+        cfg["likelihood"] = source.likelihood
+        if source.likelihood != "gaussian" and "likelihood_args" not in explicit:
+            cfg["likelihood_args"] = {}
+    from hvi.models import model_defaults
+
+    margs = dict(cfg.get("model_args") or {})
+    margs.update(infer_model_args(cfg["model"], source, margs))
+    cfg["model_args"] = json.loads(json.dumps({**model_defaults(cfg["model"]), **margs}))
+
+
+def _data_info(source) -> dict[str, Any]:
+    return {
+        "x_shape": list(source.x_shape),
+        "y_shape": list(source.y_shape),
+        "likelihood": source.likelihood,
+        "num_classes": getattr(source, "num_classes", None),
+        "num_tasks": {s: source.num_tasks(s) for s in ("train", "val", "test")},
+    }
+
+
+def _probe(meta, source, cfg: Mapping[str, Any], device: torch.device) -> None:
+    """One forward pass on a training batch: catches shape/type mismatches before any file is written."""
+    from hvi.predict import predict
+    from hvi.validation import validate_batch
+
+    with torch.random.fork_rng(devices=[]), pyro.get_param_store().scope():
+        g = torch.Generator().manual_seed(0)
+        batch = source.sample("train", min(cfg["task_batch"], source.num_tasks("train")), g)
+        if cfg["task_batch"] > source.num_tasks("train"):
+            raise ValueError(
+                f"task_batch={cfg['task_batch']} exceeds the {source.num_tasks('train')} training tasks of "
+                f"{cfg['data']!r}; lower --task-batch."
+            )
+        batch = batch.to(device)
+        validate_batch(batch, meta.likelihood)
+        try:
+            with pyro.validation_enabled(False):
+                predict(meta, _take(batch, 1), inner_steps=0, num_samples=1)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(
+                f"model {cfg['model']!r} cannot run on data {cfg['data']!r} (x {tuple(source.x_shape)}, "
+                f"y {tuple(source.y_shape)}): {first}; set matching model_args in --config."
+            ) from None
+
+
+def _take(batch, n: int):
+    def cut(t):
+        return None if t is None else t[:n]
+
+    return dataclasses.replace(
+        batch,
+        support_x=cut(batch.support_x),
+        support_y=cut(batch.support_y),
+        query_x=cut(batch.query_x),
+        query_y=cut(batch.query_y),
+        task_index=cut(batch.task_index),
+        support_noise=cut(batch.support_noise),
+        query_noise=cut(batch.query_noise),
+    )
+
+
+def _make_optimizer(cfg: Mapping[str, Any]):
+    if cfg.get("clip_norm") is None:
+        return pyro.optim.Adam({"lr": cfg["lr"]})
+    return pyro.optim.ClippedAdam({"lr": cfg["lr"], "clip_norm": cfg["clip_norm"]})
+
+
+@dataclasses.dataclass
+class FitSummary:
+    """What :func:`run_fit` reports."""
+
+    run_dir: Path
+    steps: int
+    start_step: int
+    seconds: float
+    final_loss: float | None
+    val: dict[str, float] | None
+
+
+def run_fit(
+    cli_opts: Mapping[str, Any],
+    *,
+    config_path: str | None,
+    out: str | None,
+    resume: bool,
+    progress: bool = True,
+    echo=print,
+) -> FitSummary:
+    """Resolves the config, prepares the run directory and trains (see module doc)."""
+    from hvi.checkpoint import expected_params, load_checkpoint, save_checkpoint
+    from hvi.fit import fit
+
+    toml = load_toml(config_path) if config_path else {}
+    model_name = cli_opts.get("model") or toml.get("model")
+    if out is None:
+        if resume:
+            raise ValueError("--resume needs --out RUN_DIR (the run to continue).")
+        out = os.path.join("runs", str(model_name or "run"))
+    out_dir = Path(out).expanduser().resolve()
+
+    # ---- what to resume, and the config -------------------------------------------------
+    resume_from: Path | None = None  # existing dir to continue in place (an interrupted tmp dir)
+    copy_from: Path | None = None  # complete run to extend (copied first)
+    if resume:
+        tmp, _ = find_resumable(out_dir)
+        if tmp is not None:
+            resume_from = tmp
+        elif out_dir.is_dir() and (out_dir / CHECKPOINT_DIR / "checkpoint.json").is_file():
+            copy_from = out_dir
+        else:
+            raise FileNotFoundError(
+                f"nothing to resume at {out_dir}: no run directory and no interrupted {out_dir.name}.tmp-* "
+                "with a checkpoint; start a new run without --resume."
+            )
+        saved = read_run_config(resume_from or out_dir)
+        cfg = resolve_resume(saved, cli_opts, toml)
+        explicit: set[str] = set(saved)
+    else:
+        if out_dir.exists():
+            raise ValueError(
+                f"run directory {out_dir} already exists; pass --resume to continue it (with a larger "
+                "--steps) or choose another --out."
+            )
+        tmp, step = find_resumable(out_dir)
+        if tmp is not None:
+            raise ValueError(
+                f"an interrupted run of {out_dir} is at {tmp} (step {step}); pass --resume to continue it, "
+                "or delete it to start over."
+            )
+        if out_dir.parent.exists() and not out_dir.parent.is_dir():
+            raise ValueError(f"cannot create {out_dir}: {out_dir.parent} is not a directory.")
+        cfg, explicit = resolve(cli_opts, toml)
+    cfg = finalize(cfg)
+
+    # ---- build and check everything before touching the disk -----------------------------
+    device = resolve_device(cfg["device"])
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
+    source = build_source(cfg)
+    if not resume:
+        _complete_with_source(cfg, explicit, source)
+    info = _data_info(source)
+    if resume:
+        _check_same_data(saved_info=_saved_info(resume_from or out_dir), info=info, data=cfg["data"])
+    meta = build_meta(cfg, device)
+    _probe(meta, source, cfg, device)
+    expected = expected_params(meta)
+    steps = cfg["steps"]
+    if resume:
+        done = _checkpoint_step(resume_from or out_dir)
+        if done is not None and done >= steps:
+            raise ValueError(
+                f"run {out_dir} already has {done} steps (>= --steps {steps}); pass a larger --steps to "
+                "train longer."
+            )
+
+    # ---- the working directory ------------------------------------------------------------
+    created: Path | None = None
+    if resume_from is not None:
+        work = resume_from
+    else:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
+        created = work
+        from hvi.checkpoint import _public
+
+        _public(work, directory=True)
+    ok = False
+    try:
+        if copy_from is not None:
+            shutil.copytree(copy_from, work, dirs_exist_ok=True)
+            shutil.rmtree(work / MODEL_DIR, ignore_errors=True)
+        optimizer = _make_optimizer(cfg)
+        generator = torch.Generator()
+        generator.manual_seed(cfg["seed"])
+        start = 0
+        ckpt = None
+        if resume:
+            ckpt = load_checkpoint(
+                work / CHECKPOINT_DIR, expected=expected, optimizer=optimizer, generator=generator, device=device
+            )
+            start = ckpt.step
+            if start >= steps:
+                raise ValueError(
+                    f"run {out_dir} already has {start} steps (>= --steps {steps}); pass a larger --steps to "
+                    "train longer."
+                )
+            _truncate_metrics(work / METRICS_FILE, start)
+        _write_json_atomic(work / CONFIG_FILE, cfg)
+        summary = _train(
+            meta, source, cfg, info, work, device, optimizer, generator, start, ckpt, progress, echo, fit,
+            save_checkpoint,
+        )
+        save_checkpoint(
+            work / MODEL_DIR,
+            step=steps,
+            config=cfg,
+            extra={**info, "final_loss": summary.final_loss, "val": summary.val, "fit_seconds": summary.seconds},
+            rng=False,
+        )
+        _finalize_dir(work, out_dir)
+        ok = True
+        summary.run_dir = out_dir
+        return summary
+    except Interrupted:
+        ok = True  # keep the directory: it is resumable
+        raise
+    except KeyboardInterrupt:
+        ok = True  # a hard abort: the last periodic checkpoint is resumable
+        raise
+    finally:
+        if not ok and created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+
+
+def _saved_info(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads((run_dir / CHECKPOINT_DIR / "checkpoint.json").read_text())
+        return meta.get("extra")
+    except (OSError, ValueError):
+        return None
+
+
+def _check_same_data(saved_info: Mapping[str, Any] | None, info: Mapping[str, Any], data: str) -> None:
+    if not saved_info:
+        return
+    for k in ("x_shape", "y_shape", "likelihood"):
+        if k in saved_info and saved_info[k] != info[k]:
+            raise ValueError(
+                f"cannot --resume: the data {data!r} now has {k} {info[k]} but the run was trained on "
+                f"{saved_info[k]}; the data changed."
+            )
+
+
+def _finalize_dir(work: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.old-", dir=out_dir.parent))
+        os.rmdir(old)
+        os.rename(out_dir, old)
+        os.rename(work, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(work, out_dir)
+
+
+def _train(
+    meta, source, cfg, info, work: Path, device, optimizer, generator, start: int, ckpt, progress: bool, echo,
+    fit, save_checkpoint,
+) -> FitSummary:
+    from hvi.checkpoint import _set_rng_state
+
+    steps = cfg["steps"]
+    val_every, ckpt_every = cfg["val_every"], cfg["checkpoint_every"]
+    chunk = eval_chunk_size(meta, cfg["val_samples"])
+    val_batches = _chunks(source, "val", cfg["val_tasks"], chunk, device)
+    metrics_path = work / METRICS_FILE
+    stop = _StopFlag()
+    state: dict[str, Any] = {"last_ckpt": start, "val": None, "loss": None, "t_last": time.perf_counter()}
+    t0 = time.perf_counter()
+    rate = {"tasks_per_s": None}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, initial=start, desc="meta-train", unit="step", dynamic_ncols=True, leave=True)
+    val_key = "accuracy" if meta.likelihood.is_classification else "rmse"
+
+    def checkpoint(g: int, loss: float) -> None:
+        save_checkpoint(
+            work / CHECKPOINT_DIR,
+            step=g,
+            optimizer=optimizer,
+            generator=generator,
+            config=cfg,
+            extra={**info, "loss": loss, "val": state["val"]},
+        )
+        state["last_ckpt"] = g
+
+    def callback(step: int, loss: float, batch) -> None:
+        g = start + step + 1
+        now = time.perf_counter()
+        dt = max(now - state["t_last"], 1e-9)
+        state["t_last"] = now
+        tps = batch.batch_size / dt
+        rate["tasks_per_s"] = tps if rate["tasks_per_s"] is None else 0.9 * rate["tasks_per_s"] + 0.1 * tps
+        per_task = loss / batch.num_tasks
+        record: dict[str, Any] = {
+            "step": g,
+            "loss": loss,
+            "elbo": -loss,
+            "loss_per_task": per_task,
+            "tasks_per_s": tps,
+            "time_s": now - t0,
+        }
+        if g % val_every == 0 or g == steps:
+            state["val"] = validation_metrics(meta, val_batches, cfg["val_samples"], cfg["seed"] + g, device)
+            record["val"] = state["val"]
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record, allow_nan=True) + "\n")
+        state["loss"] = loss
+        if g % ckpt_every == 0 or g == steps or stop.requested:
+            checkpoint(g, loss)
+        if bar is not None:
+            post = {"elbo": f"{-loss:.4g}", "loss/task": f"{per_task:.4g}"}
+            if state["val"] is not None:
+                post[f"val_{val_key}"] = f"{state['val'][val_key]:.4g}"
+            post["tasks/s"] = f"{rate['tasks_per_s']:.1f}"
+            bar.set_postfix(post, refresh=False)
+            bar.update(1)
+        if stop.requested and g < steps:
+            raise Interrupted(g, work)
+
+    try:
+        with stop.installed(), pyro.validation_enabled(False):
+            if ckpt is not None:
+                if ckpt.rng_state is None:
+                    raise ValueError(f"checkpoint {ckpt.path} holds no RNG state; it cannot be resumed.")
+                _set_rng_state(ckpt.rng_state)
+            result = fit(
+                meta,
+                source,
+                steps=steps - start,
+                task_batch=cfg["task_batch"],
+                optimizer=optimizer,
+                seed=None if start > 0 else cfg["seed"],
+                device=device,
+                resume=start > 0,
+                generator=generator,
+                callback=callback,
+            )
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    final = result.losses[-1] if result.losses else state["loss"]
+    return FitSummary(work, steps, start, seconds, final, state["val"])
