@@ -233,7 +233,16 @@ class InnerLoop:
             return self.adapt_one(theta, lik, lr, x, y, noise, eps, steps)
 
         noise_dim = None if noise is None else 0
-        fn = vmap(one, in_dims=(None, None, 0, 0, noise_dim, 0))
+        if x.shape[0] == 1:
+            # One task: run it unbatched (same math, none of vmap's batching overhead).
+            def fn(theta, lik, x, y, noise, eps):
+                lam = one(
+                    theta, lik, x[0], y[0], None if noise is None else noise[0],
+                    {n: e.select(-(len(self.net.shapes[n]) + 3), 0) for n, e in eps.items()},
+                )
+                return {n: {k: v.unsqueeze(0) for k, v in d.items()} for n, d in lam.items()}
+        else:
+            fn = vmap(one, in_dims=(None, None, 0, 0, noise_dim, 0))
         if particle_dims is not None and any(d is not None for d in particle_dims.values()):
             theta_dims = {k: particle_dims.get(k) for k in theta}
             lik_dims = {k: particle_dims.get(k) for k in lik}

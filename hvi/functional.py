@@ -85,7 +85,13 @@ class FunctionalNet:
         Returns:
             Outputs ``(*S, B, N, *out_shape)``.
         """
-        fn = vmap(self.__call__, in_dims=(0, 0))
+        if x.shape[0] == 1:
+            # One task: vmap's batching rules (e.g. grouped convolutions) only cost here.
+            fn = lambda w, xx: self(  # noqa: E731
+                {n: v.squeeze(0) for n, v in w.items()}, xx.squeeze(0)
+            ).unsqueeze(0)
+        else:
+            fn = vmap(self.__call__, in_dims=(0, 0))
         for _ in range(weight_batch_dims - 1):
             fn = vmap(fn, in_dims=(0, None))
         return fn(weights, x)

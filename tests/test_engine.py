@@ -352,3 +352,25 @@ def test_predict_accepts_unknown_query_targets():
     assert torch.isfinite(pred.mean).all()
     with pytest.raises(ValueError, match="query_y contains 15 NaN/inf"):
         hvi.validate_batch(unknown, meta.likelihood)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_single_task_fast_path_equals_vmapped_path(first_order):
+    meta = build(hvi.InnerConfig(steps=2, lr=0.05, num_samples=2, first_order=first_order))
+    b = regression_batch(B=2)
+    loop = meta.inner_loop(1)
+    theta = {n: s.init for n, s in meta.sites.items() if n.startswith("theta.")}
+    lik = {"noise": meta.sites["likelihood.noise"].init}
+    lr = {n: {"loc": 0.05, "rho": 0.05} for n in meta.net.names}
+    torch.manual_seed(0)
+    eps = loop.draw_noise((2,), 2, torch.device("cpu"), DT)
+    both = loop.adapt(theta, lik, lr, b.support_x, b.support_y, None, eps, 2)
+    for i in range(2):
+        one = loop.adapt(theta, lik, lr, b.support_x[i : i + 1], b.support_y[i : i + 1], None,
+                         {n: e[i : i + 1] for n, e in eps.items()}, 2)
+        for n in both:
+            for k in both[n]:
+                torch.testing.assert_close(one[n][k][0], both[n][k][i], rtol=1e-12, atol=1e-12)
+    out = meta.net.batched({n: v["loc"][:1] for n, v in both.items()}, b.query_x[:1])
+    ref = functional_call(meta.net.module, {n: v["loc"][0] for n, v in both.items()}, (b.query_x[0],))
+    torch.testing.assert_close(out[0], ref)
