@@ -14,14 +14,45 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import ClassVar, Literal
 
+import numpy as np
 import torch
 
 from hvi.tasks import TaskBatch
 
-__all__ = ["SPLITS", "TaskSource", "register_source", "get_source", "list_sources"]
+__all__ = [
+    "SPLITS",
+    "Split",
+    "TaskSource",
+    "check_int",
+    "check_num_tasks",
+    "register_source",
+    "get_source",
+    "list_sources",
+]
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+def check_int(name: str, value: object, low: int, hint: str) -> int:
+    """``value`` as an int >= ``low``, else a one-line ValueError naming ``name`` with ``hint``."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name}={value!r} must be an int >= {low}; {hint}.")
+    return int(value)
+
+
+def check_num_tasks(num_tasks: object, example: str) -> tuple[int, int, int]:
+    """A ``(train, val, test)`` triple of positive task counts; ``example`` shows a valid one."""
+    if (
+        not isinstance(num_tasks, (tuple, list))
+        or len(num_tasks) != 3
+        or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0 for n in num_tasks)
+    ):
+        raise ValueError(
+            f"num_tasks={num_tasks!r} must be three positive ints (train, val, test); "
+            f"pass e.g. num_tasks={example}."
+        )
+    return (int(num_tasks[0]), int(num_tasks[1]), int(num_tasks[2]))
 
 
 class TaskSource(ABC):

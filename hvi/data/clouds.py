@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hvi.data.base import SPLITS, Split, TaskSource, register_source
+from hvi.data.base import SPLITS, Split, TaskSource, check_int, check_num_tasks, register_source
 from hvi.tasks import TaskBatch
 
 __all__ = ["CloudSource", "persistence"]
@@ -65,12 +65,6 @@ def persistence(batch: TaskBatch) -> Tensor:
         Tensor shaped like ``batch.query_y``: ``(B, Nq, 1, H, W)``.
     """
     return batch.query_x[:, :, -1:].clone()
-
-
-def _check_int(name: str, value: int, low: int, hint: str) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name}={value!r} must be an int >= {low}; {hint}.")
-    return int(value)
 
 
 @register_source("clouds")
@@ -102,29 +96,17 @@ class CloudSource(TaskSource):
         num_tasks: tuple[int, int, int] = (2000, 200, 200),
         seed: int = 0,
     ) -> None:
-        size = _check_int("size", size, 8, "pass e.g. size=32")
+        size = check_int("size", size, 8, "pass e.g. size=32")
         if size % 4:
             raise ValueError(
                 f"size={size} must be divisible by 4 (the U-Net downsamples twice); "
                 f"pass e.g. size={4 * round(size / 4)}."
             )
         self.size = size
-        self.k_shot = _check_int("k_shot", k_shot, 1, "pass e.g. k_shot=5")
-        self.k_query = _check_int("k_query", k_query, 0, "pass e.g. k_query=5")
-        if (
-            not isinstance(num_tasks, (tuple, list))
-            or len(num_tasks) != 3
-            or not all(
-                isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0
-                for n in num_tasks
-            )
-        ):
-            raise ValueError(
-                f"num_tasks={num_tasks!r} must be three positive ints (train, val, test); "
-                "pass e.g. num_tasks=(2000, 200, 200)."
-            )
-        self._num_tasks = tuple(int(n) for n in num_tasks)
-        self.seed = _check_int("seed", seed, 0, "pass e.g. seed=0")
+        self.k_shot = check_int("k_shot", k_shot, 1, "pass e.g. k_shot=5")
+        self.k_query = check_int("k_query", k_query, 0, "pass e.g. k_query=5")
+        self._num_tasks = check_num_tasks(num_tasks, "(2000, 200, 200)")
+        self.seed = check_int("seed", seed, 0, "pass e.g. seed=0")
         g = _PAD * size
         ky = torch.fft.fftfreq(g, dtype=torch.float32)
         kx = torch.fft.rfftfreq(g, dtype=torch.float32)  # half plane: real fields via rfft2

@@ -70,7 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hvi.data.base import SPLITS, Split, TaskSource, register_source
+from hvi.data.base import SPLITS, Split, TaskSource, check_int, check_num_tasks, register_source
 from hvi.tasks import TaskBatch
 
 __all__ = [
@@ -372,12 +372,6 @@ def glyph_bank(
     return bank
 
 
-def _check_int(name: str, value: object, low: int, hint: str) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name}={value!r} must be an int >= {low}; {hint}.")
-    return int(value)
-
-
 @register_source("glyphs")
 class GlyphSource(TaskSource):
     """N-way K-shot classification of rendered characters (see module doc).
@@ -423,27 +417,15 @@ class GlyphSource(TaskSource):
         system_fonts: bool = True,
         jitter: bool = True,
     ) -> None:
-        self.n_way = _check_int("n_way", n_way, 2, "pass e.g. n_way=5")
+        self.n_way = check_int("n_way", n_way, 2, "pass e.g. n_way=5")
         self.num_classes = self.n_way
-        self.k_shot = _check_int("k_shot", k_shot, 1, "pass e.g. k_shot=1")
-        self.k_query = _check_int("k_query", k_query, 0, "pass e.g. k_query=5")
-        self.image_size = _check_int("image_size", image_size, 8, "pass e.g. image_size=28")
-        if (
-            not isinstance(num_tasks, (tuple, list))
-            or len(num_tasks) != 3
-            or not all(
-                isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0
-                for n in num_tasks
-            )
-        ):
-            raise ValueError(
-                f"num_tasks={num_tasks!r} must be three positive ints (train, val, test); "
-                "pass e.g. num_tasks=(5000, 500, 500)."
-            )
-        self._num_tasks = tuple(int(n) for n in num_tasks)
-        self.seed = _check_int("seed", seed, 0, "pass e.g. seed=0")
-        self.min_fonts = _check_int("min_fonts", min_fonts, 1, "pass e.g. min_fonts=2")
-        self.max_fonts_per_char = _check_int(
+        self.k_shot = check_int("k_shot", k_shot, 1, "pass e.g. k_shot=1")
+        self.k_query = check_int("k_query", k_query, 0, "pass e.g. k_query=5")
+        self.image_size = check_int("image_size", image_size, 8, "pass e.g. image_size=28")
+        self._num_tasks = check_num_tasks(num_tasks, "(5000, 500, 500)")
+        self.seed = check_int("seed", seed, 0, "pass e.g. seed=0")
+        self.min_fonts = check_int("min_fonts", min_fonts, 1, "pass e.g. min_fonts=2")
+        self.max_fonts_per_char = check_int(
             "max_fonts_per_char", max_fonts_per_char, 1, "pass e.g. max_fonts_per_char=8"
         )
         if self.max_fonts_per_char < self.min_fonts:

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hvi.data.base import SPLITS, Split, TaskSource, register_source
+from hvi.data.base import SPLITS, Split, TaskSource, check_int, register_source
 from hvi.tasks import TaskBatch
 
 __all__ = ["FacesSource", "ImageTilesSource", "PHOTO_SPLITS", "pixel_grid"]
@@ -91,12 +91,6 @@ def pixel_grid(height: int, width: int) -> Tensor:
     return torch.stack([rr.reshape(-1), cc.reshape(-1)], dim=-1)
 
 
-def _check_int(name: str, value: object, low: int, hint: str) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name}={value!r} must be an int >= {low}; {hint}.")
-    return int(value)
-
-
 class _PixelSource(TaskSource):
     """Shared machinery: tasks are images (``(N, H, W)`` in ``[-1, 1]`` per split)."""
 
@@ -120,7 +114,7 @@ class _PixelSource(TaskSource):
         npix = h * w
         if k_shot is None:
             k_shot = max(1, round(DEFAULT_SUPPORT_FRACTION * npix))
-        self.k_shot = _check_int(
+        self.k_shot = check_int(
             "k_shot", k_shot, 1, f"pass at most {npix - 1} or None for 25% of the pixels"
         )
         if self.k_shot >= npix:
@@ -129,14 +123,14 @@ class _PixelSource(TaskSource):
                 f"pass e.g. k_shot={npix // 4}."
             )
         if k_query is not None:
-            k_query = _check_int("k_query", k_query, 1, "pass None for all pixels")
+            k_query = check_int("k_query", k_query, 1, "pass None for all pixels")
             if self.k_shot + k_query > npix:
                 raise ValueError(
                     f"k_shot + k_query = {self.k_shot + k_query} exceeds the {npix} image pixels; "
                     f"lower k_query to at most {npix - self.k_shot} or pass None for all pixels."
                 )
         self.k_query = k_query
-        self.masks_per_image = _check_int("masks_per_image", masks_per_image, 1, "pass e.g. 1")
+        self.masks_per_image = check_int("masks_per_image", masks_per_image, 1, "pass e.g. 1")
         self._grid = pixel_grid(h, w)
 
     @property
@@ -240,7 +234,7 @@ class FacesSource(_PixelSource):
         masks_per_image: int = 1,
         seed: int = 0,
     ) -> None:
-        seed = _check_int("seed", seed, 0, "pass e.g. seed=0")
+        seed = check_int("seed", seed, 0, "pass e.g. seed=0")
         faces = _lfw_faces()
         perm = np.random.default_rng(np.random.SeedSequence((seed, _FACES_TAG))).permutation(
             len(faces)
@@ -330,7 +324,7 @@ class ImageTilesSource(_PixelSource):
         min_std: float = 0.03,
         seed: int = 0,
     ) -> None:
-        tile_size = _check_int("tile_size", tile_size, 4, "pass e.g. tile_size=32")
+        tile_size = check_int("tile_size", tile_size, 4, "pass e.g. tile_size=32")
         if (
             not isinstance(min_std, (int, float))
             or isinstance(min_std, bool)
@@ -339,7 +333,7 @@ class ImageTilesSource(_PixelSource):
             raise ValueError(
                 f"min_std={min_std!r} must be a float in [0, 0.5); pass e.g. min_std=0.03."
             )
-        seed = _check_int("seed", seed, 0, "pass e.g. seed=0")
+        seed = check_int("seed", seed, 0, "pass e.g. seed=0")
         bank = _photo_tiles(tile_size, float(min_std))
         for split, (arr, _) in bank.items():
             if len(arr) == 0:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hvi.data.base import SPLITS, Split, TaskSource, register_source
+from hvi.data.base import SPLITS, Split, TaskSource, check_num_tasks, register_source
 from hvi.tasks import TaskBatch
 
 __all__ = ["SinusoidSource"]
@@ -25,23 +25,6 @@ _SOURCE_TAG = 0x5105  # decorrelates this source's streams from other sources wi
 AMPLITUDE_RANGE: tuple[float, float] = (0.1, 5.0)
 PHASE_RANGE: tuple[float, float] = (0.0, math.pi)
 X_RANGE: tuple[float, float] = (-5.0, 5.0)
-
-
-def _check_num_tasks(num_tasks: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Validates a ``(train, val, test)`` triple of positive task counts."""
-    if (
-        not isinstance(num_tasks, (tuple, list))
-        or len(num_tasks) != 3
-        or not all(
-            isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0
-            for n in num_tasks
-        )
-    ):
-        raise ValueError(
-            f"num_tasks={num_tasks!r} must be three positive ints (train, val, test); "
-            "pass e.g. num_tasks=(20000, 1000, 1000)."
-        )
-    return (int(num_tasks[0]), int(num_tasks[1]), int(num_tasks[2]))
 
 
 def _check_positive_int(name: str, value: int, hint: str) -> int:
@@ -92,7 +75,7 @@ class SinusoidSource(TaskSource):
         if not isinstance(k_query, (int, np.integer)) or isinstance(k_query, bool) or k_query < 0:
             raise ValueError(f"k_query={k_query!r} must be an int >= 0; pass e.g. k_query=10.")
         self.k_query = int(k_query)
-        self._num_tasks = _check_num_tasks(num_tasks)
+        self._num_tasks = check_num_tasks(num_tasks, "(20000, 1000, 1000)")
         self.seed = _check_seed(seed)
 
     @property

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hvi.data.base import SPLITS, Split, TaskSource, register_source
+from hvi.data.base import SPLITS, Split, TaskSource, check_int, register_source
 from hvi.tasks import TaskBatch
 
 __all__ = ["SolarSource", "persistence", "climatology", "daylight_mask", "load_solar", "HOLDOUT"]
@@ -70,12 +70,6 @@ HOLDOUT: dict[str, tuple[str, int]] = {
     "nw_colorado_tmy": ("val", 1),
     "piedmont_it": ("val", 0),
 }
-
-
-def _check_int(name: str, value: int, low: int, hint: str) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name}={value!r} must be an int >= {low}; {hint}.")
-    return int(value)
 
 
 def _text(values) -> list[str]:
@@ -217,17 +211,17 @@ class SolarSource(TaskSource):
         seed: int = 0,
         path: str | None = None,
     ) -> None:
-        self.k_shot = _check_int("k_shot", k_shot, 1, "pass e.g. k_shot=5")
-        self.k_query = _check_int("k_query", k_query, 0, "pass e.g. k_query=5")
-        self.days = _check_int("days", days, 4, "pass e.g. days=8")
-        self.hours = _check_int("hours", hours, 4, "pass e.g. hours=16")
+        self.k_shot = check_int("k_shot", k_shot, 1, "pass e.g. k_shot=5")
+        self.k_query = check_int("k_query", k_query, 0, "pass e.g. k_query=5")
+        self.days = check_int("days", days, 4, "pass e.g. days=8")
+        self.hours = check_int("hours", hours, 4, "pass e.g. hours=16")
         for name, v in (("days", self.days), ("hours", self.hours)):
             if v % 4:
                 raise ValueError(f"{name}={v} must be divisible by 4 (the U-Net downsamples twice).")
         if self.hours > 24:
             raise ValueError(f"hours={hours} must be at most 24.")
-        self.stride = _check_int("stride", stride, 1, "pass e.g. stride=8")
-        self.seed = _check_int("seed", seed, 0, "pass e.g. seed=0")
+        self.stride = check_int("stride", stride, 1, "pass e.g. stride=8")
+        self.seed = check_int("seed", seed, 0, "pass e.g. seed=0")
         if not 0 < zenith_max <= 90 or not kt_max > 0:
             raise ValueError(f"need 0 < zenith_max <= 90 and kt_max > 0, got {zenith_max}, {kt_max}.")
         self.zenith_max, self.kt_max = float(zenith_max), float(kt_max)
