@@ -464,7 +464,7 @@ def _print_table(rows: list[dict[str, Any]], matmul: dict[str, Any] | None) -> N
         ("B", "task_batch", "{}"), ("tasks/s", "tasks_per_s", "{:.3f}"),
         ("step s", "step_s_median", "{:.3f}"), ("GFLOP/task", "gflop_per_task", "{:.3f}"),
         ("GFLOP/s", "gflop_per_s", "{:.2f}"), ("peak MB", "peak_rss_mb", "{:.0f}"),
-        ("Δpeak MB", "peak_rss_delta_mb", "{:.0f}"), ("load", None, "{}"),
+        ("Δpeak MB", "peak_rss_delta_mb", "{:.0f}"), ("others", None, "{}"),
     ]
     table = []
     for r in rows:
@@ -472,8 +472,9 @@ def _print_table(rows: list[dict[str, Any]], matmul: dict[str, Any] | None) -> N
         for head, key, fmt in cols:
             if head == "order":
                 cells.append("1st" if r["first_order"] else "2nd")
-            elif head == "load":
-                cells.append("/".join(str(v) for v in r["loadavg_1m"]))
+            elif head == "others":
+                share = r.get("others_cpu_share")
+                cells.append("?" if share is None else f"{100 * share:.0f}%")
             else:
                 cells.append(fmt.format(r[key]))
         table.append(cells)
@@ -495,6 +496,8 @@ def _print_table(rows: list[dict[str, Any]], matmul: dict[str, Any] | None) -> N
             best = max(v["tasks_per_s"] for v in base)
             print(f"engine K={K} B={B} {'1st' if fo else '2nd'} order: "
                   f"{r['tasks_per_s'] / best:.2f}x the best naive ({best:.3f} tasks/s)")
+    print("others: share of the machine's CPU other processes used during the timed steps "
+          "(timings are only meaningful near 0%)")
     if matmul is not None:
         print(f"matmul {matmul['n']}x{matmul['n']} float32: {matmul['gflop_per_s']:.1f} GFLOP/s "
               f"(median of {matmul['repeats']}, {matmul['threads']} threads)")
@@ -530,6 +533,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="which implementation(s) to time")
     p.add_argument("--steps", type=int, default=10, help="timed meta-steps per configuration")
     p.add_argument("--warmup", type=int, default=2, help="untimed meta-steps before timing")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run every configuration this many times, each in a fresh process, "
+                        "interleaved round by round, and report the run with the median "
+                        "tasks/s (with all runs' tasks/s and peaks listed)")
     p.add_argument("--inner-lr", type=float, default=1e-5,
                    help="inner step size α per support example (small enough that random "
                         "image data do not diverge)")
@@ -558,8 +565,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("size", "base", "depth", "k_shot", "k_query", "threads", "matmul_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.steps < 1 or args.warmup < 0:
-        p.error("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.repeat < 1:
+        p.error("--steps and --repeat must be >= 1 and --warmup >= 0")
     if any(b < 1 for b in args.task_batch) or any(k < 0 for k in args.inner_steps):
         p.error("--task-batch values must be >= 1 and --inner-steps values >= 0")
     if args.model == "bayes_unet" and args.size % 2 ** (args.depth - 1):
@@ -584,11 +591,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
         return 0
     impls = ["engine", "naive"] if args.impl == "both" else [args.impl]
-    rows = []
+    cfgs = []
     for K in args.inner_steps:
         for B in args.task_batch:
             for impl in impls:
-                cfg = {
+                cfgs.append({
                     "impl": impl, "model": args.model, "size": args.size, "base": args.base,
                     "depth": args.depth, "k_shot": args.k_shot, "k_query": args.k_query,
                     "inner_steps": K, "task_batch": B, "first_order": args.first_order,
@@ -597,11 +604,26 @@ def main(argv: list[str] | None = None) -> int:
                     "noise_scale": args.noise_scale, "lr": args.lr, "threads": args.threads,
                     "seed": args.seed, "omp_wait_policy": args.omp_wait_policy,
                     "nice": args.nice,
-                }
-                row = _run_child(cfg, args.timeout)
-                rows.append(row)
-                if args.json:
-                    print(json.dumps(row), flush=True)
+                })
+    # --repeat R: R rounds over all configurations (interleaved, so slow drifts of the
+    # machine hit every configuration alike); each configuration reports its median run.
+    runs: list[list[dict[str, Any]]] = [[] for _ in cfgs]
+    for rnd in range(args.repeat):
+        for i, cfg in enumerate(cfgs):
+            runs[i].append(_run_child(cfg, args.timeout))
+            if args.json and args.repeat == 1:
+                print(json.dumps(runs[i][-1]), flush=True)
+    rows = []
+    for rs in runs:
+        ordered = sorted(rs, key=lambda r: r["tasks_per_s"])
+        row = dict(ordered[(len(ordered) - 1) // 2])
+        if args.repeat > 1:
+            row["repeat"] = args.repeat
+            row["tasks_per_s_runs"] = [r["tasks_per_s"] for r in rs]
+            row["peak_rss_mb_runs"] = [r["peak_rss_mb"] for r in rs]
+            if args.json:
+                print(json.dumps(row), flush=True)
+        rows.append(row)
     matmul = _run_child(
         {"impl": "matmul", "n": args.matmul_size, "threads": args.threads,
          "omp_wait_policy": args.omp_wait_policy, "nice": args.nice},
