@@ -394,7 +394,7 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mb": round(peak, 1),
         "rss_setup_mb": round(rss_setup, 1),
         "peak_rss_delta_mb": round(peak - rss_setup, 1),
-        "gflop_per_task": round(gflop_per_task, 4),
+        "gflop_per_task": round(gflop_per_task, 6),
         "gflop_per_s": round(gflop_per_task * tasks_per_s, 3),
         "loss_last": losses[-1] if losses else None,
         "loss_finite": all(math.isfinite(v) for v in losses),
@@ -462,7 +462,7 @@ def _print_table(rows: list[dict[str, Any]], matmul: dict[str, Any] | None) -> N
     cols = [
         ("impl", "impl", "{}"), ("order", None, "{}"), ("K", "inner_steps", "{}"),
         ("B", "task_batch", "{}"), ("tasks/s", "tasks_per_s", "{:.3f}"),
-        ("step s", "step_s_median", "{:.3f}"), ("GFLOP/task", "gflop_per_task", "{:.3f}"),
+        ("step s", "step_s_median", "{:.3f}"), ("GFLOP/task", "gflop_per_task", "{:.4g}"),
         ("GFLOP/s", "gflop_per_s", "{:.2f}"), ("peak MB", "peak_rss_mb", "{:.0f}"),
         ("Δpeak MB", "peak_rss_delta_mb", "{:.0f}"), ("others", None, "{}"),
     ]
