@@ -31,7 +31,7 @@ from torch.distributions import kl_divergence
 from hvi.families import GuideFamily, NormalFamily
 from hvi.sites import GlobalSite
 
-__all__ = ["HierarchicalPrior", "BoundPrior", "register_prior", "get_prior", "list_priors"]
+__all__ = ["HierarchicalPrior", "BoundPrior", "loc_scale_sites", "register_prior", "get_prior", "list_priors"]
 
 
 class HierarchicalPrior(ABC):
@@ -98,6 +98,19 @@ class HierarchicalPrior(ABC):
     def bind(self, weights: Mapping[str, Tensor]) -> "BoundPrior":
         """Checks this prior against a network's weights and fixes its sites."""
         return BoundPrior(self, weights)
+
+
+def loc_scale_sites(weight: Tensor, scale0: Tensor, *, hyperprior: bool, loc_scale: float) -> dict[str, GlobalSite]:
+    """The usual pair of sites: a mean per weight and a positive scale (shape of ``scale0``).
+
+    With ``hyperprior`` both are latent: μ ~ N(0, loc_scale²), σ ~ LogNormal(log scale0, 1).
+    """
+    loc_hp = dist.Normal(torch.zeros_like(weight), loc_scale) if hyperprior else None
+    scale_hp = dist.LogNormal(scale0.log(), 1.0) if hyperprior else None
+    return {
+        "loc": GlobalSite(weight.detach().clone(), constraints.real, loc_hp),
+        "scale": GlobalSite(scale0, constraints.positive, scale_hp),
+    }
 
 
 def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:

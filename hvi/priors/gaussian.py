@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import pyro.distributions as dist
 import torch
-from pyro.distributions import constraints
 from torch import Tensor
 
-from hvi.priors.base import HierarchicalPrior, register_prior
+from hvi.priors.base import HierarchicalPrior, loc_scale_sites, register_prior
 from hvi.sites import GlobalSite
 
 __all__ = ["GaussianPrior"]
@@ -48,18 +46,11 @@ class GaussianPrior(HierarchicalPrior):
         self.learn_scale = bool(learn_scale)
 
     def weight_sites(self, name: str, weight: Tensor) -> dict[str, GlobalSite]:
-        zeros = torch.zeros_like(weight)
-        loc_hp = dist.Normal(zeros, self.loc_scale) if self.hyperprior else None
-        sites = {"loc": GlobalSite(weight.detach().clone(), constraints.real, loc_hp)}
-        if self.learn_scale:
-            scale_hp = (
-                dist.LogNormal(zeros + math.log(self.init_scale), 1.0)
-                if self.hyperprior
-                else None
-            )
-            sites["scale"] = GlobalSite(
-                torch.full_like(weight, self.init_scale), constraints.positive, scale_hp
-            )
+        sites = loc_scale_sites(
+            weight, torch.full_like(weight, self.init_scale), hyperprior=self.hyperprior, loc_scale=self.loc_scale
+        )
+        if not self.learn_scale:
+            del sites["scale"]
         return sites
 
     def local(self, name: str, theta: Mapping[str, Tensor]) -> dist.Distribution:

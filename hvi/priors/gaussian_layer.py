@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import pyro.distributions as dist
-import torch
-from pyro.distributions import constraints
 from torch import Tensor
 
-from hvi.priors.base import HierarchicalPrior, register_prior
+from hvi.priors.base import HierarchicalPrior, loc_scale_sites, register_prior
 from hvi.sites import GlobalSite
 
 __all__ = ["GaussianLayerPrior"]
@@ -50,12 +48,7 @@ class GaussianLayerPrior(HierarchicalPrior):
 
     def weight_sites(self, name: str, weight: Tensor) -> dict[str, GlobalSite]:
         scale0 = weight.new_tensor(self.init_scale)
-        loc_hp = dist.Normal(torch.zeros_like(weight), self.loc_scale) if self.hyperprior else None
-        scale_hp = dist.LogNormal(scale0.log(), 1.0) if self.hyperprior else None
-        return {
-            "loc": GlobalSite(weight.detach().clone(), constraints.real, loc_hp),
-            "scale": GlobalSite(scale0, constraints.positive, scale_hp),
-        }
+        return loc_scale_sites(weight, scale0, hyperprior=self.hyperprior, loc_scale=self.loc_scale)
 
     def local(self, name: str, theta: Mapping[str, Tensor]) -> dist.Distribution:
         return dist.Normal(theta["loc"], theta["scale"])
