@@ -8,8 +8,10 @@ gradient steps on each task's support ELBO, starting from θ), the outer
 Two implementations of the same math are timed:
 
 ``engine``
-    ``hvi.MetaModel`` + ``pyro.infer.SVI`` with ``Trace_ELBO``: the inner loop
-    is vmapped over tasks and differentiated with ``torch.func.grad``.
+    ``hvi.MetaModel`` + ``pyro.infer.SVI`` with ``Trace_ELBO``: a flat-λ inner
+    loop, one vmapped forward and one ``torch.autograd.grad`` per step for all
+    tasks, split into one chunk of tasks per thread (``hvi.parallel``; FLOPs
+    are counted unsplit, since ``FlopCounterMode`` only sees its own thread).
 ``naive``
     The obvious plain-PyTorch reference: for each task in turn, λ = θ,
     K steps ``λ ← λ + α ∇_λ L_S(λ)`` with

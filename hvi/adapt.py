@@ -8,10 +8,25 @@ For one task with support set (x, y) of ``Ns`` examples, starting from
 
 The expectation uses ``num_samples`` reparameterized draws per step from
 noise drawn *before* the loop (``eps``), so the loop is a pure, deterministic
-function of tensors: it runs wherever the tensors live, has no host syncs and
-is batched over tasks (and Monte Carlo particles of θ) with
-:func:`torch.func.vmap`. Dividing by ``Ns`` makes α a per-example step size,
-so the same α serves 5-shot and 50-shot tasks.
+function of tensors: it runs wherever the tensors live and has no host syncs.
+Dividing by ``Ns`` makes α a per-example step size, so the same α serves
+5-shot and 50-shot tasks.
+
+How it is batched, and why:
+
+* λ is *flat*: one ``(*lead, B, D)`` tensor per λ key (``loc``, ``rho``) over
+  all D weights of the network, viewed per weight tensor only where the
+  network is called. The elementwise work of a step (sampling, KL, update)
+  is then a handful of kernels instead of a handful per weight tensor.
+* Tasks are independent, so the gradient of Σ_i L_S,i with respect to the
+  stacked λ is every task's own gradient: one forward of the network over
+  all tasks (``torch.func.vmap`` of ``functional_call``), one
+  ``torch.autograd.grad``. Monte Carlo particles of θ and the inner samples
+  are folded into the same batch, so there is never a nested vmap.
+* For a Normal family and a Normal p(φ | θ) the KL's gradient is taken in
+  closed form, ∂KL/∂μ = (μ − μ_p)/σ_p², ∂KL/∂ρ = (σ/σ_p² − 1/σ)·sigmoid(ρ),
+  so autograd (and, second order, double backward) only sees the likelihood.
+  Other pairs differentiate the analytic or Monte Carlo KL by autograd.
 
 Second order differentiates the outer objective through every step (the
 gradient graph is kept); first order treats each step's gradient as a
@@ -21,19 +36,26 @@ constant (``stop_gradient``), which keeps λ's dependence on θ through
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pyro
 import torch
+import torch.nn.functional as F
 from torch import Tensor
-from torch.func import grad, vmap
+from torch.distributions import Normal
 
+from hvi.families import NormalFamily
 from hvi.functional import FunctionalNet
 from hvi.likelihoods import Likelihood
+from hvi.parallel import map_task_chunks, num_task_chunks
 from hvi.priors.base import BoundPrior, pad_site
 
 __all__ = ["InnerConfig", "InnerLoop", "Lambda"]
+
+# p(φ | θ) classes whose KL to the Normal family has the closed-form gradient below.
+_NORMALS = (Normal, pyro.distributions.Normal)
 
 #: λ for every weight tensor: ``{weight_name: {"loc": ..., "rho": ...}}``.
 Lambda = dict[str, dict[str, Tensor]]
@@ -56,6 +78,10 @@ class InnerConfig:
         kl_weight: β, the weight of KL(q ‖ p) in the inner *and* outer
             objective (default 1.0: the true ELBO).
         first_order: Do not differentiate through the inner gradients (default False).
+        parallel_tasks: On CPU, split the task batch into one chunk per intra-op
+            thread and adapt the chunks in parallel worker threads with
+            single-threaded kernels (default True; see :mod:`hvi.parallel`).
+            Same results; no effect on other devices.
     """
 
     steps: int = 5
@@ -64,6 +90,7 @@ class InnerConfig:
     num_samples: int = 1
     kl_weight: float = 1.0
     first_order: bool = False
+    parallel_tasks: bool = True
 
     def __post_init__(self) -> None:
         if not (isinstance(self.steps, int) and self.steps >= 0):
@@ -71,6 +98,10 @@ class InnerConfig:
         lrs = self.lr.values() if isinstance(self.lr, Mapping) else [self.lr]
         if not all(float(a) > 0 for a in lrs):
             raise ValueError(f"inner lr={self.lr} must be positive.")
+        if not (isinstance(self.num_samples, int) and self.num_samples >= 1):
+            raise ValueError(f"inner num_samples={self.num_samples!r} must be an integer >= 1.")
+        if not self.kl_weight >= 0:
+            raise ValueError(f"kl_weight={self.kl_weight} must be >= 0.")
 
     def lr_for(self, key: str) -> float:
         """α for λ tensor ``key`` (e.g. ``"loc"``)."""
@@ -79,23 +110,13 @@ class InnerConfig:
         if key not in self.lr:
             raise ValueError(f"inner lr mapping {dict(self.lr)} has no entry for λ key {key!r}.")
         return float(self.lr[key])
-        if not (isinstance(self.num_samples, int) and self.num_samples >= 1):
-            raise ValueError(f"inner num_samples={self.num_samples!r} must be an integer >= 1.")
-        if not self.kl_weight >= 0:
-            raise ValueError(f"kl_weight={self.kl_weight} must be >= 0.")
-
-
-def _detach(tree):
-    if isinstance(tree, Mapping):
-        return {k: _detach(v) for k, v in tree.items()}
-    return tree.detach() if isinstance(tree, Tensor) else tree
 
 
 class InnerLoop:
     """The inner loop for one network, prior and likelihood.
 
-    Holds only static structure; every method is a pure function of the
-    tensors passed in.
+    Holds only static structure (names, shapes, the flat layout of the
+    weights); every method is a pure function of the tensors passed in.
 
     Args:
         net: The functional network.
@@ -120,85 +141,35 @@ class InnerLoop:
         self.config = config
         self.y_event_dim = y_event_dim
         self.lik_sites = likelihood.global_sites()
+        self.shapes = dict(net.shapes)
+        self.numels = [math.prod(s) for s in self.shapes.values()]
+        #: Total number of weights D (the length of a flat λ tensor).
+        self.size = sum(self.numels)
 
-    # -- single task ---------------------------------------------------------
-    def init_lambda(self, theta: Mapping[str, Tensor]) -> Lambda:
-        """λ^(0) for every weight from θ (unbatched site values)."""
-        lam = {}
-        for name, shape in self.net.shapes.items():
-            init = self.family.init(self.prior.local(name, theta))
-            lam[name] = {k: v.expand(shape) for k, v in init.items()}
-        return lam
+    # -- the flat layout -----------------------------------------------------
+    def split(self, flat: Tensor) -> dict[str, Tensor]:
+        """Views ``(*lead, *w)`` per weight of a flat ``(*lead, D)`` tensor (no copy)."""
+        parts = flat.split(self.numels, dim=-1)
+        return {n: p.unflatten(-1, s) if s else p.squeeze(-1) for (n, s), p in zip(self.shapes.items(), parts)}
 
-    def log_likelihood(
-        self,
-        phi: Mapping[str, Tensor],
-        lik: Mapping[str, Tensor],
-        x: Tensor,
-        y: Tensor,
-        noise: Tensor | None,
-        sample_dims: int,
+    def unflatten(self, flat: Mapping[str, Tensor]) -> Lambda:
+        """Per-weight λ ``{weight: {key: (*lead, *w)}}`` from flat λ ``{key: (*lead, D)}``."""
+        views = {k: self.split(v) for k, v in flat.items()}
+        return {n: {k: views[k][n] for k in flat} for n in self.shapes}
+
+    def flatten(self, per_weight: Mapping[str, Tensor], lead: tuple[int, ...]) -> Tensor:
+        """``(*lead, D)`` from tensors that broadcast to ``(*lead, *w)`` per weight."""
+        return torch.cat(
+            [per_weight[n].expand(lead + s).reshape(lead + (-1,)) for n, s in self.shapes.items()], dim=-1
+        )
+
+    def draw_noise(
+        self, lead: tuple[int, ...], steps: int, device: torch.device, dtype: torch.dtype
     ) -> Tensor:
-        """Per-example log p(y | f_φ(x)) with ``sample_dims`` leading sample dims on φ."""
-        fn = self.net
-        for _ in range(sample_dims):
-            fn = vmap(fn, in_dims=(0, None))
-        out = fn(phi, x)
-        params = {k: pad_site(v, self.lik_sites[k].shape, self.y_event_dim) for k, v in lik.items()}
-        return self.likelihood.dist(out, params, noise, self.y_event_dim).log_prob(y)
+        """Flat standard-normal inner-loop noise ``(*lead, steps, S, D)``; :meth:`split` views it per weight."""
+        return torch.randn(lead + (steps, self.config.num_samples, self.size), device=device, dtype=dtype)
 
-    def support_objective(
-        self,
-        lam: Lambda,
-        theta: Mapping[str, Tensor],
-        lik: Mapping[str, Tensor],
-        x: Tensor,
-        y: Tensor,
-        noise: Tensor | None,
-        eps: Mapping[str, Tensor],
-    ) -> Tensor:
-        """L_S(λ): the per-example support ELBO of one task at noise ``eps`` (``(S, *w)``)."""
-        S = self.config.num_samples
-        phi = {n: self.family.sample(lam[n], eps[n]) for n in lam}
-        if S == 1:
-            loglik = self.log_likelihood({n: v[0] for n, v in phi.items()}, lik, x, y, noise, 0).sum()
-        else:
-            loglik = self.log_likelihood(phi, lik, x, y, noise, 1).sum() / S
-        kl = x.new_zeros(())
-        if self.config.kl_weight > 0:
-            for n in lam:
-                q = self.family.dist(lam[n])
-                p = self.prior.local(n, theta)
-                if self.prior.analytic_kl[n]:
-                    kl = kl + self.prior.kl(q, p, None)
-                else:
-                    kl = kl + self.prior.kl(q, p, phi[n])
-        return (loglik - self.config.kl_weight * kl) / x.shape[0]
-
-    def adapt_one(
-        self,
-        theta: Mapping[str, Tensor],
-        lik: Mapping[str, Tensor],
-        lr: Mapping[str, Mapping[str, Tensor | float]],
-        x: Tensor,
-        y: Tensor,
-        noise: Tensor | None,
-        eps: Mapping[str, Tensor],
-        steps: int,
-    ) -> Lambda:
-        """Adapts λ for one task; ``eps[n]`` is ``(steps, S, *w)`` standard-normal noise."""
-        lam = self.init_lambda(theta)
-        objective_grad = grad(self.support_objective)
-        for m in range(steps):
-            step_eps = {n: e[m] for n, e in eps.items()}
-            if self.config.first_order:
-                g = objective_grad(_detach(lam), _detach(theta), _detach(lik), x, y, noise, step_eps)
-            else:
-                g = objective_grad(lam, theta, lik, x, y, noise, step_eps)
-            lam = {n: {k: v + lr[n][k] * g[n][k] for k, v in lam[n].items()} for n in lam}
-        return lam
-
-    # -- batched -------------------------------------------------------------
+    # -- the loop ------------------------------------------------------------
     def adapt(
         self,
         theta: Mapping[str, Tensor],
@@ -207,58 +178,142 @@ class InnerLoop:
         x: Tensor,
         y: Tensor,
         noise: Tensor | None,
-        eps: Mapping[str, Tensor],
+        eps: Tensor,
         steps: int,
         particle_dims: Mapping[str, int | None] | None = None,
-    ) -> Lambda:
-        """λ for a batch of tasks, vmapped over tasks (and θ particles).
+    ) -> dict[str, Tensor]:
+        """Flat λ for a batch of tasks (and θ particles).
 
         Args:
-            theta: Site values; ``(P, *site)`` where ``particle_dims[name] == 0``
-                else ``(*site)``.
-            lik: Likelihood site values, same convention.
+            theta: Prior site values by Pyro name; ``(P, *site)`` where
+                ``particle_dims[name] == 0`` else ``(*site)``.
+            lik: Likelihood site values by key, same convention (under
+                ``particle_dims[key]``).
             lr: Step sizes per weight and λ key (floats or scalar tensors).
             x, y, noise: Support data ``(B, Ns, ...)``; ``noise`` may be None.
-            eps: Noise per weight: ``(B, steps, S, *w)``, or ``(P, B, steps, S, *w)``
-                with particles.
+            eps: Flat noise ``(B, steps, S, D)``, or ``(P, B, steps, S, D)``
+                with particles (see :meth:`draw_noise`).
             steps: Number of inner steps.
-            particle_dims: Which θ/likelihood sites carry a leading particle dim
-                (0) and which do not (None). None: no particles.
+            particle_dims: Which sites carry a leading particle dim (0) and
+                which do not (None). None: no particles.
 
         Returns:
-            λ with every tensor ``(B, *w)``, or ``(P, B, *w)`` with particles.
+            λ as ``{key: (B, D)}``, or ``(P, B, D)`` with particles; per-weight
+            views with :meth:`unflatten`.
         """
+        dims = dict(particle_dims or {})
+        P = [v.shape[0] for n, v in theta.items() if dims.get(n) == 0]
+        P += [v.shape[0] for k, v in lik.items() if dims.get(k) == 0]
+        lead = (P[0],) if P else ()
+        lik = {k: self._pad_lik(v, k, particle=dims.get(k) == 0) for k, v in lik.items()}
+        # Adapting is differentiable even under torch.no_grad() (meta-testing); the
+        # graph through the steps is only kept when an outer gradient will need it.
+        needs_graph = torch.is_grad_enabled() and any(
+            isinstance(t, Tensor) and t.requires_grad
+            for t in [*theta.values(), *lik.values(), *(a for d in lr.values() for a in d.values())]
+        )
+        # Argument validation is a data-dependent host sync; the data were validated
+        # at the API boundary and θ is kept feasible by its constraints.
+        names = list(theta)
+        lr_keys = [(n, k) for n, d in lr.items() for k, a in d.items() if isinstance(a, Tensor)]
+        shared = [*theta.values(), *lik.values(), *(lr[n][k] for n, k in lr_keys)]
+        keys = self.family.param_names
+        task_dim = len(lead)
 
-        def one(theta, lik, x, y, noise, eps):
-            return self.adapt_one(theta, lik, lr, x, y, noise, eps, steps)
+        def chunk(inputs: list[Tensor], c: slice) -> tuple[Tensor, ...]:
+            it = iter(inputs)
+            th = {n: next(it) for n in names}
+            lk = {k: next(it) for k in lik}
+            lrs = {n: dict(d) for n, d in lr.items()}
+            for n, k in lr_keys:
+                lrs[n][k] = next(it)
+            at = (slice(None),) * task_dim + (c,)
+            lam = self._run(th, lk, lrs, x[c], y[c], None if noise is None else noise[c], eps[at],
+                            steps, lead, needs_graph)
+            return tuple(lam[k] for k in keys)
 
-        noise_dim = None if noise is None else 0
-        if x.shape[0] == 1:
-            # One task: run it unbatched (same math, none of vmap's batching overhead).
-            def fn(theta, lik, x, y, noise, eps):
-                lam = one(
-                    theta, lik, x[0], y[0], None if noise is None else noise[0],
-                    {n: e.select(-(len(self.net.shapes[n]) + 3), 0) for n, e in eps.items()},
-                )
-                return {n: {k: v.unsqueeze(0) for k, v in d.items()} for n, d in lam.items()}
-        else:
-            fn = vmap(one, in_dims=(None, None, 0, 0, noise_dim, 0))
-        if particle_dims is not None and any(d is not None for d in particle_dims.values()):
-            theta_dims = {k: particle_dims.get(k) for k in theta}
-            lik_dims = {k: particle_dims.get(k) for k in lik}
-            fn = vmap(fn, in_dims=(theta_dims, lik_dims, None, None, None, 0))
-        # Argument validation is a data-dependent host sync that vmap cannot run;
-        # the data were validated at the API boundary and θ is kept feasible by
-        # its constraints.
-        with pyro.validation_enabled(False):
-            return fn(theta, lik, x, y, noise, eps)
+        chunks = num_task_chunks(x.shape[0], x.device, self.config.parallel_tasks)
+        with torch.enable_grad(), pyro.validation_enabled(False):
+            return dict(zip(keys, map_task_chunks(chunk, shared, x.shape[0], chunks, task_dim)))
 
-    def draw_noise(
-        self, lead: tuple[int, ...], steps: int, device: torch.device, dtype: torch.dtype
-    ) -> dict[str, Tensor]:
-        """Standard-normal inner-loop noise ``(*lead, steps, S, *w)`` per weight."""
-        S = self.config.num_samples
-        return {
-            n: torch.randn(lead + (steps, S) + tuple(shape), device=device, dtype=dtype)
-            for n, shape in self.net.shapes.items()
+    def _pad_lik(self, value: Tensor, key: str, particle: bool) -> Tensor:
+        """A likelihood site value right-aligned to ``(*lead, B, S, N, *y)`` outputs."""
+        value = pad_site(value, self.lik_sites[key].shape, self.y_event_dim)
+        if particle:  # (P, *site) → (P, 1, 1, 1, *site): past the task, sample and data dims
+            value = value.reshape(value.shape[:1] + (1, 1, 1) + value.shape[1:])
+        return value
+
+    def _flat_lr(self, lr: Mapping[str, Mapping[str, Tensor | float]], key: str, ref: Tensor) -> Tensor | float:
+        vals = [lr[n][key] for n in self.shapes]
+        if all(not isinstance(a, Tensor) for a in vals) and len(set(vals)) == 1:
+            return float(vals[0])
+        return torch.cat(
+            [torch.as_tensor(a, dtype=ref.dtype, device=ref.device).reshape(1).expand(k) for a, k in zip(vals, self.numels)]
+        )
+
+    def _run(self, theta, lik, lr, x, y, noise, eps, steps, lead, needs_graph) -> dict[str, Tensor]:
+        cfg = self.config
+        B, Ns = x.shape[0], x.shape[1]
+        S, beta, D = cfg.num_samples, cfg.kl_weight, self.size
+        second_order = needs_graph and not cfg.first_order
+        task_lead = lead + (1,)  # broadcasts over the task dim
+
+        priors = {n: self.prior.local(n, theta, event_ndim=len(s) + 1) for n, s in self.shapes.items()}
+        inits = {n: self.family.init(p) for n, p in priors.items()}
+        lam = {
+            k: self.flatten({n: inits[n][k] for n in self.shapes}, task_lead).expand(lead + (B, D))
+            for k in self.family.param_names
         }
+        ref = lam[self.family.param_names[0]]
+        alpha = {k: self._flat_lr(lr, k, ref) for k in lam}
+        closed_form = type(self.family) is NormalFamily and all(type(p) in _NORMALS for p in priors.values())
+        if not second_order:  # θ enters the steps only through λ^(0) (and α)
+            theta = {n: v.detach() for n, v in theta.items()}
+            lik = {k: v.detach() for k, v in lik.items()}
+            priors = {n: self.prior.local(n, theta, event_ndim=len(s) + 1) for n, s in self.shapes.items()}
+        if closed_form and beta > 0:
+            prior_loc = self.flatten({n: p.loc for n, p in priors.items()}, task_lead)
+            prior_prec = self.flatten({n: p.scale for n, p in priors.items()}, task_lead).pow(-2)
+
+        # x, y, noise as (*lead, B, S, Ns, ...) → (T·S, Ns, ...) for one vmapped forward.
+        def fold(t: Tensor) -> Tensor:
+            return t.unsqueeze(1).expand(lead + (B, S) + t.shape[1:]).reshape((-1,) + t.shape[1:])
+
+        x_all = fold(x)
+        y_b = y.unsqueeze(1)
+        noise_b = None if noise is None else noise.unsqueeze(1)
+        for m in range(steps):
+            src = {k: v if (second_order and v.requires_grad) else v.detach().requires_grad_() for k, v in lam.items()}
+            e = eps[..., m, :, :]  # (*lead, B, S, D)
+            if closed_form:
+                sigma = F.softplus(src["rho"])
+                phi = src["loc"].unsqueeze(-2) + sigma.unsqueeze(-2) * e
+            else:
+                phi = self.family.sample({k: v.unsqueeze(-2) for k, v in src.items()}, e)
+            w = self.split(phi.reshape(-1, D))
+            out = self.net.batched(w, x_all)
+            out = out.reshape(lead + (B, S) + out.shape[1:])
+            loglik = self.likelihood.dist(out, lik, noise_b, self.y_event_dim).log_prob(y_b).sum()
+            objective = loglik / (S * Ns)
+            if beta > 0 and not closed_form:
+                objective = objective - beta * self._kl(src, priors, phi) / Ns
+            grads = torch.autograd.grad(objective, list(src.values()), create_graph=second_order)
+            g = dict(zip(src, grads))
+            if beta > 0 and closed_form:
+                c = beta / Ns
+                g["loc"] = g["loc"] - c * (src["loc"] - prior_loc) * prior_prec
+                g["rho"] = g["rho"] - c * (sigma * prior_prec - sigma.reciprocal()) * torch.sigmoid(src["rho"])
+            if not second_order:
+                g = {k: v.detach() for k, v in g.items()}
+            lam = {k: lam[k] + alpha[k] * g[k] for k in lam}
+        return lam
+
+    def _kl(self, lam: Mapping[str, Tensor], priors: Mapping[str, torch.distributions.Distribution], phi: Tensor) -> Tensor:
+        """Σ over tasks and weights of KL(q ‖ p): analytic where known, else MC at ``phi``."""
+        q_views = self.unflatten(lam)
+        draws = self.split(phi)  # (*lead, B, S, *w)
+        kl = phi.new_zeros(())
+        for n, s in self.shapes.items():
+            q = self.family.dist(q_views[n])
+            kl = kl + self.prior.kl(q, priors[n], draws[n].movedim(-len(s) - 1, 0))
+        return kl

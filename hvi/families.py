@@ -4,6 +4,10 @@ A family says what λ is (a dict of unconstrained tensors shaped like the
 weight), how to start it from the prior p(φ | θ) (λ^(0)), and how to draw
 φ from q(φ; λ) given standard-normal noise (the reparameterization). The
 inner loop adapts λ by gradient ascent; nothing else is needed.
+
+Families are fully factorized: ``sample`` and ``dist`` act elementwise, so the
+inner loop runs them once on all weights concatenated (a flat λ of length D)
+rather than once per weight tensor.
 """
 
 from __future__ import annotations

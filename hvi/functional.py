@@ -7,12 +7,16 @@ tasks and Monte Carlo samples are batched with :func:`torch.func.vmap`.
 
 from __future__ import annotations
 
+import copy
 import math
+import threading
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
+
+from hvi.parallel import map_task_chunks, num_task_chunks
 
 __all__ = ["FunctionalNet"]
 
@@ -29,12 +33,14 @@ class FunctionalNet:
     Args:
         module: The network. Its current parameter values become
             :attr:`init_weights` (the starting point of the prior mean).
+        parallel_tasks: On CPU, evaluate chunks of tasks in parallel worker
+            threads (see :mod:`hvi.parallel`; default True).
 
     Raises:
         ValueError: If the module has no parameters or tracks running statistics.
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, parallel_tasks: bool = True) -> None:
         if not isinstance(module, nn.Module):
             raise TypeError(f"net must be a torch.nn.Module, got {type(module).__name__}.")
         for sub_name, sub in module.named_modules():
@@ -54,6 +60,19 @@ class FunctionalNet:
                 "register the per-task weights as nn.Parameter."
             )
         self.buffers: dict[str, Tensor] = dict(module.named_buffers())
+        self.parallel_tasks = bool(parallel_tasks)
+        self._per_thread = threading.local()
+
+    def _module(self) -> nn.Module:
+        # functional_call swaps the module's tensors in and out while it runs, so
+        # concurrent calls (hvi.parallel's worker threads) each need their own
+        # module shell; its own tensors are never read (all are passed in).
+        if threading.current_thread() is threading.main_thread():
+            return self.module
+        module = getattr(self._per_thread, "module", None)
+        if module is None:
+            module = self._per_thread.module = copy.deepcopy(self.module)
+        return module
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -69,7 +88,7 @@ class FunctionalNet:
 
     def __call__(self, weights: Weights, x: Tensor) -> Tensor:
         """One network evaluation: ``x`` is ``(N, *x_shape)``, weights unbatched."""
-        return functional_call(self.module, ({**weights}, self.buffers), (x,), strict=True)
+        return functional_call(self._module(), ({**weights}, self.buffers), (x,), strict=True)
 
     def batched(self, weights: Weights, x: Tensor, weight_batch_dims: int = 1) -> Tensor:
         """Evaluates per-task weights on per-task inputs.
@@ -85,6 +104,17 @@ class FunctionalNet:
         Returns:
             Outputs ``(*S, B, N, *out_shape)``.
         """
+        B, tdim, names = x.shape[0], weight_batch_dims - 1, list(weights)
+
+        def run(inputs: list[Tensor], c: slice) -> tuple[Tensor]:
+            at = (slice(None),) * tdim + (c,)
+            w = {n: t[at] for n, t in zip(names, inputs)}
+            return (self._batched(w, inputs[-1][c], weight_batch_dims),)
+
+        chunks = num_task_chunks(B, x.device, self.parallel_tasks)
+        return map_task_chunks(run, [*weights.values(), x], B, chunks, task_dim=tdim)[0]
+
+    def _batched(self, weights: Weights, x: Tensor, weight_batch_dims: int) -> Tensor:
         if x.shape[0] == 1:
             # One task: vmap's batching rules (e.g. grouped convolutions) only cost here.
             fn = lambda w, xx: self(  # noqa: E731

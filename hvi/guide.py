@@ -132,7 +132,7 @@ def guide(
     ref = next(iter(theta.values()))
     eps = loop.draw_noise(lead + (batch.batch_size,), steps, ref.device, ref.dtype)
     dims = {**particle_dims, **lik_dims} if particles else None
-    lam = loop.adapt(
+    flat = loop.adapt(
         theta,
         lik,
         inner_lrs(meta),
@@ -146,11 +146,12 @@ def guide(
 
     # One device sync per guide call, after the loop (never inside it): a
     # diverged inner loop is reported as such, not as a downstream shape error.
-    if not all(bool(torch.isfinite(v).all()) for lam_n in lam.values() for v in lam_n.values()):
+    if not bool(torch.stack([torch.isfinite(v).all() for v in flat.values()]).all()):
         raise FloatingPointError(
             f"the inner loop diverged (non-finite λ after {steps} steps); lower the inner lr "
             "(InnerConfig.lr / --inner-lr), raise the prior scale, or use fewer inner steps."
         )
+    lam = loop.unflatten(flat)
     family = meta.prior.family
     with pyro.plate("tasks", batch.num_tasks, subsample=batch.task_index, dim=-2):
         with poutine.scale(scale=meta.kl_weight):
@@ -158,4 +159,4 @@ def guide(
                 # (*lead, B, *w) → (*lead, B, 1, *w): the data plate's dim sits after the tasks'.
                 lam_n = {k: v.unsqueeze(-len(shape) - 1) for k, v in lam[name].items()}
                 pyro.sample(f"phi.{name}", family.dist(lam_n).to_event(len(shape)))
-    return {"lambda": lam, "inner_noise": eps}
+    return {"lambda": lam, "inner_noise": loop.split(eps)}

@@ -58,10 +58,10 @@ class MetaModel:
             raise ValueError(f"objective={objective!r} is not understood; use 'query' or 'support+query'.")
         if not q_theta_init_scale > 0:
             raise ValueError(f"q_theta_init_scale={q_theta_init_scale} must be positive.")
-        self.net = FunctionalNet(net)
+        self.inner = inner if inner is not None else InnerConfig()
+        self.net = FunctionalNet(net, parallel_tasks=self.inner.parallel_tasks)
         self.prior = get_prior(prior).bind(self.net.init_weights)
         self.likelihood = get_likelihood(likelihood)
-        self.inner = inner if inner is not None else InnerConfig()
         if not self.inner.kl_weight > 0:
             raise ValueError(
                 f"kl_weight={self.inner.kl_weight} must be > 0 for the variational objective; "

@@ -17,6 +17,8 @@ from torch.func import functional_call
 
 import hvi
 from hvi.families import inv_softplus
+from hvi.fit import make_elbo
+from hvi.parallel import map_task_chunks, num_task_chunks
 from hvi.priors import GaussianPrior
 
 DT = torch.float64
@@ -278,6 +280,10 @@ def test_bad_configuration_raises_clear_errors():
         GaussianPrior(init_scale=0.0)
     with pytest.raises(ValueError, match="inner lr=-0.1 must be positive"):
         hvi.InnerConfig(lr=-0.1)
+    with pytest.raises(ValueError, match="inner num_samples=0 must be an integer >= 1"):
+        hvi.InnerConfig(num_samples=0)
+    with pytest.raises(ValueError, match="kl_weight=-1.0 must be >= 0"):
+        hvi.InnerConfig(kl_weight=-1.0)
     with pytest.raises(ValueError, match="unknown prior 'nope'"):
         hvi.MetaModel(small_net(), "nope")
     with pytest.raises(ValueError, match="q_theta='normal' needs latent global sites"):
@@ -364,13 +370,75 @@ def test_single_task_fast_path_equals_vmapped_path(first_order):
     lr = {n: {"loc": 0.05, "rho": 0.05} for n in meta.net.names}
     torch.manual_seed(0)
     eps = loop.draw_noise((2,), 2, torch.device("cpu"), DT)
-    both = loop.adapt(theta, lik, lr, b.support_x, b.support_y, None, eps, 2)
+    both = loop.unflatten(loop.adapt(theta, lik, lr, b.support_x, b.support_y, None, eps, 2))
     for i in range(2):
-        one = loop.adapt(theta, lik, lr, b.support_x[i : i + 1], b.support_y[i : i + 1], None,
-                         {n: e[i : i + 1] for n, e in eps.items()}, 2)
+        one = loop.unflatten(loop.adapt(theta, lik, lr, b.support_x[i : i + 1], b.support_y[i : i + 1], None,
+                                        eps[i : i + 1], 2))
         for n in both:
             for k in both[n]:
                 torch.testing.assert_close(one[n][k][0], both[n][k][i], rtol=1e-12, atol=1e-12)
     out = meta.net.batched({n: v["loc"][:1] for n, v in both.items()}, b.query_x[:1])
     ref = functional_call(meta.net.module, {n: v["loc"][0] for n, v in both.items()}, (b.query_x[0],))
     torch.testing.assert_close(out[0], ref)
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    "first_order,q_theta,particles", [(False, "delta", 1), (True, "delta", 1), (False, "normal", 3)]
+)
+def test_parallel_task_chunks_give_the_same_lambda_loss_and_gradients(two_threads, first_order, q_theta, particles):
+    # 5 tasks over 2 worker threads: uneven chunks (3 + 2); θ particles put the task dim at 1.
+    batch = regression_batch(B=5, M=9)
+    results = []
+    for parallel in (False, True):
+        cfg = hvi.InnerConfig(steps=3, lr=0.05, num_samples=2, first_order=first_order, parallel_tasks=parallel)
+        meta = hvi.MetaModel(small_net(), GaussianPrior(init_scale=0.1, hyperprior=q_theta == "normal"),
+                             hvi.Gaussian(noise="learned", init_scale=0.5), q_theta=q_theta, inner=cfg)
+        assert num_task_chunks(5, torch.device("cpu"), parallel) == (2 if parallel else 1)
+        pyro.clear_param_store()
+        pyro.set_rng_seed(5)
+        loss = make_elbo(num_particles=particles).differentiable_loss(meta.model, meta.guide, batch)
+        params = dict(pyro.get_param_store().named_parameters())
+        grads = torch.autograd.grad(loss, list(params.values()))
+        pyro.set_rng_seed(5)
+        lam = poutine.trace(meta.guide).get_trace(batch).nodes["_RETURN"]["value"]["lambda"]
+        results.append((loss, dict(zip(params, grads)), lam))
+    (loss0, g0, lam0), (loss1, g1, lam1) = results
+    torch.testing.assert_close(loss1, loss0, rtol=1e-12, atol=1e-12)
+    assert g1.keys() == g0.keys()
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-10, atol=1e-12, msg=name)
+    for n in lam0:
+        for k in lam0[n]:
+            torch.testing.assert_close(lam1[n][k], lam0[n][k], rtol=1e-12, atol=1e-12)
+
+
+def test_map_task_chunks_is_differentiable_and_steps_aside_for_thread_local_state(two_threads):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    w = torch.randn(3, dtype=DT, requires_grad=True)
+    x = torch.randn(7, 3, dtype=DT)
+
+    def fn(inputs, c):
+        return (torch.tanh(x[c] @ inputs[0]) ** 2, x[c] * inputs[0])
+
+    cpu = torch.device("cpu")
+    out = map_task_chunks(fn, [w], 7, num_task_chunks(7, cpu), task_dim=0)
+    ref = fn([w], slice(0, 7))
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b)
+    g = torch.autograd.grad(out[0].sum() + out[1].square().sum(), w)[0]
+    g_ref = torch.autograd.grad(ref[0].sum() + ref[1].square().sum(), w)[0]
+    torch.testing.assert_close(g, g_ref)
+    assert num_task_chunks(7, cpu) == 2 and num_task_chunks(1, cpu) == 1
+    assert num_task_chunks(7, torch.device("meta")) == 1 and num_task_chunks(7, cpu, enabled=False) == 1
+    with FlopCounterMode(display=False):  # its counts live in this thread only
+        assert num_task_chunks(7, cpu) == 1
+    assert torch.func.vmap(lambda t: t * num_task_chunks(7, cpu))(torch.ones(2)).tolist() == [1.0, 1.0]

@@ -1,0 +1,152 @@
+"""Task parallelism on CPU: chunks of tasks in worker threads, differentiably.
+
+The per-task kernels of meta-learning are small (a 5-shot support set, a
+few dozen channels), and PyTorch's intra-op threads split each of them across
+cores with more synchronisation than work. Tasks are independent, so on CPU
+it is faster to give each core its own chunk of tasks and run every kernel
+single-threaded: :func:`map_task_chunks` runs ``fn`` on every chunk in a
+worker thread (PyTorch releases the GIL inside its kernels) and joins the
+results along the task dim. It is a ``torch.autograd.Function``: the
+backward pass runs each chunk's vector-Jacobian product in the same worker
+threads, so the expensive backward through a second-order inner loop is
+parallel too. On other devices, or with one thread, nothing changes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+__all__ = ["map_task_chunks", "num_task_chunks"]
+
+# fn(inputs, chunk) -> outputs, each with the task dim at ``task_dim``.
+ChunkFn = Callable[[Sequence[Tensor], slice], tuple[Tensor, ...]]
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < workers:
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hvi-tasks")
+        return _POOL
+
+
+@contextmanager
+def _single_threaded_kernels():
+    """Intra-op threads = 1 while the workers run (the cores go to the chunks)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def num_task_chunks(num_tasks: int, device: torch.device, enabled: bool = True) -> int:
+    """How many chunks :func:`map_task_chunks` should split ``num_tasks`` tasks into.
+
+    One per intra-op thread (``torch.get_num_threads()``) on CPU, never more
+    than there are tasks; 1 (no threads) on other devices, when disabled,
+    inside a worker, and under thread-local state a worker would not see: a
+    ``torch.func`` transform or a ``TorchDispatchMode`` (e.g. ``FlopCounterMode``).
+    """
+    if not enabled or device.type != "cpu" or threading.current_thread().name.startswith("hvi-tasks"):
+        return 1
+    if torch._C._functorch.maybe_current_level() is not None or torch._C._len_torch_dispatch_stack():
+        return 1
+    return max(1, min(num_tasks, torch.get_num_threads()))
+
+
+def _bounds(num_tasks: int, chunks: int) -> list[slice]:
+    sizes = [num_tasks // chunks + (i < num_tasks % chunks) for i in range(chunks)]
+    starts = [sum(sizes[:i]) for i in range(chunks)]
+    return [slice(s, s + n) for s, n in zip(starts, sizes)]
+
+
+def _single_threaded(work: Callable[[int], object]) -> Callable[[int], object]:
+    def run(i: int) -> object:
+        # OpenMP's thread count is per calling thread: set it in the worker too.
+        torch.set_num_threads(1)
+        return work(i)
+
+    return run
+
+
+def _run_chunks(work: Callable[[int], object], chunks: int) -> list:
+    with _single_threaded_kernels():
+        futures = [_pool(chunks).submit(_single_threaded(work), i) for i in range(chunks)]
+        return [f.result() for f in futures]
+
+
+class _TaskChunks(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, fn: ChunkFn, num_tasks: int, chunks: int, task_dim: int, *inputs: Tensor):
+        leaves = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
+        bounds = _bounds(num_tasks, chunks)
+
+        def work(i: int) -> tuple[Tensor, ...]:
+            with torch.enable_grad():
+                return tuple(fn(leaves, bounds[i]))
+
+        results = _run_chunks(work, chunks)
+        ctx.results, ctx.leaves, ctx.bounds, ctx.task_dim = results, leaves, bounds, task_dim
+        return tuple(torch.cat([r[j] for r in results], task_dim).detach() for j in range(len(results[0])))
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        wanted = [i for i, t in enumerate(ctx.leaves) if t.requires_grad]
+        inputs = [ctx.leaves[i] for i in wanted]
+
+        def work(c: int) -> list[Tensor | None]:
+            outs, grad_outs = [], []
+            for out, g in zip(ctx.results[c], grads):
+                if out.requires_grad and g is not None:
+                    outs.append(out)
+                    grad_outs.append(g.narrow(ctx.task_dim, ctx.bounds[c].start, out.shape[ctx.task_dim]))
+            if not outs or not inputs:
+                return [None] * len(inputs)
+            return list(torch.autograd.grad(outs, inputs, grad_outs, allow_unused=True))
+
+        parts = _run_chunks(work, len(ctx.results))
+        ctx.results = None  # free every chunk's graph
+        total: list[Tensor | None] = [None] * len(ctx.leaves)
+        for j, i in enumerate(wanted):
+            gs = [p[j] for p in parts if p[j] is not None]
+            total[i] = sum(gs[1:], gs[0]) if gs else None
+        return (None, None, None, None, *total)
+
+
+def map_task_chunks(
+    fn: ChunkFn, inputs: Sequence[Tensor], num_tasks: int, chunks: int, task_dim: int = 0
+) -> tuple[Tensor, ...]:
+    """Runs ``fn(inputs, chunk)`` for ``chunks`` slices of the tasks in parallel.
+
+    Args:
+        fn: A pure function of ``inputs`` (the shared tensors, e.g. θ) and a
+            ``slice`` of the task indices; returns tensors whose dim
+            ``task_dim`` has the chunk's length. It must only read the
+            ``inputs`` it is given (not the caller's tensors) for gradients to
+            reach them.
+        inputs: Tensors shared by every chunk; gradients flow back to them.
+        num_tasks: Number of tasks.
+        chunks: Number of chunks (and worker threads), see :func:`num_task_chunks`.
+        task_dim: The task dim of ``fn``'s outputs (default 0).
+
+    Returns:
+        ``fn``'s outputs for all tasks, joined along ``task_dim``.
+    """
+    if chunks <= 1:
+        return tuple(fn(inputs, slice(0, num_tasks)))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return _TaskChunks.apply(fn, num_tasks, chunks, task_dim, *inputs)
+    bounds = _bounds(num_tasks, chunks)
+    results = _run_chunks(lambda i: tuple(fn(inputs, bounds[i])), chunks)
+    return tuple(torch.cat([r[j] for r in results], task_dim) for j in range(len(results[0])))
