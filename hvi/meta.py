@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-import torch
 from torch import Tensor, nn
 
 from hvi.adapt import InnerConfig, InnerLoop
