@@ -58,19 +58,20 @@ def guide_globals(meta: "MetaModel") -> tuple[dict[str, Tensor], dict[str, int |
     for name, site in meta.sites.items():
         k = len(site.shape)
         if not site.latent:
-            values[name] = pyro.param(name, site.init.clone(), constraint=site.constraint)
+            values[name] = pyro.param(name, site.fresh_init, constraint=site.constraint)
             particle_dims[name] = None
         elif meta.q_theta == "delta":
-            v = pyro.param(f"q_theta.{name}", site.init.clone(), constraint=site.constraint)
+            v = pyro.param(f"q_theta.{name}", site.fresh_init, constraint=site.constraint)
             pyro.sample(name, dist.Delta(v, event_dim=k))
             values[name] = v  # the point mass needs no particle copies
             particle_dims[name] = None
         else:
             transform = biject_to(site.constraint)
-            loc = pyro.param(f"q_theta.{name}.loc", transform.inv(site.init).clone())
+            # Lazy inits (callables): the param store builds them once, not every step.
+            loc = pyro.param(f"q_theta.{name}.loc", lambda s=site, t=transform: t.inv(s.init).clone())
             scale = pyro.param(
                 f"q_theta.{name}.scale",
-                torch.full_like(site.init, meta.q_theta_init_scale),
+                lambda s=site: torch.full_like(s.init, meta.q_theta_init_scale),
                 constraint=constraints.positive,
             )
             q = dist.Normal(loc, scale).to_event(k)
@@ -95,7 +96,7 @@ def inner_lrs(meta: "MetaModel") -> dict[str, dict[str, Tensor | float]]:
         n: {
             k: pyro.param(
                 f"inner_lr.{n}.{k}",
-                torch.tensor(init[k], dtype=ref.dtype, device=ref.device),
+                lambda a=init[k]: torch.tensor(a, dtype=ref.dtype, device=ref.device),
                 constraint=constraints.positive,
             )
             for k in keys

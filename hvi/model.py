@@ -40,9 +40,7 @@ def sample_globals(meta: "MetaModel") -> dict[str, Tensor]:
         if site.latent:
             values[name] = pyro.sample(name, site.hyperprior_dist())
         else:
-            # Clone: the param store keeps the tensor it is given and the optimizer
-            # updates it in place, which would rewrite the site's init.
-            values[name] = pyro.param(name, site.init.clone(), constraint=site.constraint)
+            values[name] = pyro.param(name, site.fresh_init, constraint=site.constraint)
     return values
 
 

@@ -36,6 +36,15 @@ class GlobalSite:
     def shape(self) -> torch.Size:
         return self.init.shape
 
+    def fresh_init(self) -> Tensor:
+        """A copy of ``init``, for ``pyro.param``'s lazy init.
+
+        The param store keeps the tensor it is given and the optimizer updates
+        it in place, which would rewrite ``init``; passed as a callable, the
+        copy is made once, when the param is created, not on every step.
+        """
+        return self.init.clone()
+
     @property
     def latent(self) -> bool:
         return self.hyperprior is not None
