@@ -60,9 +60,18 @@ def num_task_chunks(num_tasks: int, device: torch.device, enabled: bool = True) 
     """
     if not enabled or device.type != "cpu" or threading.current_thread().name.startswith("hvi-tasks"):
         return 1
-    if torch._C._functorch.maybe_current_level() is not None or torch._C._len_torch_dispatch_stack():
+    if _thread_local_state_active():
         return 1
     return max(1, min(num_tasks, torch.get_num_threads()))
+
+
+def _thread_local_state_active() -> bool:
+    """A ``torch.func`` transform or a dispatch mode is active in this thread."""
+    level = getattr(torch._C._functorch, "maybe_current_level", None)
+    modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
+    if level is None or modes is None:  # a torch without these probes: stay in this thread
+        return True
+    return level() is not None or modes() > 0
 
 
 def _bounds(num_tasks: int, chunks: int) -> list[slice]:
