@@ -7,8 +7,9 @@ For one task with support set (x, y) of ``Ns`` examples, starting from
     λ^(m+1) = λ^(m) + α ⊙ ∇_λ L_S(λ^(m))
 
 The expectation uses ``num_samples`` reparameterized draws per step from
-noise drawn *before* the loop (``eps``), so the loop is a pure, deterministic
-function of tensors: it runs wherever the tensors live and has no host syncs.
+noise fixed *before* the loop (``eps``: a tensor, or seeded per-task streams,
+see :mod:`hvi.noise`), so the loop is a pure, deterministic function of its
+inputs: it runs wherever the tensors live and has no host syncs.
 Dividing by ``Ns`` makes α a per-example step size, so the same α serves
 5-shot and 50-shot tasks.
 
@@ -49,6 +50,7 @@ from torch.distributions import Normal
 from hvi.families import NormalFamily
 from hvi.functional import FunctionalNet
 from hvi.likelihoods import Likelihood
+from hvi.noise import TaskNoise
 from hvi.parallel import map_task_chunks, num_task_chunks
 from hvi.priors.base import BoundPrior, pad_site
 
@@ -165,9 +167,16 @@ class InnerLoop:
 
     def draw_noise(
         self, lead: tuple[int, ...], steps: int, device: torch.device, dtype: torch.dtype
-    ) -> Tensor:
-        """Flat standard-normal inner-loop noise ``(*lead, steps, S, D)``; :meth:`split` views it per weight."""
-        return torch.randn(lead + (steps, self.config.num_samples, self.size), device=device, dtype=dtype)
+    ) -> TaskNoise:
+        """Standard-normal inner-loop noise ``(*lead, steps, S, D)`` as per-task streams.
+
+        ``lead`` ends with the number of tasks. ``.materialize()`` gives the
+        tensor, and :meth:`split` views it per weight.
+        """
+        return TaskNoise.draw_seed(
+            lead=tuple(lead[:-1]), num_tasks=lead[-1], steps=steps,
+            shape=(self.config.num_samples, self.size), device=device, dtype=dtype,
+        )
 
     # -- the loop ------------------------------------------------------------
     def adapt(
@@ -178,7 +187,7 @@ class InnerLoop:
         x: Tensor,
         y: Tensor,
         noise: Tensor | None,
-        eps: Tensor,
+        eps: Tensor | TaskNoise,
         steps: int,
         particle_dims: Mapping[str, int | None] | None = None,
     ) -> dict[str, Tensor]:
@@ -192,7 +201,8 @@ class InnerLoop:
             lr: Step sizes per weight and λ key (floats or scalar tensors).
             x, y, noise: Support data ``(B, Ns, ...)``; ``noise`` may be None.
             eps: Flat noise ``(B, steps, S, D)``, or ``(P, B, steps, S, D)``
-                with particles (see :meth:`draw_noise`).
+                with particles: a tensor, or per-task streams from
+                :meth:`draw_noise` that each step draws from as it runs.
             steps: Number of inner steps.
             particle_dims: Which sites carry a leading particle dim (0) and
                 which do not (None). None: no particles.
@@ -228,7 +238,8 @@ class InnerLoop:
             for n, k in lr_keys:
                 lrs[n][k] = next(it)
             at = (slice(None),) * task_dim + (c,)
-            lam = self._run(th, lk, lrs, x[c], y[c], None if noise is None else noise[c], eps[at],
+            e = eps.chunk(c) if isinstance(eps, TaskNoise) else eps[at]
+            lam = self._run(th, lk, lrs, x[c], y[c], None if noise is None else noise[c], e,
                             steps, lead, needs_graph)
             return tuple(lam[k] for k in keys)
 
@@ -282,9 +293,10 @@ class InnerLoop:
         x_all = fold(x)
         y_b = y.unsqueeze(1)
         noise_b = None if noise is None else noise.unsqueeze(1)
+        streams = eps.generators() if isinstance(eps, TaskNoise) else None
         for m in range(steps):
             src = {k: v if (second_order and v.requires_grad) else v.detach().requires_grad_() for k, v in lam.items()}
-            e = eps[..., m, :, :]  # (*lead, B, S, D)
+            e = eps[..., m, :, :] if streams is None else eps.next(streams)  # (*lead, B, S, D)
             if closed_form:
                 sigma = F.softplus(src["rho"])
                 phi = src["loc"].unsqueeze(-2) + sigma.unsqueeze(-2) * e

@@ -114,6 +114,9 @@ def guide(
 ) -> dict[str, Any]:
     """The Pyro guide. Returns ``{"lambda": λ, "inner_noise": ε}`` for inspection.
 
+    ``ε`` is a :class:`~hvi.noise.TaskNoise`; ``ε.materialize()`` redraws the
+    inner loop's noise as a flat ``(*lead, B, steps, S, D)`` tensor.
+
     Args:
         meta: The meta-model.
         batch: The tasks; only the support set is read.
@@ -160,4 +163,4 @@ def guide(
                 # (*lead, B, *w) → (*lead, B, 1, *w): the data plate's dim sits after the tasks'.
                 lam_n = {k: v.unsqueeze(-len(shape) - 1) for k, v in lam[name].items()}
                 pyro.sample(f"phi.{name}", family.dist(lam_n).to_event(len(shape)))
-    return {"lambda": lam, "inner_noise": loop.split(eps)}
+    return {"lambda": lam, "inner_noise": eps}

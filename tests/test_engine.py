@@ -93,7 +93,7 @@ def test_vmapped_inner_loop_and_outer_gradients_match_naive_loop(first_order, nu
     pyro.set_rng_seed(3)
     tr = poutine.trace(meta.guide).get_trace(batch)
     ret = tr.nodes["_RETURN"]["value"]
-    eps = ret["inner_noise"]
+    eps = meta.inner_loop(1).split(ret["inner_noise"].materialize())
 
     loc, scale = current_theta(meta)
     sigma = pyro.param("likelihood.noise")
@@ -369,14 +369,18 @@ def test_single_task_fast_path_equals_vmapped_path(first_order):
     lik = {"noise": meta.sites["likelihood.noise"].init}
     lr = {n: {"loc": 0.05, "rho": 0.05} for n in meta.net.names}
     torch.manual_seed(0)
-    eps = loop.draw_noise((2,), 2, torch.device("cpu"), DT)
+    streams = loop.draw_noise((2,), 2, torch.device("cpu"), DT)
+    eps = streams.materialize()
+    assert eps.shape == (2, 2, 2, meta.net.num_weights)
     both = loop.unflatten(loop.adapt(theta, lik, lr, b.support_x, b.support_y, None, eps, 2))
+    from_streams = loop.unflatten(loop.adapt(theta, lik, lr, b.support_x, b.support_y, None, streams, 2))
     for i in range(2):
         one = loop.unflatten(loop.adapt(theta, lik, lr, b.support_x[i : i + 1], b.support_y[i : i + 1], None,
                                         eps[i : i + 1], 2))
         for n in both:
             for k in both[n]:
                 torch.testing.assert_close(one[n][k][0], both[n][k][i], rtol=1e-12, atol=1e-12)
+                torch.testing.assert_close(from_streams[n][k][i], both[n][k][i], rtol=0, atol=0)
     out = meta.net.batched({n: v["loc"][:1] for n, v in both.items()}, b.query_x[:1])
     ref = functional_call(meta.net.module, {n: v["loc"][0] for n, v in both.items()}, (b.query_x[0],))
     torch.testing.assert_close(out[0], ref)
