@@ -92,7 +92,8 @@ def _engine_loss_grads_noise(cfg, batch):
     tr = poutine.trace(meta.guide).get_trace(batch)
     out = tr.nodes["_RETURN"]["value"]
     lam = out["lambda"]
-    inner = {n: e[:, :, 0].detach() for n, e in out["inner_noise"].items()}
+    eps = meta.inner_loop(batch.support_y.dim() - 2).split(out["inner_noise"].materialize())
+    inner = {n: e[:, :, 0].detach() for n, e in eps.items()}
     outer = {}
     for n in meta.net.shapes:
         phi = tr.nodes[f"phi.{n}"]["value"].squeeze(1)
