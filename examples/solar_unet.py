@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 import hvi
 import hvi.data
 import hvi.models

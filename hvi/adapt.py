@@ -262,29 +262,44 @@ class InnerLoop:
             [torch.as_tensor(a, dtype=ref.dtype, device=ref.device).reshape(1).expand(k) for a, k in zip(vals, self.numels)]
         )
 
+    def _start(self, theta, lr, lead, B, second_order):
+        """λ^(0) ``{key: (*lead, B, D)}``, α per key, and the KL's gradient terms.
+
+        The KL terms are ``(prior_loc, prior_prec)`` flat, for the closed-form
+        gradient (Normal family, Normal priors), else the per-weight priors for
+        :meth:`_kl`. A method of its own so that its temporaries are freed
+        before the first step (they would otherwise be live through the loop).
+        """
+        task_lead = lead + (1,)  # broadcasts over the task dim
+        priors = {n: self.prior.local(n, theta, event_ndim=len(s) + 1) for n, s in self.shapes.items()}
+        closed_form = type(self.family) is NormalFamily and all(type(p) in _NORMALS for p in priors.values())
+        # λ^(0) per weight, then flat: the init's backward keeps the (per-weight) θ it read.
+        inits = {n: self.family.init(p) for n, p in priors.items()}
+        lam = {k: self.flatten({n: inits[n][k] for n in self.shapes}, task_lead) for k in self.family.param_names}
+        if closed_form:
+            # A Normal family starts at the prior mean, so the KL gradient shares λ^(0).loc.
+            loc = lam["loc"]
+            scale = self.flatten({n: p.scale for n, p in priors.items()}, task_lead)
+            if not second_order:  # θ enters the steps only through λ^(0) (and α)
+                loc, scale = loc.detach(), scale.detach()
+            kl_terms = (loc, scale.pow(-2)) if self.config.kl_weight > 0 else None
+        else:
+            if not second_order:
+                theta = {n: v.detach() for n, v in theta.items()}
+                priors = {n: self.prior.local(n, theta, event_ndim=len(s) + 1) for n, s in self.shapes.items()}
+            kl_terms = priors
+        ref = lam[self.family.param_names[0]]
+        alpha = {k: self._flat_lr(lr, k, ref) for k in lam}
+        return {k: v.expand(lead + (B, self.size)) for k, v in lam.items()}, alpha, closed_form, kl_terms
+
     def _run(self, theta, lik, lr, x, y, noise, eps, steps, lead, needs_graph) -> dict[str, Tensor]:
         cfg = self.config
         B, Ns = x.shape[0], x.shape[1]
         S, beta, D = cfg.num_samples, cfg.kl_weight, self.size
         second_order = needs_graph and not cfg.first_order
-        task_lead = lead + (1,)  # broadcasts over the task dim
-
-        priors = {n: self.prior.local(n, theta, event_ndim=len(s) + 1) for n, s in self.shapes.items()}
-        inits = {n: self.family.init(p) for n, p in priors.items()}
-        lam = {
-            k: self.flatten({n: inits[n][k] for n in self.shapes}, task_lead).expand(lead + (B, D))
-            for k in self.family.param_names
-        }
-        ref = lam[self.family.param_names[0]]
-        alpha = {k: self._flat_lr(lr, k, ref) for k in lam}
-        closed_form = type(self.family) is NormalFamily and all(type(p) in _NORMALS for p in priors.values())
-        if not second_order:  # θ enters the steps only through λ^(0) (and α)
-            theta = {n: v.detach() for n, v in theta.items()}
+        lam, alpha, closed_form, kl_terms = self._start(theta, lr, lead, B, second_order)
+        if not second_order:
             lik = {k: v.detach() for k, v in lik.items()}
-            priors = {n: self.prior.local(n, theta, event_ndim=len(s) + 1) for n, s in self.shapes.items()}
-        if closed_form and beta > 0:
-            prior_loc = self.flatten({n: p.loc for n, p in priors.items()}, task_lead)
-            prior_prec = self.flatten({n: p.scale for n, p in priors.items()}, task_lead).pow(-2)
 
         # x, y, noise as (*lead, B, S, Ns, ...) → (T·S, Ns, ...) for one vmapped forward.
         def fold(t: Tensor) -> Tensor:
@@ -293,31 +308,35 @@ class InnerLoop:
         x_all = fold(x)
         y_b = y.unsqueeze(1)
         noise_b = None if noise is None else noise.unsqueeze(1)
-        streams = eps.generators() if isinstance(eps, TaskNoise) else None
-        for m in range(steps):
+
+        # One step as a function: its temporaries (φ, gradients, σ) die when it
+        # returns instead of staying bound through the next step's forward.
+        def step(lam: dict[str, Tensor], e: Tensor) -> dict[str, Tensor]:
             src = {k: v if (second_order and v.requires_grad) else v.detach().requires_grad_() for k, v in lam.items()}
-            e = eps[..., m, :, :] if streams is None else eps.next(streams)  # (*lead, B, S, D)
             if closed_form:
                 sigma = F.softplus(src["rho"])
                 phi = src["loc"].unsqueeze(-2) + sigma.unsqueeze(-2) * e
             else:
                 phi = self.family.sample({k: v.unsqueeze(-2) for k, v in src.items()}, e)
-            w = self.split(phi.reshape(-1, D))
-            out = self.net.batched(w, x_all)
+            out = self.net.batched(self.split(phi.reshape(-1, D)), x_all)
             out = out.reshape(lead + (B, S) + out.shape[1:])
             loglik = self.likelihood.dist(out, lik, noise_b, self.y_event_dim).log_prob(y_b).sum()
             objective = loglik / (S * Ns)
             if beta > 0 and not closed_form:
-                objective = objective - beta * self._kl(src, priors, phi) / Ns
-            grads = torch.autograd.grad(objective, list(src.values()), create_graph=second_order)
-            g = dict(zip(src, grads))
+                objective = objective - beta * self._kl(src, kl_terms, phi) / Ns
+            g = dict(zip(src, torch.autograd.grad(objective, list(src.values()), create_graph=second_order)))
             if beta > 0 and closed_form:
                 c = beta / Ns
+                prior_loc, prior_prec = kl_terms
                 g["loc"] = g["loc"] - c * (src["loc"] - prior_loc) * prior_prec
                 g["rho"] = g["rho"] - c * (sigma * prior_prec - sigma.reciprocal()) * torch.sigmoid(src["rho"])
             if not second_order:
                 g = {k: v.detach() for k, v in g.items()}
-            lam = {k: lam[k] + alpha[k] * g[k] for k in lam}
+            return {k: lam[k] + alpha[k] * g[k] for k in lam}
+
+        streams = eps.generators() if isinstance(eps, TaskNoise) else None
+        for m in range(steps):
+            lam = step(lam, eps[..., m, :, :] if streams is None else eps.next(streams))  # e: (*lead, B, S, D)
         return lam
 
     def _kl(self, lam: Mapping[str, Tensor], priors: Mapping[str, torch.distributions.Distribution], phi: Tensor) -> Tensor:

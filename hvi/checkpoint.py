@@ -51,6 +51,8 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
+from hvi.sites import positive
+
 if TYPE_CHECKING:
     from pyro.optim import PyroOptim
 
@@ -105,6 +107,8 @@ def constraint_to_json(c: constraints.Constraint) -> dict[str, Any]:
     Raises:
         ValueError: For a constraint without a mapping (name it in the message).
     """
+    if type(c) is type(positive):
+        return {"type": "positive"}
     for name, known in _SINGLETONS.items():
         if c is known:
             return {"type": name}
@@ -135,6 +139,8 @@ def constraint_to_json(c: constraints.Constraint) -> dict[str, Any]:
 def constraint_from_json(d: Mapping[str, Any]) -> constraints.Constraint:
     """The constraint described by :func:`constraint_to_json`."""
     kind = d.get("type")
+    if kind == "positive":  # the same support and values as constraints.positive, leaner
+        return positive
     if kind in _SINGLETONS:
         return _SINGLETONS[kind]
     if kind == "independent":

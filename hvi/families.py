@@ -23,9 +23,30 @@ from torch import Tensor
 __all__ = ["GuideFamily", "NormalFamily", "inv_softplus"]
 
 
+class _InvSoftplus(torch.autograd.Function):
+    # As plain ops, x + log(-expm1(-x)) keeps two tensors of x's size for its
+    # backward until the outer backward pass has run (λ^(0) of every weight
+    # lives that long); this keeps only x, which its caller holds anyway.
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor) -> Tensor:
+        return x + torch.log(-torch.expm1(-x))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        # d/dx [x + log(1 − e^{−x})] = 1/(1 − e^{−x}); differentiable again (double backward).
+        return grad / -torch.expm1(-x)
+
+
 def inv_softplus(x: Tensor) -> Tensor:
     """The inverse of ``softplus``: ``x + log(-expm1(-x))``, stable for small and large x."""
-    return x + torch.log(-torch.expm1(-x))
+    return _InvSoftplus.apply(x)
 
 
 class GuideFamily(ABC):

@@ -30,6 +30,7 @@ from pyro.distributions import constraints
 from torch import Tensor
 from torch.distributions import biject_to
 
+from hvi.sites import positive
 from hvi.tasks import TaskBatch
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ def guide_globals(meta: "MetaModel") -> tuple[dict[str, Tensor], dict[str, int |
             scale = pyro.param(
                 f"q_theta.{name}.scale",
                 lambda s=site: torch.full_like(s.init, meta.q_theta_init_scale),
-                constraint=constraints.positive,
+                constraint=positive,
             )
             q = dist.Normal(loc, scale).to_event(k)
             if site.constraint is not constraints.real:
@@ -97,7 +98,7 @@ def inner_lrs(meta: "MetaModel") -> dict[str, dict[str, Tensor | float]]:
             k: pyro.param(
                 f"inner_lr.{n}.{k}",
                 lambda a=init[k]: torch.tensor(a, dtype=ref.dtype, device=ref.device),
-                constraint=constraints.positive,
+                constraint=positive,
             )
             for k in keys
         }

@@ -10,6 +10,7 @@ import pyro
 import pytest
 import torch
 from pyro.distributions import constraints
+from torch.distributions import biject_to
 
 import hvi.data.sinusoid  # noqa: F401  (registers the source)
 from hvi import InnerConfig, MetaModel
@@ -24,6 +25,7 @@ from hvi.checkpoint import (
 from hvi.data.base import get_source
 from hvi.models import get_model
 from hvi.priors.gaussian import GaussianPrior
+from hvi.sites import positive
 
 
 def _meta(hidden=(8,), learn_lr=False, q_theta="delta", hyperprior=False):
@@ -165,6 +167,7 @@ def test_shape_mismatch_names_the_param(tmp_path):
         constraints.less_than(4.0),
         constraints.lower_cholesky,
         constraints.independent(constraints.positive, 1),
+        positive,
     ],
 )
 def test_constraint_json_round_trip(c):
@@ -172,8 +175,13 @@ def test_constraint_json_round_trip(c):
     json.dumps(d)
     back = constraint_from_json(d)
     assert constraint_to_json(back) == d
-    if c is constraints.positive or c is constraints.real or c is constraints.unit_interval:
+    if c is constraints.real or c is constraints.unit_interval:
         assert back is c
+    if c is constraints.positive or c is positive:
+        # Read back as hvi's exp-only positive: the same support and the same values.
+        assert back is positive
+        x = torch.linspace(-30.0, 30.0, 13)
+        assert torch.equal(biject_to(back)(x), biject_to(constraints.positive)(x))
 
 
 def test_unknown_constraint_fails_clearly(tmp_path):

@@ -446,3 +446,15 @@ def test_map_task_chunks_is_differentiable_and_steps_aside_for_thread_local_stat
     with FlopCounterMode(display=False):  # its counts live in this thread only
         assert num_task_chunks(7, cpu) == 1
     assert torch.func.vmap(lambda t: t * num_task_chunks(7, cpu))(torch.ones(2)).tolist() == [1.0, 1.0]
+
+
+def test_inv_softplus_gradients_and_transforms():
+    """inv_softplus (a custom autograd Function, to save memory) has exact first and second derivatives."""
+    x = (torch.rand(20, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 30 + 1e-3).requires_grad_()
+    assert torch.equal(inv_softplus(x), x + torch.log(-torch.expm1(-x)))
+    assert torch.allclose(F.softplus(inv_softplus(x)), x, rtol=1e-12)
+    assert torch.autograd.gradcheck(inv_softplus, (x,))
+    assert torch.autograd.gradgradcheck(inv_softplus, (x,))
+    g = torch.func.grad(lambda t: inv_softplus(t).sum())(x.detach())
+    assert torch.allclose(g, 1 / -torch.expm1(-x.detach()), rtol=1e-14)
+    assert torch.func.vmap(inv_softplus)(x.detach().reshape(4, 5)).shape == (4, 5)

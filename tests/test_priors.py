@@ -285,13 +285,45 @@ def test_per_weight_and_per_tensor_scales():
     assert sizes == {"gaussian": 32, "gaussian-layer": 18, "laplace": 18, "laplace-per-weight": 32}
 
 
+@pytest.mark.parametrize("prior", [GaussianPrior(), LaplacePrior(per_weight=True), NormalGammaPrior(), HorseshoePrior()])
+def test_site_inits_hold_no_per_weight_copies(prior):
+    """θ's initial values view the network's snapshot or are expanded scalars (memory)."""
+    w = {"l.weight": torch.randn(4, 3), "l.bias": torch.randn(4)}
+    sites = prior.bind(w).sites()
+    for n, weight in w.items():
+        loc = sites[f"theta.{n}.loc"]
+        assert loc.init.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr()
+        others = [s for k, s in sites.items() if k.startswith(f"theta.{n}.") and not k.endswith(".loc")]
+        assert others and all(s.init.untyped_storage().nbytes() == weight.element_size() for s in others)
+        # the param store's copy is its own, contiguous tensor
+        fresh = loc.fresh_init()
+        assert fresh.is_contiguous() and fresh.untyped_storage().data_ptr() != weight.untyped_storage().data_ptr()
+        assert all(s.fresh_init().is_contiguous() for s in others)
+
+
+def test_positive_sites_use_exp_alone():
+    """constraints.positive is stored as hvi.sites.positive: exp without torch's identity affine."""
+    from torch.distributions import biject_to, transform_to
+    from torch.distributions.transforms import ExpTransform
+
+    site = hvi.GlobalSite(torch.ones(3), constraints.positive)
+    assert site.constraint is hvi.sites.positive
+    assert isinstance(site.constraint, constraints.greater_than) and site.constraint.lower_bound == 0.0
+    assert type(biject_to(site.constraint)) is ExpTransform and type(transform_to(site.constraint)) is ExpTransform
+    x = torch.linspace(-40.0, 40.0, 17, dtype=torch.float64)
+    assert torch.equal(biject_to(site.constraint)(x), biject_to(constraints.positive)(x))
+    assert site.constraint.check(torch.tensor([-1.0, 0.0, 2.0])).tolist() == [False, False, True]
+    sites = GaussianPrior().bind({"w": torch.zeros(2)}).sites()
+    assert sites["theta.w.scale"].constraint is hvi.sites.positive
+
+
 def test_normal_gamma_sites_and_hyperprior_density():
     w = {"l.weight": torch.zeros(2, 3, dtype=torch.float64)}
     prior = NormalGammaPrior(init_scale=0.1, loc_scale=2.0, concentration=1.5, rate=0.02)
     sites = prior.bind(w).sites()
     assert set(sites) == {"theta.l.weight.loc", "theta.l.weight.precision"}
     prec = sites["theta.l.weight.precision"]
-    assert prec.latent and prec.constraint is constraints.positive and prec.shape == (2, 3)
+    assert prec.latent and prec.constraint is hvi.sites.positive and prec.shape == (2, 3)
     assert torch.allclose(prec.init, torch.full((2, 3), 100.0, dtype=torch.float64))
     assert sites["theta.l.weight.loc"].latent
     value = torch.rand(2, 3, dtype=torch.float64) * 200 + 1

@@ -105,10 +105,12 @@ def loc_scale_sites(weight: Tensor, scale0: Tensor, *, hyperprior: bool, loc_sca
 
     With ``hyperprior`` both are latent: μ ~ N(0, loc_scale²), σ ~ LogNormal(log scale0, 1).
     """
-    loc_hp = dist.Normal(torch.zeros_like(weight), loc_scale) if hyperprior else None
+    loc_hp = dist.Normal(weight.new_zeros(()).expand(weight.shape), loc_scale) if hyperprior else None
     scale_hp = dist.LogNormal(scale0.log(), 1.0) if hyperprior else None
     return {
-        "loc": GlobalSite(weight.detach().clone(), constraints.real, loc_hp),
+        # No copy: ``weight`` is the network's private snapshot (FunctionalNet.init_weights),
+        # and a site's init is only ever read (GlobalSite.fresh_init copies it).
+        "loc": GlobalSite(weight.detach(), constraints.real, loc_hp),
         "scale": GlobalSite(scale0, constraints.positive, scale_hp),
     }
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import pyro.distributions as dist
-import torch
 from torch import Tensor
 
 from hvi.priors.base import HierarchicalPrior, loc_scale_sites, register_prior
@@ -47,7 +46,7 @@ class GaussianPrior(HierarchicalPrior):
 
     def weight_sites(self, name: str, weight: Tensor) -> dict[str, GlobalSite]:
         sites = loc_scale_sites(
-            weight, torch.full_like(weight, self.init_scale), hyperprior=self.hyperprior, loc_scale=self.loc_scale
+            weight, weight.new_full((), self.init_scale).expand(weight.shape), hyperprior=self.hyperprior, loc_scale=self.loc_scale
         )
         if not self.learn_scale:
             del sites["scale"]

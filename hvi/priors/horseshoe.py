@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import pyro.distributions as dist
-import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
@@ -82,12 +81,12 @@ class HorseshoePrior(HierarchicalPrior):
         }
 
     def weight_sites(self, name: str, weight: Tensor) -> dict[str, GlobalSite]:
-        loc_hp = None if self.loc_scale is None else dist.Normal(torch.zeros_like(weight), self.loc_scale)
+        # Constants as expanded scalars and the loc init without a copy (see loc_scale_sites).
+        zero, one = weight.new_zeros(()).expand(weight.shape), weight.new_ones(()).expand(weight.shape)
+        loc_hp = None if self.loc_scale is None else dist.Normal(zero, self.loc_scale)
         return {
-            "loc": GlobalSite(weight.detach().clone(), constraints.real, loc_hp),
-            "local_scale": GlobalSite(
-                torch.ones_like(weight), constraints.positive, dist.HalfCauchy(torch.ones_like(weight))
-            ),
+            "loc": GlobalSite(weight.detach(), constraints.real, loc_hp),
+            "local_scale": GlobalSite(one, constraints.positive, dist.HalfCauchy(one)),
         }
 
     def local(self, name: str, theta: Mapping[str, Tensor]) -> dist.Distribution:

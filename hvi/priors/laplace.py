@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import pyro.distributions as dist
-import torch
 from torch import Tensor
 
 from hvi.priors.base import HierarchicalPrior, loc_scale_sites, register_prior
@@ -58,7 +57,7 @@ class LaplacePrior(HierarchicalPrior):
 
     def weight_sites(self, name: str, weight: Tensor) -> dict[str, GlobalSite]:
         if self.per_weight:
-            scale0 = torch.full_like(weight, self.init_scale)
+            scale0 = weight.new_full((), self.init_scale).expand(weight.shape)
         else:
             scale0 = weight.new_tensor(self.init_scale)
         return loc_scale_sites(weight, scale0, hyperprior=self.hyperprior, loc_scale=self.loc_scale)

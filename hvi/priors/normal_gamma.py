@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import pyro.distributions as dist
-import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
@@ -63,15 +62,16 @@ class NormalGammaPrior(HierarchicalPrior):
         self.rate = float(rate)
 
     def weight_sites(self, name: str, weight: Tensor) -> dict[str, GlobalSite]:
-        zeros = torch.zeros_like(weight)
+        # Constants as expanded scalars and the loc init without a copy (see loc_scale_sites).
+        def full(value: float) -> Tensor:
+            return weight.new_full((), value).expand(weight.shape)
+
         return {
-            "loc": GlobalSite(
-                weight.detach().clone(), constraints.real, dist.Normal(zeros, self.loc_scale)
-            ),
+            "loc": GlobalSite(weight.detach(), constraints.real, dist.Normal(full(0.0), self.loc_scale)),
             "precision": GlobalSite(
-                torch.full_like(weight, self.init_scale**-2),
+                full(self.init_scale**-2),
                 constraints.positive,
-                dist.Gamma(zeros + self.concentration, zeros + self.rate),
+                dist.Gamma(full(self.concentration), full(self.rate)),
             ),
         }
 
