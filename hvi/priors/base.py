@@ -31,7 +31,7 @@ from torch.distributions import kl_divergence
 from hvi.families import GuideFamily, NormalFamily
 from hvi.sites import GlobalSite
 
-__all__ = ["HierarchicalPrior", "BoundPrior", "loc_scale_sites", "register_prior", "get_prior", "list_priors"]
+__all__ = ["HierarchicalPrior", "BoundPrior", "constant_like", "loc_scale_sites", "register_prior", "get_prior", "list_priors"]
 
 
 class HierarchicalPrior(ABC):
@@ -100,12 +100,17 @@ class HierarchicalPrior(ABC):
         return BoundPrior(self, weights)
 
 
+def constant_like(weight: Tensor, value: float) -> Tensor:
+    """``value`` in the shape of ``weight``, stored once (an expanded scalar), not once per weight."""
+    return weight.new_full((), value).expand(weight.shape)
+
+
 def loc_scale_sites(weight: Tensor, scale0: Tensor, *, hyperprior: bool, loc_scale: float) -> dict[str, GlobalSite]:
     """The usual pair of sites: a mean per weight and a positive scale (shape of ``scale0``).
 
     With ``hyperprior`` both are latent: μ ~ N(0, loc_scale²), σ ~ LogNormal(log scale0, 1).
     """
-    loc_hp = dist.Normal(weight.new_zeros(()).expand(weight.shape), loc_scale) if hyperprior else None
+    loc_hp = dist.Normal(constant_like(weight, 0.0), loc_scale) if hyperprior else None
     scale_hp = dist.LogNormal(scale0.log(), 1.0) if hyperprior else None
     return {
         # No copy: ``weight`` is the network's private snapshot (FunctionalNet.init_weights),

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import pyro.distributions as dist
 from torch import Tensor
 
-from hvi.priors.base import HierarchicalPrior, loc_scale_sites, register_prior
+from hvi.priors.base import HierarchicalPrior, constant_like, loc_scale_sites, register_prior
 from hvi.sites import GlobalSite
 
 __all__ = ["GaussianPrior"]
@@ -46,7 +46,7 @@ class GaussianPrior(HierarchicalPrior):
 
     def weight_sites(self, name: str, weight: Tensor) -> dict[str, GlobalSite]:
         sites = loc_scale_sites(
-            weight, weight.new_full((), self.init_scale).expand(weight.shape), hyperprior=self.hyperprior, loc_scale=self.loc_scale
+            weight, constant_like(weight, self.init_scale), hyperprior=self.hyperprior, loc_scale=self.loc_scale
         )
         if not self.learn_scale:
             del sites["scale"]

@@ -8,7 +8,7 @@ import pyro.distributions as dist
 from pyro.distributions import constraints
 from torch import Tensor
 
-from hvi.priors.base import HierarchicalPrior, register_prior
+from hvi.priors.base import HierarchicalPrior, constant_like, register_prior
 from hvi.sites import GlobalSite
 
 __all__ = ["HorseshoePrior"]
@@ -81,9 +81,9 @@ class HorseshoePrior(HierarchicalPrior):
         }
 
     def weight_sites(self, name: str, weight: Tensor) -> dict[str, GlobalSite]:
-        # Constants as expanded scalars and the loc init without a copy (see loc_scale_sites).
-        zero, one = weight.new_zeros(()).expand(weight.shape), weight.new_ones(()).expand(weight.shape)
-        loc_hp = None if self.loc_scale is None else dist.Normal(zero, self.loc_scale)
+        # The loc init without a copy, as in loc_scale_sites.
+        one = constant_like(weight, 1.0)
+        loc_hp = None if self.loc_scale is None else dist.Normal(constant_like(weight, 0.0), self.loc_scale)
         return {
             "loc": GlobalSite(weight.detach(), constraints.real, loc_hp),
             "local_scale": GlobalSite(one, constraints.positive, dist.HalfCauchy(one)),

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import pyro.distributions as dist
 from torch import Tensor
 
-from hvi.priors.base import HierarchicalPrior, loc_scale_sites, register_prior
+from hvi.priors.base import HierarchicalPrior, constant_like, loc_scale_sites, register_prior
 from hvi.sites import GlobalSite
 
 __all__ = ["LaplacePrior"]
@@ -57,7 +57,7 @@ class LaplacePrior(HierarchicalPrior):
 
     def weight_sites(self, name: str, weight: Tensor) -> dict[str, GlobalSite]:
         if self.per_weight:
-            scale0 = weight.new_full((), self.init_scale).expand(weight.shape)
+            scale0 = constant_like(weight, self.init_scale)
         else:
             scale0 = weight.new_tensor(self.init_scale)
         return loc_scale_sites(weight, scale0, hyperprior=self.hyperprior, loc_scale=self.loc_scale)

@@ -8,7 +8,7 @@ import pyro.distributions as dist
 from pyro.distributions import constraints
 from torch import Tensor
 
-from hvi.priors.base import HierarchicalPrior, register_prior
+from hvi.priors.base import HierarchicalPrior, constant_like, register_prior
 from hvi.sites import GlobalSite
 
 __all__ = ["NormalGammaPrior"]
@@ -62,16 +62,13 @@ class NormalGammaPrior(HierarchicalPrior):
         self.rate = float(rate)
 
     def weight_sites(self, name: str, weight: Tensor) -> dict[str, GlobalSite]:
-        # Constants as expanded scalars and the loc init without a copy (see loc_scale_sites).
-        def full(value: float) -> Tensor:
-            return weight.new_full((), value).expand(weight.shape)
-
+        # The loc init without a copy, as in loc_scale_sites.
         return {
-            "loc": GlobalSite(weight.detach(), constraints.real, dist.Normal(full(0.0), self.loc_scale)),
+            "loc": GlobalSite(weight.detach(), constraints.real, dist.Normal(constant_like(weight, 0.0), self.loc_scale)),
             "precision": GlobalSite(
-                full(self.init_scale**-2),
+                constant_like(weight, self.init_scale**-2),
                 constraints.positive,
-                dist.Gamma(full(self.concentration), full(self.rate)),
+                dist.Gamma(constant_like(weight, self.concentration), constant_like(weight, self.rate)),
             ),
         }
 
