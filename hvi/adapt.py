@@ -114,6 +114,13 @@ class InnerConfig:
         return float(self.lr[key])
 
 
+def _ascend(lam: Tensor, alpha: Tensor | float, grad: Tensor) -> Tensor:
+    """λ + α·∇ in one kernel (α a float, or a per-weight tensor when learned)."""
+    if isinstance(alpha, Tensor):
+        return torch.addcmul(lam, alpha, grad)
+    return torch.add(lam, grad, alpha=alpha)
+
+
 class InnerLoop:
     """The inner loop for one network, prior and likelihood.
 
@@ -325,14 +332,16 @@ class InnerLoop:
             if beta > 0 and not closed_form:
                 objective = objective - beta * self._kl(src, kl_terms, phi) / Ns
             g = dict(zip(src, torch.autograd.grad(objective, list(src.values()), create_graph=second_order)))
+            # Fused kernels (addcmul, add with alpha): fewer temporaries of λ's size per step.
             if beta > 0 and closed_form:
                 c = beta / Ns
                 prior_loc, prior_prec = kl_terms
-                g["loc"] = g["loc"] - c * (src["loc"] - prior_loc) * prior_prec
-                g["rho"] = g["rho"] - c * (sigma * prior_prec - sigma.reciprocal()) * torch.sigmoid(src["rho"])
+                g["loc"] = torch.addcmul(g["loc"], src["loc"] - prior_loc, prior_prec, value=-c)
+                dkl_dsigma = sigma * prior_prec - sigma.reciprocal()
+                g["rho"] = torch.addcmul(g["rho"], dkl_dsigma, torch.sigmoid(src["rho"]), value=-c)
             if not second_order:
                 g = {k: v.detach() for k, v in g.items()}
-            return {k: lam[k] + alpha[k] * g[k] for k in lam}
+            return {k: _ascend(lam[k], alpha[k], g[k]) for k in lam}
 
         streams = eps.generators() if isinstance(eps, TaskNoise) else None
         for m in range(steps):
