@@ -27,15 +27,20 @@ __all__ = ["map_task_chunks", "num_task_chunks"]
 # fn(inputs, chunk) -> outputs, each with the task dim at ``task_dim``.
 ChunkFn = Callable[[Sequence[Tensor], slice], tuple[Tensor, ...]]
 
+_WORKER_PREFIX = "hvi-tasks"
 _POOL: ThreadPoolExecutor | None = None
+_POOL_WORKERS = 0
 _POOL_LOCK = threading.Lock()
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    global _POOL
+    global _POOL, _POOL_WORKERS
     with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < workers:
-            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hvi-tasks")
+        if _POOL is None or _POOL_WORKERS < workers:
+            if _POOL is not None:  # a bigger one replaces it: let its idle threads exit
+                _POOL.shutdown(wait=False)
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=_WORKER_PREFIX)
+            _POOL_WORKERS = workers
         return _POOL
 
 
@@ -58,7 +63,7 @@ def num_task_chunks(num_tasks: int, device: torch.device, enabled: bool = True) 
     inside a worker, and under thread-local state a worker would not see: a
     ``torch.func`` transform or a ``TorchDispatchMode`` (e.g. ``FlopCounterMode``).
     """
-    if not enabled or device.type != "cpu" or threading.current_thread().name.startswith("hvi-tasks"):
+    if not enabled or device.type != "cpu" or threading.current_thread().name.startswith(_WORKER_PREFIX):
         return 1
     if _thread_local_state_active():
         return 1
