@@ -285,11 +285,13 @@ class InnerLoop:
         lam = {k: self.flatten({n: inits[n][k] for n in self.shapes}, task_lead) for k in self.family.param_names}
         if closed_form:
             # A Normal family starts at the prior mean, so the KL gradient shares λ^(0).loc.
-            loc = lam["loc"]
-            scale = self.flatten({n: p.scale for n, p in priors.items()}, task_lead)
-            if not second_order:  # θ enters the steps only through λ^(0) (and α)
-                loc, scale = loc.detach(), scale.detach()
-            kl_terms = (loc, scale.pow(-2)) if self.config.kl_weight > 0 else None
+            kl_terms = None
+            if self.config.kl_weight > 0:
+                loc = lam["loc"]
+                scale = self.flatten({n: p.scale for n, p in priors.items()}, task_lead)
+                if not second_order:  # θ enters the steps only through λ^(0) (and α)
+                    loc, scale = loc.detach(), scale.detach()
+                kl_terms = (loc, scale.pow(-2))
         else:
             if not second_order:
                 theta = {n: v.detach() for n, v in theta.items()}

@@ -77,8 +77,8 @@ class TaskNoise:
 
     def materialize(self) -> Tensor:
         """All of it, ``(*lead, tasks, steps, S, D)`` (for inspection and tests)."""
-        gens = self.generators()
         if self.steps == 0:
-            return torch.empty(self.lead + (len(gens) // max(1, math.prod(self.lead)), 0) + tuple(self.shape),
+            return torch.empty(self.lead + (len(self._task_range()), 0) + tuple(self.shape),
                                device=self.device, dtype=self.dtype)
+        gens = self.generators()
         return torch.stack([self.next(gens) for _ in range(self.steps)], dim=len(self.lead) + 1)
