@@ -16,6 +16,7 @@ from hvi.metrics import classification_metrics, mean_ci, regression_metrics
 from hvi.predict import Prediction, predict
 from hvi.priors import HierarchicalPrior, get_prior, list_priors, register_prior
 from hvi.sites import GlobalSite
+from hvi.svi import SVI
 from hvi.tasks import TaskBatch
 from hvi.validation import validate_batch
 
@@ -35,6 +36,7 @@ __all__ = [
     "MetaModel",
     "NormalFamily",
     "Prediction",
+    "SVI",
     "TaskBatch",
     "classification_metrics",
     "fit",

@@ -121,6 +121,18 @@ def _ascend(lam: Tensor, alpha: Tensor | float, grad: Tensor) -> Tensor:
     return torch.add(lam, grad, alpha=alpha)
 
 
+def _learned(alpha: Tensor | float) -> bool:
+    return isinstance(alpha, Tensor) and alpha.requires_grad
+
+
+def _ascend_(lam: Tensor, alpha: Tensor | float, grad: Tensor) -> None:
+    """λ += α·∇ in place (α a constant here: its derivative is attached separately)."""
+    if isinstance(alpha, Tensor):
+        lam.addcmul_(alpha.detach(), grad)
+    else:
+        lam.add_(grad, alpha=alpha)
+
+
 class InnerLoop:
     """The inner loop for one network, prior and likelihood.
 
@@ -309,6 +321,8 @@ class InnerLoop:
         lam, alpha, closed_form, kl_terms = self._start(theta, lr, lead, B, second_order)
         if not second_order:
             lik = {k: v.detach() for k, v in lik.items()}
+        c = beta / Ns  # weight of the closed-form KL gradient
+        closed_kl = closed_form and beta > 0
 
         # x, y, noise as (*lead, B, S, Ns, ...) → (T·S, Ns, ...) for one vmapped forward.
         def fold(t: Tensor) -> Tensor:
@@ -318,37 +332,123 @@ class InnerLoop:
         y_b = y.unsqueeze(1)
         noise_b = None if noise is None else noise.unsqueeze(1)
 
-        # One step as a function: its temporaries (φ, gradients, σ) die when it
-        # returns instead of staying bound through the next step's forward.
-        def step(lam: dict[str, Tensor], e: Tensor) -> dict[str, Tensor]:
-            src = {k: v if (second_order and v.requires_grad) else v.detach().requires_grad_() for k, v in lam.items()}
-            if closed_form:
-                sigma = F.softplus(src["rho"])
-                phi = src["loc"].unsqueeze(-2) + sigma.unsqueeze(-2) * e
-            else:
-                phi = self.family.sample({k: v.unsqueeze(-2) for k, v in src.items()}, e)
+        def objective(phi: Tensor, src: Mapping[str, Tensor]) -> Tensor:
+            """The support objective at weights ``phi`` (*lead, B, S, D) drawn from q(λ = ``src``)."""
             out = self.net.batched(self.split(phi.reshape(-1, D)), x_all)
             out = out.reshape(lead + (B, S) + out.shape[1:])
             loglik = self.likelihood.dist(out, lik, noise_b, self.y_event_dim).log_prob(y_b).sum()
-            objective = loglik / (S * Ns)
             if beta > 0 and not closed_form:
-                objective = objective - beta * self._kl(src, kl_terms, phi) / Ns
-            g = dict(zip(src, torch.autograd.grad(objective, list(src.values()), create_graph=second_order)))
-            # Fused kernels (addcmul, add with alpha): fewer temporaries of λ's size per step.
-            if beta > 0 and closed_form:
-                c = beta / Ns
+                return loglik / (S * Ns) - beta * self._kl(src, kl_terms, phi) / Ns
+            return loglik / (S * Ns)
+
+        streams = eps.generators() if isinstance(eps, TaskNoise) else None
+
+        def noise_at(m: int) -> Tensor:  # (*lead, B, S, D)
+            return eps[..., m, :, :] if streams is None else eps.next(streams)
+
+        if not second_order:
+            run = self._first_order_normal if closed_form else self._first_order
+            final = run({k: v.detach() for k, v in lam.items()}, alpha, kl_terms if closed_kl else None,
+                        c, objective, noise_at, steps)
+            return self._attach_first_order(final, lam, alpha, needs_graph)
+
+        # One step as a function: its temporaries (φ, gradients, σ) die when it
+        # returns instead of staying bound through the next step's forward.
+        def step(lam: dict[str, Tensor], e: Tensor) -> dict[str, Tensor]:
+            src = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in lam.items()}
+            if closed_form:
+                sigma = F.softplus(src["rho"])
+                phi = torch.addcmul(src["loc"].unsqueeze(-2), sigma.unsqueeze(-2), e)
+            else:
+                phi = self.family.sample({k: v.unsqueeze(-2) for k, v in src.items()}, e)
+            grads = torch.autograd.grad(objective(phi, src), list(src.values()), create_graph=True)
+            g = dict(zip(src, grads))
+            if closed_kl:  # fused kernels (addcmul): fewer temporaries of λ's size per step
                 prior_loc, prior_prec = kl_terms
                 g["loc"] = torch.addcmul(g["loc"], src["loc"] - prior_loc, prior_prec, value=-c)
                 dkl_dsigma = sigma * prior_prec - sigma.reciprocal()
                 g["rho"] = torch.addcmul(g["rho"], dkl_dsigma, torch.sigmoid(src["rho"]), value=-c)
-            if not second_order:
-                g = {k: v.detach() for k, v in g.items()}
             return {k: _ascend(lam[k], alpha[k], g[k]) for k in lam}
 
-        streams = eps.generators() if isinstance(eps, TaskNoise) else None
         for m in range(steps):
-            lam = step(lam, eps[..., m, :, :] if streams is None else eps.next(streams))  # e: (*lead, B, S, D)
+            lam = step(lam, noise_at(m))
         return lam
+
+    # -- first order: λ moves in place, no step is recorded ---------------------
+    # Every step's gradient g_m is a constant, so λ^(K) = λ^(0) + Σ_m α ⊙ g_m, whose
+    # only derivatives are ∂/∂λ^(0) = 1 and ∂/∂α = Σ_m g_m. The loop updates
+    # detached buffers in place and _attach_first_order adds the derivatives once.
+    # Few λ-sized allocations per step also keep the C allocator from fragmenting
+    # the heap (peak memory at task batch 1).
+
+    def _first_order(self, lam, alpha, kl_terms, c, objective, noise_at, steps):
+        """Any family and prior: ∇_λ by autograd through the family's sampler."""
+        buf = {k: v.clone(memory_format=torch.contiguous_format) for k, v in lam.items()}
+        total = {k: torch.zeros_like(v) for k, v in buf.items() if _learned(alpha[k])}
+        for m in range(steps):
+            src = {k: v.detach().requires_grad_() for k, v in buf.items()}
+            phi = self.family.sample({k: v.unsqueeze(-2) for k, v in src.items()}, noise_at(m))
+            g = torch.autograd.grad(objective(phi, src), list(src.values()))
+            del src, phi  # the graph is gone: λ may change in place
+            for (k, v), gk in zip(buf.items(), g):
+                _ascend_(v, alpha[k], gk)
+                if k in total:
+                    total[k].add_(gk)
+        return buf, total
+
+    def _first_order_normal(self, lam, alpha, kl_terms, c, objective, noise_at, steps):
+        """Normal family, φ = μ + σ(ρ)·ε: autograd differentiates only with respect to φ.
+
+        With g_φ = ∂L/∂φ per sample, ∂L/∂μ = Σ_s g_φ and ∂L/∂ρ = Σ_s g_φ·ε · sigmoid(ρ);
+        ``kl_terms`` (closed form) adds −c·(μ − μ_p)/σ_p² and −c·(σ/σ_p² − 1/σ)·sigmoid(ρ).
+        While the network runs only λ and φ are held (σ is recomputed after),
+        and the gradient's temporaries are made after its activations are freed.
+        """
+        loc, rho = (v.clone(memory_format=torch.contiguous_format) for v in (lam["loc"], lam["rho"]))
+        S = self.config.num_samples
+        phi = loc.new_empty(loc.shape[:-1] + (S, self.size))
+        total = {k: torch.zeros_like(loc) for k in ("loc", "rho") if _learned(alpha[k])}
+        for m in range(steps):
+            e = noise_at(m)
+            torch.addcmul(loc.unsqueeze(-2), F.softplus(rho).unsqueeze(-2), e, out=phi)
+            leaf = phi.detach().requires_grad_()
+            (g_phi,) = torch.autograd.grad(objective(leaf, {"loc": loc, "rho": rho}), [leaf])
+            del leaf
+            if S == 1:  # ∂L/∂σ into φ's buffer, which is free now
+                grad_loc, grad_rho = g_phi.squeeze(-2), torch.mul(g_phi, e, out=phi).squeeze(-2)
+            else:
+                grad_loc, grad_rho = g_phi.sum(-2), (g_phi * e).sum(-2)
+            del g_phi
+            sigma = F.softplus(rho)
+            if kl_terms is not None:
+                prior_loc, prior_prec = kl_terms
+                dkl = torch.sub(loc, prior_loc).mul_(prior_prec)
+                grad_loc = torch.sub(grad_loc, dkl, alpha=c, out=dkl)  # ∂/∂μ of L − c·KL
+                dkl = torch.mul(sigma, prior_prec).sub_(sigma.reciprocal_())
+                grad_rho = torch.sub(grad_rho, dkl, alpha=c, out=dkl)  # ∂/∂σ of L − c·KL
+            grad_rho.mul_(torch.sigmoid(rho, out=sigma))  # dσ/dρ
+            del sigma
+            for k, v, g in (("loc", loc, grad_loc), ("rho", rho, grad_rho)):
+                _ascend_(v, alpha[k], g)
+                if k in total:
+                    total[k].add_(g)
+        return {"loc": loc, "rho": rho}, total
+
+    @staticmethod
+    def _attach_first_order(final, lam0, alpha, needs_graph) -> dict[str, Tensor]:
+        """λ^(K) with its derivatives: 1 with respect to λ^(0), Σ_m g_m with respect to α."""
+        buf, total = final
+        if not needs_graph:
+            return buf
+        out = {}
+        for k, v in buf.items():
+            if lam0[k].requires_grad:  # adds exact zeros: the value stays λ^(K) bit for bit
+                v = v + (lam0[k] - lam0[k].detach())
+            if k in total:
+                step = alpha[k] * total[k]
+                v = v + (step - step.detach())
+            out[k] = v
+        return out
 
     def _kl(self, lam: Mapping[str, Tensor], priors: Mapping[str, torch.distributions.Distribution], phi: Tensor) -> Tensor:
         """Σ over tasks and weights of KL(q ‖ p): analytic where known, else MC at ``phi``."""

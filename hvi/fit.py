@@ -1,4 +1,4 @@
-"""Meta-training with ``pyro.infer.SVI``: :func:`fit` and its immutable :class:`FitResult`."""
+"""Meta-training by SVI: :func:`fit` (with :class:`hvi.svi.SVI`) and its immutable :class:`FitResult`."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from typing import Any, Literal
 
 import pyro
 import torch
-from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.optim import PyroOptim
 from torch import Tensor
 
 from hvi.data.base import TaskSource
 from hvi.meta import MetaModel
+from hvi.svi import SVI
 from hvi.tasks import TaskBatch
 from hvi.validation import validate_batch
 

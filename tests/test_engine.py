@@ -16,8 +16,10 @@ from torch.distributions import Normal, kl_divergence
 from torch.func import functional_call
 
 import hvi
+from hvi.adapt import InnerLoop
 from hvi.families import inv_softplus
 from hvi.fit import make_elbo
+from hvi.guide import guide_globals, inner_lrs
 from hvi.parallel import map_task_chunks, num_task_chunks
 from hvi.priors import GaussianPrior
 
@@ -130,6 +132,28 @@ def test_vmapped_inner_loop_and_outer_gradients_match_naive_loop(first_order, nu
             torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=name)
 
 
+@pytest.mark.parametrize("num_samples", [1, 2])
+def test_first_order_inner_loop_without_kl_matches_naive_loop(num_samples):
+    """kl_weight=0 (reachable through InnerLoop itself; MetaModel needs β > 0): likelihood only."""
+    meta = build(hvi.InnerConfig(steps=3, lr=0.05))
+    cfg = hvi.InnerConfig(steps=3, lr=0.05, num_samples=num_samples, kl_weight=0.0, first_order=True)
+    loop = InnerLoop(meta.net, meta.prior, meta.likelihood, cfg, y_event_dim=1)
+    batch = regression_batch()
+    pyro.clear_param_store()
+    theta, _ = guide_globals(meta)
+    lik = {k: theta.pop(f"likelihood.{k}") for k in meta.likelihood.global_sites()}
+    eps = torch.randn(batch.batch_size, 3, num_samples, loop.size, dtype=DT, generator=torch.Generator().manual_seed(2))
+    lam = loop.unflatten(loop.adapt(theta, lik, inner_lrs(meta), batch.support_x, batch.support_y, None, eps, 3))
+    loc, scale = current_theta(meta)
+    lr = {n: {"loc": 0.05, "rho": 0.05} for n in loc}
+    for i in range(batch.batch_size):
+        ref = naive_adapt(meta, loc, scale, pyro.param("likelihood.noise"), lr, batch.support_x[i],
+                          batch.support_y[i], {n: e[i] for n, e in loop.split(eps).items()}, 3, cfg)
+        for n in ref:
+            for k in ("loc", "rho"):
+                torch.testing.assert_close(lam[n][k][i], ref[n][k], rtol=1e-10, atol=1e-12)
+
+
 def test_second_order_gradient_differs_from_first_order():
     """The two modes must really differ (else the test above could not tell them apart)."""
     grads = {}
@@ -141,6 +165,46 @@ def test_second_order_gradient_differs_from_first_order():
         leaf = pyro.param("theta.0.weight.loc").unconstrained()
         grads[fo] = torch.autograd.grad(loss, leaf)[0]
     assert (grads[False] - grads[True]).abs().max() > 1e-3 * grads[False].abs().max()
+
+
+@pytest.mark.parametrize("learn_lr", [False, True])
+def test_first_order_lambda_is_bitwise_the_same_with_and_without_a_graph(learn_lr):
+    """First order updates λ in place and attaches ∂/∂λ^(0), ∂/∂α at the end: values unchanged."""
+    meta = build(hvi.InnerConfig(steps=3, lr=0.05, first_order=True, learn_lr=learn_lr))
+    batch = regression_batch()
+    pyro.clear_param_store()
+    lams = {}
+    for grad in (True, False):
+        pyro.set_rng_seed(1)
+        with torch.set_grad_enabled(grad):
+            lams[grad] = poutine.trace(meta.guide).get_trace(batch).nodes["_RETURN"]["value"]["lambda"]
+    for n, d in lams[False].items():
+        for k, v in d.items():
+            assert v.grad_fn is None, (n, k)
+            assert lams[True][n][k].requires_grad, (n, k)
+            assert torch.equal(v, lams[True][n][k]), (n, k)
+
+
+def test_svi_matches_pyro_svi_and_frees_the_gradients():
+    """hvi.SVI: pyro.infer.SVI's losses and parameters bit for bit, with no gradient held between steps."""
+    batch = regression_batch(M=7)
+    runs = []
+    for cls in (pyro.infer.SVI, hvi.SVI):
+        meta = build(hvi.InnerConfig(steps=2, lr=0.05, learn_lr=True))
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        svi = cls(meta.model, meta.guide, pyro.optim.Adam({"lr": 0.01}), loss=Trace_ELBO())
+        losses = [svi.step(batch) for _ in range(3)]
+        store = pyro.get_param_store()
+        grads = [store[k].unconstrained().grad for k in store.keys()]
+        runs.append((losses, {k: v.detach().clone() for k, v in store.items()}, grads))
+    (pyro_losses, pyro_params, pyro_grads), (losses, params, grads) = runs
+    assert losses == pyro_losses
+    assert params.keys() == pyro_params.keys() and len(params) > 5
+    for k, v in params.items():
+        assert torch.equal(v, pyro_params[k]), k
+    assert all(g is not None for g in pyro_grads)  # Pyro keeps zero-filled gradients
+    assert all(g is None for g in grads)
 
 
 def log_normal(x, m, s):
