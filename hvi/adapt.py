@@ -32,7 +32,10 @@ How it is batched, and why:
 Second order differentiates the outer objective through every step (the
 gradient graph is kept); first order treats each step's gradient as a
 constant (``stop_gradient``), which keeps λ's dependence on θ through
-λ^(0) and on α, and costs no second derivatives.
+λ^(0) and on α, and costs no second derivatives. First order records no
+step at all: λ moves in place in detached buffers, and the two derivatives
+are attached once at the end. For a Normal family, autograd runs only from the
+objective to φ, and the chain rule to (μ, ρ) is written out.
 """
 
 from __future__ import annotations
