@@ -350,9 +350,12 @@ class InnerLoop:
             return eps[..., m, :, :] if streams is None else eps.next(streams)
 
         if not second_order:
-            run = self._first_order_normal if closed_form else self._first_order
-            final = run({k: v.detach() for k, v in lam.items()}, alpha, kl_terms if closed_kl else None,
-                        c, objective, noise_at, steps)
+            start = {k: v.detach() for k, v in lam.items()}
+            if closed_form:
+                kl = kl_terms if closed_kl else None
+                final = self._first_order_normal(start, alpha, kl, c, objective, noise_at, steps)
+            else:
+                final = self._first_order(start, alpha, objective, noise_at, steps)
             return self._attach_first_order(final, lam, alpha, needs_graph)
 
         # One step as a function: its temporaries (φ, gradients, σ) die when it
@@ -384,19 +387,28 @@ class InnerLoop:
     # Few λ-sized allocations per step also keep the C allocator from fragmenting
     # the heap (peak memory at task batch 1).
 
-    def _first_order(self, lam, alpha, kl_terms, c, objective, noise_at, steps):
-        """Any family and prior: ∇_λ by autograd through the family's sampler."""
+    @staticmethod
+    def _buffers(lam, alpha):
+        """λ^(0) as buffers to update in place, and zeroed Σ_m g_m for every learned α."""
         buf = {k: v.clone(memory_format=torch.contiguous_format) for k, v in lam.items()}
-        total = {k: torch.zeros_like(v) for k, v in buf.items() if _learned(alpha[k])}
+        return buf, {k: torch.zeros_like(v) for k, v in buf.items() if _learned(alpha[k])}
+
+    @staticmethod
+    def _ascend_all_(buf, alpha, grads, total) -> None:
+        for k, g in grads.items():
+            _ascend_(buf[k], alpha[k], g)
+            if k in total:
+                total[k].add_(g)
+
+    def _first_order(self, lam, alpha, objective, noise_at, steps):
+        """Any family and prior: ∇_λ by autograd through the family's sampler."""
+        buf, total = self._buffers(lam, alpha)
         for m in range(steps):
             src = {k: v.detach().requires_grad_() for k, v in buf.items()}
             phi = self.family.sample({k: v.unsqueeze(-2) for k, v in src.items()}, noise_at(m))
-            g = torch.autograd.grad(objective(phi, src), list(src.values()))
+            g = dict(zip(src, torch.autograd.grad(objective(phi, src), list(src.values()))))
             del src, phi  # the graph is gone: λ may change in place
-            for (k, v), gk in zip(buf.items(), g):
-                _ascend_(v, alpha[k], gk)
-                if k in total:
-                    total[k].add_(gk)
+            self._ascend_all_(buf, alpha, g, total)
         return buf, total
 
     def _first_order_normal(self, lam, alpha, kl_terms, c, objective, noise_at, steps):
@@ -407,10 +419,10 @@ class InnerLoop:
         While the network runs only λ and φ are held (σ is recomputed after),
         and the gradient's temporaries are made after its activations are freed.
         """
-        loc, rho = (v.clone(memory_format=torch.contiguous_format) for v in (lam["loc"], lam["rho"]))
+        buf, total = self._buffers(lam, alpha)
+        loc, rho = buf["loc"], buf["rho"]
         S = self.config.num_samples
         phi = loc.new_empty(loc.shape[:-1] + (S, self.size))
-        total = {k: torch.zeros_like(loc) for k in ("loc", "rho") if _learned(alpha[k])}
         for m in range(steps):
             e = noise_at(m)
             torch.addcmul(loc.unsqueeze(-2), F.softplus(rho).unsqueeze(-2), e, out=phi)
@@ -431,11 +443,8 @@ class InnerLoop:
                 grad_rho = torch.sub(grad_rho, dkl, alpha=c, out=dkl)  # ∂/∂σ of L − c·KL
             grad_rho.mul_(torch.sigmoid(rho, out=sigma))  # dσ/dρ
             del sigma
-            for k, v, g in (("loc", loc, grad_loc), ("rho", rho, grad_rho)):
-                _ascend_(v, alpha[k], g)
-                if k in total:
-                    total[k].add_(g)
-        return {"loc": loc, "rho": rho}, total
+            self._ascend_all_(buf, alpha, {"loc": grad_loc, "rho": grad_rho}, total)
+        return buf, total
 
     @staticmethod
     def _attach_first_order(final, lam0, alpha, needs_graph) -> dict[str, Tensor]:

@@ -185,6 +185,43 @@ def test_first_order_lambda_is_bitwise_the_same_with_and_without_a_graph(learn_l
             assert torch.equal(v, lams[True][n][k]), (n, k)
 
 
+class _PlainNormal(hvi.NormalFamily):
+    """The Normal family under another type: the inner loop takes its generic (autograd KL) path."""
+
+
+class _AutogradKLGaussian(GaussianPrior):
+    family = _PlainNormal()
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_generic_inner_loop_path_matches_the_closed_form_path(first_order):
+    """Autograd through the sampler and the analytic KL = the written-out Normal gradients."""
+    batch = regression_batch(M=7)
+    runs = []
+    for prior in (GaussianPrior(init_scale=0.1), _AutogradKLGaussian(init_scale=0.1)):
+        meta = hvi.MetaModel(
+            small_net(), prior, hvi.Gaussian(noise="learned", init_scale=0.5),
+            inner=hvi.InnerConfig(steps=3, lr=0.05, num_samples=2, kl_weight=0.7, first_order=first_order, learn_lr=True),
+        )
+        assert (type(meta.prior.family) is hvi.NormalFamily) == (type(prior) is GaussianPrior)
+        pyro.clear_param_store()
+        pyro.set_rng_seed(4)
+        loss = Trace_ELBO().differentiable_loss(meta.model, meta.guide, batch)
+        pyro.set_rng_seed(4)
+        lam = poutine.trace(meta.guide).get_trace(batch).nodes["_RETURN"]["value"]["lambda"]
+        store = pyro.get_param_store()
+        grads = torch.autograd.grad(loss, [store[k].unconstrained() for k in store.keys()])
+        runs.append((loss, lam, dict(zip(store.keys(), grads))))
+    (loss, lam, grads), (loss_g, lam_g, grads_g) = runs
+    torch.testing.assert_close(loss_g, loss, rtol=1e-10, atol=1e-9)
+    for n, d in lam.items():
+        for k, v in d.items():
+            torch.testing.assert_close(lam_g[n][k], v, rtol=1e-10, atol=1e-12)
+    assert grads.keys() == grads_g.keys()
+    for name, g in grads.items():
+        torch.testing.assert_close(grads_g[name], g, rtol=1e-8, atol=1e-10, msg=name)
+
+
 def test_svi_matches_pyro_svi_and_frees_the_gradients():
     """hvi.SVI: pyro.infer.SVI's losses and parameters bit for bit, with no gradient held between steps."""
     batch = regression_batch(M=7)
