@@ -351,9 +351,8 @@ class InnerLoop:
 
         if not second_order:
             start = {k: v.detach() for k, v in lam.items()}
-            if closed_form:
-                kl = kl_terms if closed_kl else None
-                final = self._first_order_normal(start, alpha, kl, c, objective, noise_at, steps)
+            if closed_form:  # kl_terms is None when β = 0
+                final = self._first_order_normal(start, alpha, kl_terms, c, objective, noise_at, steps)
             else:
                 final = self._first_order(start, alpha, objective, noise_at, steps)
             return self._attach_first_order(final, lam, alpha, needs_graph)
