@@ -11,6 +11,20 @@ from .registry import register_model
 __all__ = ["BayesUNet", "bayes_unet"]
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last (NHWC) memory order, same values and shape.
+
+    PyTorch's CPU kernels for bilinear upsampling and max-pooling are
+    vectorized over channels only in this order; on NCHW memory the upsample
+    of a ``(20, 32, 16, 16)`` batch takes 4.4 ms instead of 0.9 ms (forward
+    and backward together 10.9 vs 3.0 ms). ``x.contiguous(memory_format=...)``
+    is refused inside ``torch.func.vmap`` (how the engine evaluates many
+    tasks at once); permute-contiguous-permute gives the same layout and
+    works there. A no-op (no copy) when ``x`` is channels-last already.
+    """
+    return x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+
+
 class _DoubleConv(nn.Module):
     """Two 3x3 convolutions (padding 1), each followed by ReLU."""
 
@@ -32,7 +46,8 @@ class BayesUNet(nn.Module):
     ``align_corners=False``; parameter-free), concatenates the encoder skip
     feature of the same level (``[upsampled, skip]`` on the channel axis) and
     applies two 3x3 conv + ReLU. A final 1x1 conv maps to ``out_channels``
-    (no output activation). No normalisation layers and no buffers.
+    (no output activation). No normalisation layers and no buffers. Pooling
+    and upsampling run on channels-last memory (faster on CPU, same values).
 
     Args:
         in_channels: Input channels ``C``.
@@ -83,12 +98,12 @@ class BayesUNet(nn.Module):
         skips = []
         for level, block in enumerate(self.down):
             if level > 0:
-                x = F.max_pool2d(x, kernel_size=2)
+                x = F.max_pool2d(_channels_last(x), kernel_size=2)
             x = block(x)
             skips.append(x)
         skips.pop()  # deepest level is the bottleneck, not a skip
         for block in self.up:
-            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+            x = F.interpolate(_channels_last(x), scale_factor=2.0, mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skips.pop()], dim=1))
         return self.head(x)
 

@@ -109,6 +109,54 @@ def test_unet_shape_error():
     assert get_model("bayes_unet", in_channels=1, base=4, depth=1)(torch.zeros(1, 1, 5, 7)).shape == (1, 1, 5, 7)
 
 
+def _unet_nchw_reference(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The U-Net's forward with pooling and upsampling on plain NCHW memory."""
+    import torch.nn.functional as F
+
+    skips = []
+    for level, block in enumerate(net.down):
+        if level > 0:
+            x = F.max_pool2d(x, kernel_size=2)
+        x = block(x)
+        skips.append(x)
+    skips.pop()
+    for block in net.up:
+        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        x = block(torch.cat([x, skips.pop()], dim=1))
+    return net.head(x)
+
+
+class _NCHWUNet(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _unet_nchw_reference(self.net, x)
+
+
+def test_unet_channels_last_pooling_matches_nchw_reference_under_vmap():
+    # Pooling and upsampling run on channels-last memory for speed: values and
+    # gradients must be those of the plain NCHW forward, directly and when the
+    # engine vmaps the net over tasks with per-task weights.
+    torch.manual_seed(0)
+    net = get_model("bayes_unet", in_channels=2, out_channels=1, base=4, depth=3).double()
+    x = torch.randn(3, 4, 2, 8, 12, dtype=torch.float64)
+    torch.testing.assert_close(net(x[0]), _unet_nchw_reference(net, x[0]), rtol=0, atol=1e-12)
+    weights = {n: (p.detach() + 0.1 * torch.randn(3, *p.shape, dtype=torch.float64)).requires_grad_()
+               for n, p in net.named_parameters()}
+    out = vmap(lambda w, xx: functional_call(net, w, (xx,)))(weights, x)
+    grads = torch.autograd.grad((out**2).sum(), list(weights.values()))
+    ref = _NCHWUNet(net)
+    ref_out = torch.stack([
+        functional_call(ref, {f"net.{n}": w[i] for n, w in weights.items()}, (x[i],)) for i in range(3)
+    ])
+    ref_grads = torch.autograd.grad((ref_out**2).sum(), list(weights.values()))
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-12)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+
+
 def test_unet_no_batchnorm():
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in get_model("bayes_unet").modules())
     widths = [m.out_channels for m in get_model("bayes_unet").down.modules() if isinstance(m, nn.Conv2d)]
