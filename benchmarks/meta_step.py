@@ -29,7 +29,11 @@ as logs, σ_q = softplus(ρ)); ``tests/test_benchmark.py`` checks that their
 losses and gradients agree for identical noise.
 
 Every (implementation, configuration) runs in a fresh Python subprocess so
-that its peak resident memory (``ru_maxrss``) is its own. Data are random
+that its peak resident memory (``ru_maxrss``) is its own. By default each
+worker first calls ``hvi.tune_allocator()``, as ``hvi fit`` does on CPU: glibc
+then keeps freed memory instead of returning it to the kernel and faulting
+it back in on the next inner step (``--malloc default`` leaves glibc as it is;
+every JSON line says which, and its system CPU time and minor page faults). Data are random
 tensors of the right shapes drawn with a fixed seed: images
 ``x: (B, k, 3, size, size)``, ``y: (B, k, 1, size, size)`` for ``bayes_unet``,
 sinusoid-shaped ``(B, k, 1)`` pairs for ``mlp``.
@@ -59,9 +63,9 @@ from typing import Any
 RESULT_KEYS = (
     "impl", "model", "size", "base", "weights", "k_shot", "k_query", "inner_steps",
     "task_batch", "first_order", "tasks_per_s", "peak_rss_mb", "peak_rss_delta_mb",
-    "gflop_per_task", "gflop_per_s",
+    "gflop_per_task", "gflop_per_s", "sys_s_per_step", "minflt_per_step", "malloc",
 )
-MATMUL_KEYS = ("impl", "n", "gflop_per_s", "threads")
+MATMUL_KEYS = ("impl", "n", "gflop_per_s", "threads", "malloc")
 
 
 # ----------------------------------------------------------------------------
@@ -358,6 +362,7 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     for _ in range(cfg["warmup"]):
         step()
     times, cpu_times, losses = [], [], []
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
     busy0, own0, wall0 = _busy_cpu_s(), time.process_time(), time.perf_counter()
     for _ in range(cfg["steps"]):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -365,6 +370,7 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
     peak = _peak_rss_mb()  # read before the FLOP-counted step
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
     busy1, own1, wall1 = _busy_cpu_s(), time.process_time(), time.perf_counter()
     others = None
     if busy0 is not None and busy1 is not None:
@@ -392,6 +398,9 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "step_s_min": round(min(times), 5) if times else None,
         "step_s_max": round(max(times), 5) if times else None,
         "cpu_s_median": round(statistics.median(cpu_times), 5) if cpu_times else None,
+        # Kernel time and page faults per step: the cost of memory the allocator gave back.
+        "sys_s_per_step": round((usage1.ru_stime - usage0.ru_stime) / max(1, len(times)), 5),
+        "minflt_per_step": round((usage1.ru_minflt - usage0.ru_minflt) / max(1, len(times))),
         "steps": cfg["steps"],
         "warmup": cfg["warmup"],
         "peak_rss_mb": round(peak, 1),
@@ -555,6 +564,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "as it is (spinning OpenMP threads, the fastest on a quiet machine); "
                         "'passive' makes idle threads sleep, which survives a busy machine but "
                         "slows every parallel op")
+    p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                   help="glibc allocator of the workers: 'tuned' (default) calls "
+                        "hvi.tune_allocator() first, as 'hvi fit' does on CPU; 'default' leaves "
+                        "glibc's trimming on (every inner step then refaults its pages)")
     p.add_argument("--nice", type=int, default=0,
                    help="os.nice() increment for the workers; on a machine shared with other jobs, "
                         "-20 (needs root) keeps them from descheduling the benchmark's OpenMP "
@@ -587,10 +600,17 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as e:
                 print(f"meta_step.py: os.nice({payload['nice']}) failed ({e}); running at the "
                       "default priority", file=sys.stderr)
+        if payload.get("malloc", "tuned") == "tuned":
+            from hvi.allocator import tune_allocator
+
+            if not tune_allocator():
+                print("meta_step.py: no glibc mallopt here; --malloc tuned runs as default",
+                      file=sys.stderr)
         if payload["impl"] == "matmul":
             row = measure_matmul(payload["n"], payload["threads"])
         else:
             row = run_config(payload)
+        row["malloc"] = payload.get("malloc", "tuned")
         print(json.dumps(row), flush=True)
         return 0
     impls = ["engine", "naive"] if args.impl == "both" else [args.impl]
@@ -606,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
                     "kl_weight": args.kl_weight, "prior_scale": args.prior_scale,
                     "noise_scale": args.noise_scale, "lr": args.lr, "threads": args.threads,
                     "seed": args.seed, "omp_wait_policy": args.omp_wait_policy,
-                    "nice": args.nice,
+                    "nice": args.nice, "malloc": args.malloc,
                 })
     # --repeat R: R rounds over all configurations (interleaved, so slow drifts of the
     # machine hit every configuration alike); each configuration reports its median run.
@@ -629,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     matmul = _run_child(
         {"impl": "matmul", "n": args.matmul_size, "threads": args.threads,
-         "omp_wait_policy": args.omp_wait_policy, "nice": args.nice},
+         "omp_wait_policy": args.omp_wait_policy, "nice": args.nice, "malloc": args.malloc},
         args.timeout,
     )
     if args.json:

@@ -13,7 +13,7 @@ import pyro
 import torch
 from torch import Tensor
 
-from hvi.cli.registry import build_meta, build_source, resolve_device
+from hvi.cli.registry import build_meta, build_source, configure_process, resolve_device
 from hvi.cli.run import MODEL_DIR, eval_chunk_size, read_run_config
 
 __all__ = ["evaluate_run", "format_table", "predict_files", "load_run"]
@@ -45,8 +45,7 @@ def load_run(run_dir: str | os.PathLike, device: str | None = None) -> LoadedRun
             f"resume it with 'hvi fit --out {path} --resume'."
         )
     dev = resolve_device(device or "cpu")
-    if cfg.get("threads"):
-        torch.set_num_threads(cfg["threads"])
+    configure_process(cfg, dev)
     info = dict(read_checkpoint(path / MODEL_DIR).extra)
     meta = build_meta(cfg, dev)
     load_checkpoint(path / MODEL_DIR, expected=expected_params(meta), device=dev)

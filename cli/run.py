@@ -45,7 +45,7 @@ import pyro
 import torch
 
 from hvi.cli.config import finalize, load_toml, resolve, resolve_resume
-from hvi.cli.registry import build_meta, build_source, infer_model_args, resolve_device
+from hvi.cli.registry import build_meta, build_source, configure_process, infer_model_args, resolve_device
 
 __all__ = ["run_fit", "find_resumable", "read_run_config", "Interrupted", "validation_metrics"]
 
@@ -360,8 +360,7 @@ def run_fit(
 
     # ---- build and check everything before touching the disk -----------------------------
     device = resolve_device(cfg["device"])
-    if cfg.get("threads"):
-        torch.set_num_threads(cfg["threads"])
+    configure_process(cfg, device)
     source = build_source(cfg)
     if not resume:
         _complete_with_source(cfg, explicit, source)

@@ -7,6 +7,7 @@ set starting from θ (:mod:`hvi.adapt`); ``pyro.infer.SVI`` trains everything.
 """
 
 from hvi.adapt import InnerConfig, InnerLoop
+from hvi.allocator import tune_allocator
 from hvi.families import GuideFamily, NormalFamily
 from hvi.fit import FitResult, fit
 from hvi.functional import FunctionalNet
@@ -49,5 +50,6 @@ __all__ = [
     "register_likelihood",
     "register_prior",
     "regression_metrics",
+    "tune_allocator",
     "validate_batch",
 ]

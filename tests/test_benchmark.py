@@ -57,6 +57,7 @@ def test_smoke_json_lines():
         assert r["task_batch"] == 2 and r["inner_steps"] == 1 and r["first_order"] is False
         assert r["tasks_per_s"] > 0 and r["peak_rss_mb"] > 0 and r["gflop_per_task"] > 0
         assert r["loss_finite"]
+        assert r["malloc"] == "tuned" and r["minflt_per_step"] >= 0 and r["sys_s_per_step"] >= 0
 
 
 def test_help_lists_options():
@@ -64,7 +65,7 @@ def test_help_lists_options():
                           timeout=60, cwd=ROOT)
     assert proc.returncode == 0
     for opt in ("--model", "--size", "--base", "--k-shot", "--k-query", "--inner-steps", "--task-batch",
-                "--steps", "--warmup", "--json", "--first-order", "--impl"):
+                "--steps", "--warmup", "--json", "--first-order", "--impl", "--malloc"):
         assert opt in proc.stdout
 
 

@@ -113,6 +113,19 @@ def test_fit_writes_a_complete_run_dir(trained):
     assert model.extra["x_shape"] == [1]
 
 
+def test_fit_and_evaluate_on_cpu_tune_the_allocator(runner, trained, tmp_path, monkeypatch):
+    import hvi.allocator
+
+    calls = []
+    monkeypatch.setattr(hvi.allocator, "tune_allocator", lambda: calls.append(1) or True)
+    res = invoke(runner, ["fit", *TINY, "--steps", "1", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert calls == [1]
+    res = invoke(runner, ["evaluate", str(trained), "--json", "--max-tasks", "2", "--num-samples", "2"])
+    assert res.exit_code == 0, res.output
+    assert calls == [1, 1]
+
+
 def test_evaluate_json_and_table(runner, trained):
     res = invoke(runner, ["evaluate", str(trained), "--json", "--max-tasks", "4", "--num-samples", "5"])
     assert res.exit_code == 0, res.output
