@@ -149,6 +149,10 @@ def fit(
 
     Raises:
         FloatingPointError: If the loss becomes NaN/inf (lower the inner lr or the learning rate).
+
+    On CPU under Linux, call :func:`hvi.tune_allocator` once before training
+    (``hvi fit`` does): otherwise every inner step refaults its activations'
+    memory from the kernel.
     """
     if not (isinstance(steps, int) and steps >= 0):
         raise ValueError(f"steps={steps!r} must be a non-negative integer.")
