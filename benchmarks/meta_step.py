@@ -33,8 +33,8 @@ that its peak resident memory (``ru_maxrss``) is its own. By default each
 worker first calls ``hvi.tune_allocator()``, as ``hvi fit`` does on CPU: glibc
 then keeps freed memory instead of returning it to the kernel and faulting
 it back in on the next inner step (``--malloc default`` leaves glibc as it is;
-every JSON line says which, and its system CPU time and minor page faults). Data are random
-tensors of the right shapes drawn with a fixed seed: images
+every JSON line says which, and its system CPU time and minor page faults).
+Data are random tensors of the right shapes drawn with a fixed seed: images
 ``x: (B, k, 3, size, size)``, ``y: (B, k, 1, size, size)`` for ``bayes_unet``,
 sinusoid-shaped ``(B, k, 1)`` pairs for ``mlp``.
 
@@ -600,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as e:
                 print(f"meta_step.py: os.nice({payload['nice']}) failed ({e}); running at the "
                       "default priority", file=sys.stderr)
-        if payload.get("malloc", "tuned") == "tuned":
+        malloc = payload.get("malloc", "tuned")
+        if malloc == "tuned":
             from hvi.allocator import tune_allocator
 
             if not tune_allocator():
@@ -610,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
             row = measure_matmul(payload["n"], payload["threads"])
         else:
             row = run_config(payload)
-        row["malloc"] = payload.get("malloc", "tuned")
+        row["malloc"] = malloc
         print(json.dumps(row), flush=True)
         return 0
     impls = ["engine", "naive"] if args.impl == "both" else [args.impl]

@@ -6,11 +6,10 @@ activations in every inner step, in every worker thread of
 back to the kernel once it exceeds the trim threshold (by default twice the
 largest block it has unmapped so far, a few MB here), so the next inner step
 gets those pages back one page fault at a time, each zero-filled by the
-kernel. On the benchmark's first-order
-``bayes_unet`` step with 8 tasks on 2 cores that is about 68,000 minor page
-faults (280 MB) and 0.21 s of system CPU time per step; with
-:func:`tune_allocator` it is a few hundred faults and 4-10 ms (see the
-README's "Speed and memory").
+kernel. On the benchmark's first-order ``bayes_unet`` step with 8 tasks on 2
+cores that is about 68,000 minor page faults (280 MB) and 0.21 s of system
+CPU time per step; with :func:`tune_allocator` it is a few hundred faults and
+4-10 ms (see the README's "Speed and memory").
 
 PyTorch's performance-tuning guide gives the same advice for CPU training in
 the form "preload jemalloc or tcmalloc"; this is the glibc equivalent, set
