@@ -81,10 +81,10 @@ class HorseshoePrior(HierarchicalPrior):
         }
 
     def weight_sites(self, name: str, weight: Tensor) -> dict[str, GlobalSite]:
-        # The loc init without a copy, as in loc_scale_sites.
         one = constant_like(weight, 1.0)
         loc_hp = None if self.loc_scale is None else dist.Normal(constant_like(weight, 0.0), self.loc_scale)
         return {
+            # The loc init without a copy, as in loc_scale_sites.
             "loc": GlobalSite(weight.detach(), constraints.real, loc_hp),
             "local_scale": GlobalSite(one, constraints.positive, dist.HalfCauchy(one)),
         }
