@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Normal
 
+from hvi import distributions as hvi_distributions
 from hvi.families import NormalFamily
 from hvi.functional import FunctionalNet
 from hvi.likelihoods import Likelihood
@@ -60,7 +61,7 @@ from hvi.priors.base import BoundPrior, pad_site
 __all__ = ["InnerConfig", "InnerLoop", "Lambda"]
 
 # p(φ | θ) classes whose KL to the Normal family has the closed-form gradient below.
-_NORMALS = (Normal, pyro.distributions.Normal)
+_NORMALS = (Normal, pyro.distributions.Normal, hvi_distributions.Normal)
 
 #: λ for every weight tensor: ``{weight_name: {"loc": ..., "rho": ...}}``.
 Lambda = dict[str, dict[str, Tensor]]

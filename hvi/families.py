@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hvi.distributions import ReparamNormal
+
 __all__ = ["GuideFamily", "NormalFamily", "inv_softplus"]
 
 
@@ -81,7 +83,7 @@ class NormalFamily(GuideFamily):
         return {"loc": prior.mean, "rho": inv_softplus(prior.stddev)}
 
     def dist(self, lam: Mapping[str, Tensor]) -> dist.Distribution:
-        return dist.Normal(lam["loc"], F.softplus(lam["rho"]))
+        return ReparamNormal(lam["loc"], F.softplus(lam["rho"]))
 
     def sample(self, lam: Mapping[str, Tensor], eps: Tensor) -> Tensor:
         return lam["loc"] + F.softplus(lam["rho"]) * eps

@@ -15,6 +15,7 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
+from hvi.distributions import Normal
 from hvi.sites import GlobalSite
 
 __all__ = [
@@ -124,7 +125,7 @@ class Gaussian(Likelihood):
         return float(self.noise)
 
     def dist(self, output, params, noise, event_dim):
-        return dist.Normal(output, self.scale(params, noise)).to_event(event_dim)
+        return Normal(output, self.scale(params, noise)).to_event(event_dim)
 
 
 class Categorical(Likelihood):

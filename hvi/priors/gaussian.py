@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import pyro.distributions as dist
 from torch import Tensor
 
+from hvi.distributions import Normal
 from hvi.priors.base import HierarchicalPrior, constant_like, loc_scale_sites, register_prior
 from hvi.sites import GlobalSite
 
@@ -54,4 +55,4 @@ class GaussianPrior(HierarchicalPrior):
 
     def local(self, name: str, theta: Mapping[str, Tensor]) -> dist.Distribution:
         scale = theta["scale"] if self.learn_scale else self.init_scale
-        return dist.Normal(theta["loc"], scale)
+        return Normal(theta["loc"], scale)

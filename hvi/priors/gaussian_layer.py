@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import pyro.distributions as dist
 from torch import Tensor
 
+from hvi.distributions import Normal
 from hvi.priors.base import HierarchicalPrior, loc_scale_sites, register_prior
 from hvi.sites import GlobalSite
 
@@ -51,7 +52,7 @@ class GaussianLayerPrior(HierarchicalPrior):
         return loc_scale_sites(weight, scale0, hyperprior=self.hyperprior, loc_scale=self.loc_scale)
 
     def local(self, name: str, theta: Mapping[str, Tensor]) -> dist.Distribution:
-        return dist.Normal(theta["loc"], theta["scale"])
+        return Normal(theta["loc"], theta["scale"])
 
     def __repr__(self) -> str:
         return (

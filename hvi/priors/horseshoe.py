@@ -8,6 +8,7 @@ import pyro.distributions as dist
 from pyro.distributions import constraints
 from torch import Tensor
 
+from hvi.distributions import Normal
 from hvi.priors.base import HierarchicalPrior, constant_like, register_prior
 from hvi.sites import GlobalSite
 
@@ -90,7 +91,7 @@ class HorseshoePrior(HierarchicalPrior):
         }
 
     def local(self, name: str, theta: Mapping[str, Tensor]) -> dist.Distribution:
-        return dist.Normal(theta["loc"], theta["global_scale"] * theta["local_scale"])
+        return Normal(theta["loc"], theta["global_scale"] * theta["local_scale"])
 
     def __repr__(self) -> str:
         return (

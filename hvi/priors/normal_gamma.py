@@ -8,6 +8,7 @@ import pyro.distributions as dist
 from pyro.distributions import constraints
 from torch import Tensor
 
+from hvi.distributions import Normal
 from hvi.priors.base import HierarchicalPrior, constant_like, register_prior
 from hvi.sites import GlobalSite
 
@@ -73,7 +74,7 @@ class NormalGammaPrior(HierarchicalPrior):
         }
 
     def local(self, name: str, theta: Mapping[str, Tensor]) -> dist.Distribution:
-        return dist.Normal(theta["loc"], theta["precision"].rsqrt())
+        return Normal(theta["loc"], theta["precision"].rsqrt())
 
     def __repr__(self) -> str:
         return (
