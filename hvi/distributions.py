@@ -38,7 +38,8 @@ class _NormalLogProb(torch.autograd.Function):
 
     @staticmethod
     def forward(value: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
-        z = (value - loc).div_(scale)
+        # The division is out of place: under vmap, ``value - loc`` may lack a batch dim that ``scale`` has.
+        z = torch.div(value - loc, scale)
         return z.mul_(z).mul_(-0.5).sub_(scale.log().add_(_LOG_SQRT_2PI))
 
     @staticmethod

@@ -66,9 +66,13 @@ def test_normal_log_prob_second_order_and_transforms():
     assert torch.allclose(Normal(loc, 0.3).log_prob(value), TorchNormal(loc, 0.3).log_prob(value), rtol=1e-13)
     g = torch.func.grad(lambda m: f(value, m, scale).sum())(loc)
     assert torch.allclose(g, (value - loc) / scale**2, rtol=1e-12)
-    rows = value.reshape(3, 2)
-    batched = torch.func.vmap(f, in_dims=(0, None, None))(rows, loc[:2], scale[:2])
-    assert torch.allclose(batched, TorchNormal(loc[:2], scale[:2]).log_prob(rows), rtol=1e-13)
+    rows = {0: value.reshape(3, 2), 1: loc.reshape(3, 2), 2: scale.reshape(3, 2)}
+    for i in range(3):  # a batch dim on any one argument
+        args = [value[:2], loc[:2], scale[:2]]
+        args[i] = rows[i]
+        dims = tuple(0 if j == i else None for j in range(3))
+        batched = torch.func.vmap(f, in_dims=dims)(*args)
+        assert torch.allclose(batched, TorchNormal(args[1], args[2]).log_prob(args[0]), rtol=1e-13), i
 
 
 def test_normal_log_prob_keeps_only_its_inputs_for_backward():
