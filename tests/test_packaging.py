@@ -1,0 +1,132 @@
+"""The wheel built from the checkout works without the checkout.
+
+The wheel is built from a copy of the checkout's sources (``pip wheel
+--no-deps --no-build-isolation``, so no network and no build files in the
+checkout) and installed with ``--no-deps`` into a fresh virtual environment.
+That environment reaches torch, pyro and the other dependencies through a
+``.pth`` file naming the running environment's site-packages: a path line in a
+``.pth`` file only extends ``sys.path`` (the ``.pth`` files *in* that directory,
+such as the editable install's finder, are not executed), so ``hvi`` itself can
+only come from the wheel, which the tests check. Everything runs with a working
+directory outside the checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILTIN_MODELS = {"mlp", "siren", "conv4", "bayes_unet"}
+
+#: Run inside the new environment: imports every module of the installed package.
+IMPORT_ALL = r"""
+import importlib, json, pkgutil, sys
+import hvi
+
+names = ["hvi"]
+for info in pkgutil.walk_packages(hvi.__path__, "hvi.", onerror=lambda name: sys.exit(f"cannot import {name}")):
+    names.append(info.name)
+files = {name: importlib.import_module(name).__file__ for name in names}
+from hvi.cli.registry import load_registries
+from hvi.models import list_models
+
+load_registries()
+print(json.dumps({"files": files, "models": list_models(), "version": hvi.__version__}))
+"""
+
+
+def _setuptools() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def _source_modules() -> set[str]:
+    """Every module in the checkout's package folders (``package-dir`` of pyproject.toml)."""
+    out: set[str] = set()
+    for pkg, folder in _setuptools()["package-dir"].items():
+        for py in (ROOT / folder).rglob("*.py"):
+            parts = py.relative_to(ROOT / folder).with_suffix("").parts
+            if all((ROOT / folder / Path(*parts[:i]) / "__init__.py").is_file() for i in range(len(parts))):
+                out.add(".".join((pkg, *parts)).removesuffix(".__init__"))
+    return out
+
+
+def _source_dirs() -> set[str]:
+    return {d.split("/")[0] for d in _setuptools()["package-dir"].values()}
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, f"{args} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+    return res
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A fresh venv with the wheel installed; returns its root and the environment to run it with."""
+    base = tmp_path_factory.mktemp("wheel")
+    src = base / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for d in _source_dirs():
+        shutil.copytree(ROOT / d, src / d, ignore=ignore)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    _run([*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(base / "dist"), str(src)], base)
+    (wheel,) = (base / "dist").glob("hvi-*.whl")
+
+    venv = base / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], base)
+    python = venv / "bin" / "python"
+    site = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], base).stdout.strip()
+    ours = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+    (Path(site) / "_hvi_test_deps.pth").write_text("".join(f"{p}\n" for p in ours))
+    _run([*pip, "--python", str(python), "install", "-q", "--no-deps", "--no-index", str(wheel)], base)
+
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"}}
+    env.update(PYTHONNOUSERSITE="1", OMP_NUM_THREADS="1", PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}")
+    env.pop("VIRTUAL_ENV", None)
+    work = base / "elsewhere"
+    work.mkdir()
+    return venv, env
+
+
+def test_wheel_installs_every_module(installed):
+    venv, env = installed
+    res = _run([str(venv / "bin" / "python"), "-c", IMPORT_ALL], venv.parent / "elsewhere", env)
+    out = json.loads(res.stdout)
+    assert set(out["files"]) == _source_modules()
+    outside = {name: f for name, f in out["files"].items() if not Path(f).is_relative_to(venv)}
+    assert outside == {}  # every module comes from the wheel, none from the checkout
+    data = Path(out["files"]["hvi.data"]).parent
+    assert (data / "solar.nc").stat().st_size == (ROOT / "hvi" / "data" / "solar.nc").stat().st_size
+    assert out["models"] == sorted(BUILTIN_MODELS)
+    import hvi
+
+    assert out["version"] == hvi.__version__
+
+
+def test_installed_console_script(installed):
+    venv, env = installed
+    cwd = venv.parent / "elsewhere"
+    script = venv / "bin" / "hvi"
+    shebang = script.read_text().splitlines()[0]
+    assert shebang == f"#!{venv / 'bin' / 'python'}"
+    res = _run([str(script), "models"], cwd, env)
+    assert res.stderr == ""
+    names = [line.split()[0] for line in res.stdout.splitlines()]
+    assert names == sorted(BUILTIN_MODELS)
+    assert all(len(line.split(maxsplit=1)) == 2 for line in res.stdout.splitlines())
+    res = _run([str(script), "--version"], cwd, env)
+    import hvi
+
+    assert res.stdout == f"hvi {hvi.__version__}\n"
