@@ -45,6 +45,13 @@ class HviGroup(click.Group):
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Bare ``hvi`` prints the full help (the command list) and exits 0."""
+        if not args and not ctx.resilient_parsing:
+            click.echo(ctx.get_help(), color=ctx.color)
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
+
 
 def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Maps the library's error types to one-line click errors (no tracebacks)."""

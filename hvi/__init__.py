@@ -6,22 +6,99 @@ computes q(φ_i; λ_i) by a few differentiable gradient steps on the support
 set starting from θ (:mod:`hvi.adapt`); ``pyro.infer.SVI`` trains everything.
 """
 
-from hvi.adapt import InnerConfig, InnerLoop
-from hvi.allocator import tune_allocator
-from hvi.families import GuideFamily, NormalFamily
-from hvi.fit import FitResult, fit
-from hvi.functional import FunctionalNet
-from hvi.likelihoods import Categorical, Gaussian, Likelihood, get_likelihood, list_likelihoods, register_likelihood
-from hvi.meta import MetaModel
-from hvi.metrics import classification_metrics, mean_ci, regression_metrics
-from hvi.predict import Prediction, predict
-from hvi.priors import HierarchicalPrior, get_prior, list_priors, register_prior
-from hvi.sites import GlobalSite
-from hvi.svi import SVI
-from hvi.tasks import TaskBatch
-from hvi.validation import validate_batch
+import importlib
+import importlib.util
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hvi.adapt import InnerConfig, InnerLoop
+    from hvi.allocator import tune_allocator
+    from hvi.families import GuideFamily, NormalFamily
+    from hvi.fit import FitResult, fit
+    from hvi.functional import FunctionalNet
+    from hvi.likelihoods import Categorical, Gaussian, Likelihood, get_likelihood, list_likelihoods, register_likelihood
+    from hvi.meta import MetaModel
+    from hvi.metrics import classification_metrics, mean_ci, regression_metrics
+    from hvi.predict import Prediction, predict
+    from hvi.priors import HierarchicalPrior, get_prior, list_priors, register_prior
+    from hvi.sites import GlobalSite
+    from hvi.svi import SVI
+    from hvi.tasks import TaskBatch
+    from hvi.validation import validate_batch
 
 __version__ = "0.1.0"
+
+#: Public name -> the module that defines it. The names are imported on first
+#: use (PEP 562), so that ``import hvi`` and ``hvi --help`` / ``hvi --version``
+#: do not import torch; the ``TYPE_CHECKING`` imports above are for tools.
+_EXPORTS: dict[str, str] = {
+    "Categorical": "hvi.likelihoods",
+    "FitResult": "hvi.fit",
+    "FunctionalNet": "hvi.functional",
+    "Gaussian": "hvi.likelihoods",
+    "GlobalSite": "hvi.sites",
+    "GuideFamily": "hvi.families",
+    "HierarchicalPrior": "hvi.priors",
+    "InnerConfig": "hvi.adapt",
+    "InnerLoop": "hvi.adapt",
+    "Likelihood": "hvi.likelihoods",
+    "MetaModel": "hvi.meta",
+    "NormalFamily": "hvi.families",
+    "Prediction": "hvi.predict",
+    "SVI": "hvi.svi",
+    "TaskBatch": "hvi.tasks",
+    "classification_metrics": "hvi.metrics",
+    "fit": "hvi.fit",
+    "get_likelihood": "hvi.likelihoods",
+    "get_prior": "hvi.priors",
+    "list_likelihoods": "hvi.likelihoods",
+    "list_priors": "hvi.priors",
+    "mean_ci": "hvi.metrics",
+    "predict": "hvi.predict",
+    "register_likelihood": "hvi.likelihoods",
+    "register_prior": "hvi.priors",
+    "regression_metrics": "hvi.metrics",
+    "tune_allocator": "hvi.allocator",
+    "validate_batch": "hvi.validation",
+}
+
+#: Functions named like the module that defines them (``hvi.fit.fit``).
+_SHADOWED = frozenset(n for n, m in _EXPORTS.items() if m == f"{__name__}.{n}")
+
+
+def __getattr__(name: str) -> Any:
+    """Imports a public name, or a submodule (``hvi.checkpoint``), on first use."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(types.ModuleType):
+    """Keeps ``hvi.fit`` / ``hvi.predict`` the functions when their modules are imported.
+
+    Importing the submodule ``hvi.fit`` binds it as the package attribute
+    ``fit``; the public name is the function of the same name, as it was when
+    this package imported everything eagerly.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "Categorical",

@@ -94,6 +94,41 @@ def test_help_version_and_listings(runner):
     assert {line.split()[0] for line in sources} >= {"sinusoid", "clouds", "solar", "file"}
 
 
+def test_bare_hvi_prints_the_full_help(runner):
+    res = invoke(runner, [])
+    assert res.exit_code == 0 and res.stderr == ""
+    assert res.stdout == invoke(runner, ["--help"]).stdout
+    commands = res.stdout.split("Commands:\n", 1)[1].splitlines()
+    assert [line.split()[0] for line in commands] == ["evaluate", "fit", "models", "predict", "priors", "sources"]
+
+
+#: Runs the CLI's entry point with ARGS and prints its exit status and the heavy modules it imported.
+_STARTUP = """
+import sys
+from hvi.cli.main import main
+sys.argv = ["hvi", *ARGS]
+try:
+    main()
+except SystemExit as e:
+    code = e.code
+print(code, sorted(m for m in ("torch", "pyro", "numpy") if m in sys.modules), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args", [[], ["--help"], ["-h"], ["--version"], ["fit", "--help"], ["models", "--help"]])
+def test_help_and_version_do_not_import_torch(args):
+    import subprocess
+    import sys
+
+    script = _STARTUP.replace("ARGS", repr(args))
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "0 []\n"
+    from hvi import __version__
+
+    assert res.stdout.startswith("Usage: hvi" if args != ["--version"] else f"hvi {__version__}\n")
+
+
 # --------------------------------------------------------------------------- fit / evaluate / predict
 
 

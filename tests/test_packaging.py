@@ -130,3 +130,34 @@ def test_installed_console_script(installed):
     import hvi
 
     assert res.stdout == f"hvi {hvi.__version__}\n"
+
+
+def test_public_names_are_imported_on_first_use():
+    import importlib
+
+    import hvi
+
+    assert sorted(hvi._EXPORTS) == sorted(hvi.__all__)
+    for name, module in hvi._EXPORTS.items():
+        assert getattr(hvi, name) is getattr(importlib.import_module(module), name), name
+    assert set(hvi.__all__) <= set(dir(hvi))
+    with pytest.raises(AttributeError, match="^module 'hvi' has no attribute 'nope'$"):
+        hvi.nope  # noqa: B018
+
+
+#: Imports the submodules named like functions before the package's attributes are used.
+_SHADOWED = """
+import sys
+import hvi.fit, hvi.predict
+import hvi
+from hvi import fit
+assert hvi.fit is fit is sys.modules["hvi.fit"].fit, hvi.fit
+assert hvi.predict is sys.modules["hvi.predict"].predict, hvi.predict
+assert hvi.checkpoint is sys.modules["hvi.checkpoint"]
+print("ok")
+"""
+
+
+def test_fit_and_predict_stay_functions_when_their_modules_are_imported_first(tmp_path):
+    res = _run([sys.executable, "-c", _SHADOWED], tmp_path, {**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.stdout == "ok\n"
