@@ -27,6 +27,7 @@ import copy
 import json
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -86,6 +87,11 @@ MUTABLE_ON_RESUME = frozenset(
     }
 )
 
+_KIND_TEXT = {_INT: "an integer", _FLOAT: "a finite number", _BOOL: "true or false", _STR: "a string", _DICT: "a table"}
+
+#: The accepted ``device`` / ``--device`` strings: cpu, cuda, cuda:N.
+DEVICE_RE = re.compile(r"cpu|cuda(:[0-9]+)?")
+
 _CHOICES = {
     "q_theta": ("delta", "normal"),
     "objective": ("query", "support+query"),
@@ -117,7 +123,7 @@ def check_value(key: str, value: Any, where: str) -> Any:
         raise ValueError(f"config key {key!r} in {where} must not be empty.")
     if not _kind_ok(kind, value):
         raise ValueError(
-            f"config key {key!r} in {where} must be a {kind}, got {value!r} ({type(value).__name__})."
+            f"config key {key!r} in {where} must be {_KIND_TEXT[kind]}, got {value!r} ({type(value).__name__})."
         )
     if kind == _FLOAT:
         value = float(value)
@@ -138,8 +144,8 @@ def check_value(key: str, value: Any, where: str) -> Any:
         raise ValueError(f"{key}={value} must be positive.")
     if key == "kl_weight" and not value > 0:
         raise ValueError(f"kl_weight={value} must be positive (e.g. 1e-3 to down-weight the KL).")
-    if key == "device" and not (value == "cpu" or value == "cuda" or value.startswith("cuda:")):
-        raise ValueError(f"device={value!r} is not understood; use cpu, cuda or cuda:N.")
+    if key == "device" and not DEVICE_RE.fullmatch(value):
+        raise ValueError(f"device={value!r} is not understood; use cpu, cuda or cuda:N (N = 0, 1, ...).")
     return value
 
 

@@ -2,12 +2,17 @@
 
 Every bad input ends in one line ``Error: ...`` on stderr and a non-zero exit
 status (1 for errors, 2 for usage errors, 130 when training was interrupted).
+An exception of an unexpected type (a bug) is one line too, which says so and
+how to see the traceback: the global option ``--debug`` (or the environment
+variable ``HVI_DEBUG=1``) prints the traceback of any error before its line.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -25,12 +30,33 @@ def _one_line(msg: str, limit: int = 600) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: Appended to the one-line message of an exception of an unexpected type.
+UNEXPECTED = "(unexpected error; please report it; rerun with --debug or HVI_DEBUG=1 for the traceback)"
+
+#: Exception types that are the user's input or environment, not a bug: one line, no "please report".
+EXPECTED = (ValueError, OSError, FloatingPointError)
+
+
+def _debug_env() -> bool:
+    return os.environ.get("HVI_DEBUG", "").strip().lower() not in {"", "0", "false", "no", "off"}
+
+
 class HviGroup(click.Group):
-    """A click group whose every error is one ``Error: ...`` line (usage errors included)."""
+    """A click group whose every error is one ``Error: ...`` line (usage errors included).
+
+    Exceptions that escape a command are reported here: click's own errors
+    with their message, the :data:`EXPECTED` types (and ``click.ClickException``
+    raised from them by :func:`_errors`) with theirs, anything else with its
+    type, its message and :data:`UNEXPECTED`. With ``--debug`` or
+    ``HVI_DEBUG=1`` the traceback is printed first.
+    """
+
+    debug = False
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: D102
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        HviGroup.debug = _debug_env()
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as e:
@@ -38,12 +64,29 @@ class HviGroup(click.Group):
             click.echo(f"Error: {_one_line(e.format_message())}{hint}", err=True)
             sys.exit(e.exit_code)
         except click.ClickException as e:
+            self._traceback(e.__cause__)
             click.echo(f"Error: {_one_line(e.format_message())}", err=True)
             sys.exit(e.exit_code)
         except click.Abort:
             click.echo("Aborted!", err=True)
             sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Aborted!", err=True)
+            sys.exit(130)
+        except EXPECTED as e:
+            self._traceback(e)
+            click.echo(f"Error: {_message(e)}", err=True)
+            sys.exit(1)
+        except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback only on request
+            self._traceback(e)
+            click.echo(f"Error: {type(e).__name__}: {_one_line(str(e), 400)} {UNEXPECTED}", err=True)
+            sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+    @staticmethod
+    def _traceback(e: BaseException | None) -> None:
+        if HviGroup.debug and e is not None:
+            traceback.print_exception(e, file=sys.stderr)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         """Bare ``hvi`` prints the full help (the command list) and exits 0."""
@@ -53,8 +96,19 @@ class HviGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
+def _message(e: BaseException) -> str:
+    """The one-line message of an :data:`EXPECTED` exception."""
+    if isinstance(e, PermissionError):
+        return _one_line(f"permission denied: {e}")
+    return _one_line(str(e) or type(e).__name__)
+
+
 def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Maps the library's error types to one-line click errors (no tracebacks)."""
+    """Maps the library's error types to one-line click errors (no tracebacks).
+
+    Exceptions of other types propagate to :meth:`HviGroup.main`, which
+    reports them as unexpected.
+    """
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
@@ -62,10 +116,8 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         try:
             return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, FloatingPointError, NotADirectoryError, IsADirectoryError) as e:
-            raise click.ClickException(_one_line(str(e))) from None
-        except PermissionError as e:
-            raise click.ClickException(_one_line(f"permission denied: {e}")) from None
+        except EXPECTED as e:
+            raise click.ClickException(_message(e)) from e
         except Interrupted as e:
             click.echo(
                 f"Interrupted after step {e.step}; the run is kept at {e.where}. "
@@ -80,6 +132,12 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        HviGroup.debug = True
+    return value
+
+
 def _version() -> str:
     from hvi import __version__
 
@@ -88,6 +146,14 @@ def _version() -> str:
 
 @click.group(cls=HviGroup, context_settings=CONTEXT)
 @click.version_option(_version(), "--version", "-V", prog_name="hvi", message="%(prog)s %(version)s")
+@click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_set_debug,
+    help="Print the traceback of an error (also: environment variable HVI_DEBUG=1).",
+)
 def cli() -> None:
     """Bayesian meta-learning by hierarchical variational inference (θ → φ_i → D_i).
 

@@ -66,11 +66,36 @@ def _check_kwargs(what: str, name: str, builder: Callable[..., Any], kwargs: Map
             )
 
 
+def _build(what: str, name: str, builder: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``builder(*args, **kwargs)``, where ``kwargs`` is the config's ``{what}_args`` table.
+
+    Raises:
+        ValueError: Instead of the TypeError of a missing required argument or
+            of a value of the wrong type, naming the table and its values.
+    """
+    label = "data source" if what == "data" else what
+    try:
+        inspect.signature(builder).bind(*args, **kwargs)
+    except TypeError as e:
+        raise ValueError(
+            f"{label} {name!r} cannot be built from {what}_args {kwargs}: {e}; set it in the [{what}_args] table "
+            "of --config."
+        ) from None
+    except ValueError:  # no signature to check against
+        pass
+    try:
+        return builder(*args, **kwargs)
+    except TypeError as e:
+        raise ValueError(
+            f"{label} {name!r} rejected {what}_args {kwargs}: {e}; check the types of these values."
+        ) from None
+
+
 def build_source(cfg: Mapping[str, Any]):
     """The task source of ``cfg["data"]``: a registered name or a netCDF/zarr path."""
     load_registries()
     from hvi.cli.config import is_path
-    from hvi.data.base import _SOURCES, get_source, list_sources
+    from hvi.data.base import _SOURCES, list_sources
 
     data = cfg["data"]
     args = dict(cfg.get("data_args") or {})
@@ -80,7 +105,7 @@ def build_source(cfg: Mapping[str, Any]):
         _check_kwargs("data", "file", FileSource, args)
         if "split_fractions" in args and isinstance(args["split_fractions"], list):
             args["split_fractions"] = tuple(args["split_fractions"])
-        return FileSource(data, **args)
+        return _build("data", "file", FileSource, data, **args)
     if data not in _SOURCES:
         raise ValueError(
             f"unknown data source {data!r}; registered sources: {', '.join(list_sources())} "
@@ -90,7 +115,7 @@ def build_source(cfg: Mapping[str, Any]):
     for k, v in list(args.items()):
         if k == "num_tasks" and isinstance(v, list):
             args[k] = tuple(v)
-    return get_source(data, **args)
+    return _build("data", data, _SOURCES[data], **args)
 
 
 def source_description(name: str) -> str:
@@ -125,7 +150,15 @@ def infer_model_args(model: str, source, given: Mapping[str, Any]) -> dict[str, 
 
 
 def resolve_device(name: str) -> torch.device:
-    """``cpu`` / ``cuda`` / ``cuda:N``, checked to exist."""
+    """``cpu`` / ``cuda`` / ``cuda:N``, checked to exist.
+
+    Raises:
+        ValueError: If ``name`` is not one of these forms, or the CUDA device does not exist.
+    """
+    from hvi.cli.config import DEVICE_RE
+
+    if not isinstance(name, str) or not DEVICE_RE.fullmatch(name):
+        raise ValueError(f"--device {name!r} is not understood; use cpu, cuda or cuda:N (N = 0, 1, ...).")
     dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
@@ -155,9 +188,9 @@ def build_meta(cfg: Mapping[str, Any], device: torch.device, seed: int | None = 
     """
     load_registries()
     from hvi import InnerConfig, MetaModel
-    from hvi.likelihoods import _LIKELIHOODS, get_likelihood
+    from hvi.likelihoods import _LIKELIHOODS
     from hvi.models import get_model
-    from hvi.priors.base import _PRIORS, get_prior, list_priors
+    from hvi.priors.base import _PRIORS, list_priors
 
     prior_name = cfg["prior"]
     if prior_name not in _PRIORS:
@@ -188,8 +221,8 @@ def build_meta(cfg: Mapping[str, Any], device: torch.device, seed: int | None = 
     )
     return MetaModel(
         net,
-        get_prior(prior_name, **(cfg.get("prior_args") or {})),
-        get_likelihood(lik_name, **(cfg.get("likelihood_args") or {})),
+        _build("prior", prior_name, _PRIORS[prior_name], **(cfg.get("prior_args") or {})),
+        _build("likelihood", lik_name, _LIKELIHOODS[lik_name], **(cfg.get("likelihood_args") or {})),
         q_theta=cfg["q_theta"],
         inner=inner,
         objective=cfg["objective"],

@@ -47,7 +47,7 @@ import torch
 from hvi.cli.config import finalize, load_toml, resolve, resolve_resume
 from hvi.cli.registry import build_meta, build_source, configure_process, infer_model_args, resolve_device
 
-__all__ = ["run_fit", "find_resumable", "read_run_config", "Interrupted", "validation_metrics"]
+__all__ = ["run_fit", "find_resumable", "read_run_config", "check_run_config", "Interrupted", "validation_metrics"]
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -113,7 +113,56 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON ({e}); the run directory is damaged.") from None
     if not isinstance(cfg, dict) or "model" not in cfg:
         raise ValueError(f"{path} is not an hvi run config (no 'model').")
-    return cfg
+    return check_run_config(cfg, path)
+
+
+def check_run_config(cfg: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """A run's saved configuration, checked key by key (it may be older or edited by hand).
+
+    Keys that only steer validation, checkpoints and evaluation
+    (:data:`~hvi.cli.config.MUTABLE_ON_RESUME`) and are missing get the
+    model's defaults; every other key must be present, since its default may
+    have changed since the run was trained.
+
+    Args:
+        cfg: The parsed ``config.json``.
+        path: Where it was read from (named in the errors).
+
+    Returns:
+        A checked copy with the missing evaluation keys filled in.
+
+    Raises:
+        ValueError: Naming the first unknown key, missing key or value of the
+            wrong type or range, and how to fix it.
+    """
+    from hvi.cli.config import KEYS, MUTABLE_ON_RESUME, check_value
+    from hvi.cli.defaults import defaults_for
+
+    model = cfg.get("model")
+    if not isinstance(model, str):
+        raise ValueError(f"config key 'model' in {path} must be a string, got {model!r}; the run directory is damaged.")
+    unknown = sorted(k for k in cfg if k not in KEYS)
+    if unknown:
+        raise ValueError(
+            f"{path} has the unknown key {unknown[0]!r} (written by a newer hvi, or edited by hand); remove it."
+        )
+    defaults = defaults_for(model)
+    out: dict[str, Any] = {}
+    for key in KEYS:
+        if key in cfg:
+            out[key] = check_value(key, cfg[key], str(path))
+        elif key in MUTABLE_ON_RESUME:
+            out[key] = defaults.get(key)
+        else:
+            raise ValueError(
+                f"{path} lacks the key {key!r} (written by an older hvi, or edited by hand); add it, e.g. "
+                f'"{key}": {json.dumps(defaults.get(key))} if the run used the default, or train a new run.'
+            )
+    if out["likelihood"] is None:
+        raise ValueError(
+            f'config key \'likelihood\' in {path} must name the likelihood the run was trained with, e.g. "gaussian".'
+        )
+    return out
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
