@@ -185,6 +185,8 @@ def evaluate_run(
     def table(name: str) -> dict[str, dict[str, float]]:
         return {k: _ci(cat[name][k]) for k in order if k in cat[name]}
 
+    from hvi import __version__
+
     out: dict[str, Any] = {
         "run": str(Path(os.fspath(run_dir)).expanduser().resolve()),
         "data": cfg["data"],
@@ -192,6 +194,8 @@ def evaluate_run(
         "num_tasks": n,
         "inner_steps": steps,
         "num_samples": num_samples,
+        "seed": seed,
+        "hvi_version": __version__,
         "metrics": table("model"),
         "baselines": {
             "prior": {"description": "same model, no adaptation (0 inner steps)", "metrics": table("prior")},

@@ -253,7 +253,7 @@ Examples:
 @cli.command("evaluate", help=_EVAL_HELP, context_settings=CONTEXT)
 @click.argument("run_dir", metavar="RUN_DIR")
 @click.option("--data", metavar="SOURCE_OR_PATH", help="Evaluate on other data of the same shape (default: the run's).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@click.option("--json", "as_json", is_flag=True, help="Print one strict JSON object (NaN as null) instead of the table.")
 @click.option("--num-samples", "num_samples", type=click.IntRange(min=1), help="Predictive weight samples per task (default: the run's eval_samples, 100 for most models).")
 @click.option("--inner-steps", "inner_steps", type=click.IntRange(min=0), help="Adaptation steps at test time (default: the training value).")
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True, help="Which tasks.")
@@ -277,22 +277,11 @@ def evaluate_cmd(run_dir, data, as_json, num_samples, inner_steps, split, max_ta
         progress=progress and not as_json,
     )
     if as_json:
-        click.echo(json.dumps(_finite(res), allow_nan=False))
+        from hvi.cli.run import finite_json
+
+        click.echo(json.dumps(finite_json(res), allow_nan=False))
     else:
         click.echo(format_table(res))
-
-
-def _finite(obj):
-    """JSON-safe copy: NaN/inf (e.g. the CI of a single task) become null."""
-    import math
-
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 # --------------------------------------------------------------------------- predict

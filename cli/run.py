@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -47,7 +48,15 @@ import torch
 from hvi.cli.config import finalize, load_toml, resolve, resolve_resume
 from hvi.cli.registry import build_meta, build_source, configure_process, infer_model_args, resolve_device
 
-__all__ = ["run_fit", "find_resumable", "read_run_config", "check_run_config", "Interrupted", "validation_metrics"]
+__all__ = [
+    "run_fit",
+    "find_resumable",
+    "read_run_config",
+    "check_run_config",
+    "finite_json",
+    "Interrupted",
+    "validation_metrics",
+]
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -163,6 +172,22 @@ def check_run_config(cfg: Mapping[str, Any], path: Path) -> dict[str, Any]:
             f'config key \'likelihood\' in {path} must name the likelihood the run was trained with, e.g. "gaussian".'
         )
     return out
+
+
+def finite_json(obj: Any) -> Any:
+    """A copy of ``obj`` that strict JSON can hold: NaN and ±inf floats become None (``null``).
+
+    Python's ``json`` writes non-finite floats as the bare tokens ``NaN`` and
+    ``Infinity``, which are not JSON; every JSON file and line of a run goes
+    through this and then ``json.dumps(..., allow_nan=False)``.
+    """
+    if isinstance(obj, Mapping):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -469,7 +494,9 @@ def run_fit(
             work / MODEL_DIR,
             step=steps,
             config=cfg,
-            extra={**info, "final_loss": summary.final_loss, "val": summary.val, "fit_seconds": summary.seconds},
+            extra=finite_json(
+                {**info, "final_loss": summary.final_loss, "val": summary.val, "fit_seconds": summary.seconds}
+            ),
             rng=False,
         )
         _finalize_dir(work, out_dir)
@@ -546,7 +573,7 @@ def _train(
             optimizer=optimizer,
             generator=generator,
             config=cfg,
-            extra={**info, "loss": loss, "val": state["val"]},
+            extra=finite_json({**info, "loss": loss, "val": state["val"]}),
         )
         state["last_ckpt"] = g
 
@@ -570,7 +597,7 @@ def _train(
             state["val"] = validation_metrics(meta, val_batches, cfg["val_samples"], cfg["seed"] + g, device)
             record["val"] = state["val"]
         with open(metrics_path, "a") as f:
-            f.write(json.dumps(record, allow_nan=True) + "\n")
+            f.write(json.dumps(finite_json(record), allow_nan=False) + "\n")
         state["loss"] = loss
         if g % ckpt_every == 0 or g == steps or stop.requested:
             checkpoint(g, loss)

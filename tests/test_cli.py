@@ -200,6 +200,50 @@ def test_evaluate_persistence_skill_on_clouds(runner, tmp_path):
     assert s["ci_low"] <= s["value"] <= s["ci_high"]
 
 
+def _strict_json(text):
+    """``json.loads`` that refuses the non-standard tokens NaN, Infinity and -Infinity."""
+
+    def reject(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(text, parse_constant=reject)
+
+
+def test_metrics_jsonl_is_strict_json(runner, tmp_path, monkeypatch):
+    nan, inf = float("nan"), float("inf")
+    monkeypatch.setattr(
+        run_mod, "validation_metrics", lambda *a, **k: {"rmse": nan, "nll": inf, "crps": -inf, "coverage_90": 0.5}
+    )
+    out = tmp_path / "r"
+    res = invoke(runner, ["fit", *TINY, "--val-every", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines()[0].endswith(" val rmse=nan nll=inf crps=-inf coverage_90=0.5")
+    lines = [_strict_json(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    val = {"rmse": None, "nll": None, "crps": None, "coverage_90": 0.5}
+    assert [r["val"] for r in lines] == [val, val, val]
+    assert read_checkpoint(out / "model").extra["val"] == val
+    assert read_checkpoint(out / "checkpoint").extra["val"] == val
+
+
+def test_evaluate_json_is_strict_and_names_seed_and_version(runner, trained, monkeypatch):
+    from hvi import __version__
+
+    res = invoke(runner, ["evaluate", str(trained), "--json", "--max-tasks", "2", "--num-samples", "2", "--seed", "7"])
+    assert res.exit_code == 0, res.output
+    out = _strict_json(res.stdout)
+    assert (out["seed"], out["hvi_version"]) == (7, __version__)
+    import hvi.cli.evaluate
+
+    nan, inf = float("nan"), float("inf")
+    fake = {"metrics": {"nll": {"value": inf, "ci_low": nan, "ci_high": -inf}}, "seed": 0, "values": [1.5, nan]}
+    monkeypatch.setattr(hvi.cli.evaluate, "evaluate_run", lambda *a, **k: fake)
+    res = invoke(runner, ["evaluate", str(trained), "--json"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout == (
+        '{"metrics": {"nll": {"value": null, "ci_low": null, "ci_high": null}}, "seed": 0, "values": [1.5, null]}\n'
+    )
+
+
 def test_predict_writes_netcdf(runner, trained, tmp_path):
     g = np.random.default_rng(1)
     xs = g.uniform(-5, 5, size=(3, 5, 1)).astype("float32")
