@@ -48,6 +48,7 @@ def load_run(run_dir: str | os.PathLike, device: str | None = None) -> LoadedRun
     configure_process(cfg, dev)
     info = dict(read_checkpoint(path / MODEL_DIR).extra)
     meta = build_meta(cfg, dev)
+    pyro.clear_param_store()  # the store holds exactly the run's params
     load_checkpoint(path / MODEL_DIR, expected=expected_params(meta), device=dev)
     return LoadedRun(cfg, info, meta, dev)
 

@@ -475,6 +475,7 @@ def run_fit(
         start = 0
         ckpt = None
         if resume:
+            pyro.clear_param_store()  # the run's params are exactly the checkpoint's, as hvi.fit does for a new run
             ckpt = load_checkpoint(
                 work / CHECKPOINT_DIR, expected=expected, optimizer=optimizer, generator=generator, device=device
             )

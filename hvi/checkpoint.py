@@ -55,6 +55,7 @@ from hvi.sites import positive
 
 if TYPE_CHECKING:
     from pyro.optim import PyroOptim
+    from pyro.params.param_store import ParamStoreDict
 
     from hvi.meta import MetaModel
 
@@ -314,6 +315,7 @@ def save_checkpoint(
     config: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     rng: bool = True,
+    param_store: "ParamStoreDict | None" = None,
 ) -> Path:
     """Writes the Pyro param store (and optionally optimizer, RNG and sampler state) atomically.
 
@@ -326,6 +328,7 @@ def save_checkpoint(
         config: The run's configuration (plain JSON).
         extra: Anything else to keep (plain JSON), e.g. the last loss.
         rng: Also keep the torch/python/numpy (and CUDA) RNG states.
+        param_store: The param store to save, all of its params (default: Pyro's global one).
 
     Returns:
         The checkpoint directory.
@@ -337,7 +340,7 @@ def save_checkpoint(
         raise ValueError(f"step={step!r} must be a non-negative int.")
     path = Path(os.fspath(path_dir))
     path.mkdir(parents=True, exist_ok=True)
-    state = pyro.get_param_store().get_state()
+    state = (pyro.get_param_store() if param_store is None else param_store).get_state()
     enc = _Encoder()
     params: dict[str, Any] = {}
     for name in sorted(state["params"]):
@@ -557,12 +560,21 @@ def load_checkpoint(
     generator: torch.Generator | None = None,
     restore_rng: bool = False,
     device: torch.device | str | None = None,
+    param_store: "ParamStoreDict | None" = None,
 ) -> Checkpoint:
     """Reads a checkpoint, checks it against the model and restores it.
 
-    The Pyro param store is cleared and filled with the checkpoint's params
-    (on ``device``); the optimizer's per-param state, the task generator and
-    (with ``restore_rng``) the global RNGs are restored when given.
+    The checkpoint's params (on ``device``) go into ``param_store``, by
+    default Pyro's global one: each replaces the param of the same name, and
+    params of other names are kept. To hold exactly the saved params, clear
+    the store first (``pyro.clear_param_store()``, as :func:`hvi.fit` does
+    for a new run) or pass a fresh ``pyro.params.param_store.ParamStoreDict()``
+    and use it with ``pyro.get_param_store().scope(store.get_state())``. The
+    optimizer's per-param state, the task generator and (with
+    ``restore_rng``) the global RNGs are restored when given. The checkpoint
+    is read and checked in full first: one that is corrupted or does not
+    match ``expected`` leaves the store, the optimizer, the generator and the
+    RNGs as they were.
 
     Args:
         path_dir: The checkpoint directory.
@@ -572,6 +584,7 @@ def load_checkpoint(
         generator: A ``torch.Generator`` to receive the saved sampler state.
         restore_rng: Restore the torch/python/numpy (and CUDA) RNG states.
         device: Where to put the params (default: CPU).
+        param_store: The param store to load into (default: Pyro's global one).
 
     Returns:
         The :class:`Checkpoint`.
@@ -593,8 +606,10 @@ def load_checkpoint(
         raise ValueError(f"checkpoint {ckpt.path} holds no task-sampler state; it cannot be resumed.")
     if restore_rng and ckpt.rng_state is None:
         raise ValueError(f"checkpoint {ckpt.path} holds no RNG state; it cannot be resumed.")
-    store = pyro.get_param_store()
-    store.clear()
+    store = pyro.get_param_store() if param_store is None else param_store
+    for name in ckpt.params:
+        if name in store:
+            del store[name]
     store.set_state(
         {
             "params": {n: u.detach().clone().requires_grad_(True) for n, u in ckpt.params.items()},

@@ -95,6 +95,64 @@ def test_round_trip_params_optimizer_generator_rng(tmp_path):
         assert torch.allclose(v, pyro.param(k).detach())
 
 
+def _same_state(a, b):
+    """The same param and constraint objects under the same names."""
+    return all(a[k].keys() == b[k].keys() and all(a[k][n] is b[k][n] for n in a[k]) for k in ("params", "constraints"))
+
+
+def test_load_keeps_params_of_other_names_in_the_global_store(tmp_path):
+    meta = _meta()
+    _train(meta)
+    saved = _store_params()
+    save_checkpoint(tmp_path / "ck", step=2, config={}, extra={})
+    pyro.clear_param_store()
+    other = pyro.param("user.scale", torch.tensor([0.5, 2.0]), constraint=constraints.positive).detach().clone()
+    pyro.param("theta.layers.0.weight.loc", torch.zeros(3))  # a stale param of a checkpoint name
+    load_checkpoint(tmp_path / "ck", expected=meta)
+    store = pyro.get_param_store()
+    assert sorted(store.keys()) == sorted([*saved, "user.scale"])
+    assert torch.equal(pyro.param("user.scale").detach(), other)
+    assert constraint_to_json(store._constraints["user.scale"]) == {"type": "positive"}
+    for k, v in saved.items():
+        assert torch.equal(store.get_state()["params"][k].detach(), v), k
+    assert len(store._param_to_name) == len(saved) + 1  # the stale tensor was removed, not shadowed
+
+
+def test_load_into_a_given_store_leaves_the_global_one_alone(tmp_path):
+    from pyro.params.param_store import ParamStoreDict
+
+    meta = _meta()
+    _train(meta)
+    saved = _store_params()
+    save_checkpoint(tmp_path / "ck", step=2, config={}, extra={})
+    pyro.clear_param_store()
+    pyro.param("user.loc", torch.ones(2))
+    before = pyro.get_param_store().get_state()
+    store = ParamStoreDict()
+    load_checkpoint(tmp_path / "ck", expected=meta, param_store=store)
+    assert _same_state(pyro.get_param_store().get_state(), before)
+    assert sorted(store.keys()) == sorted(saved)
+    for k, v in saved.items():
+        assert torch.equal(store.get_state()["params"][k].detach(), v), k
+    # and back: the given store is what save_checkpoint writes
+    save_checkpoint(tmp_path / "again", step=2, config={}, extra={}, param_store=store)
+    again = read_checkpoint(tmp_path / "again")
+    assert sorted(again.params) == sorted(saved)
+    assert all(torch.equal(again.params[k], v) for k, v in saved.items())
+
+
+def test_a_failed_load_leaves_the_store_alone(tmp_path):
+    meta = _meta(hidden=(8,))
+    _train(meta)
+    save_checkpoint(tmp_path / "ck", step=2, config={}, extra={})
+    pyro.clear_param_store()
+    pyro.param("user.loc", torch.ones(2))
+    before = pyro.get_param_store().get_state()
+    with pytest.raises(ValueError, match="of shape \\(8, 1\\) but the model expects \\(16, 1\\)"):
+        load_checkpoint(tmp_path / "ck", expected=_meta(hidden=(16,)))
+    assert _same_state(pyro.get_param_store().get_state(), before)
+
+
 def test_expected_params_match_the_guide(tmp_path):
     for kwargs in ({}, {"learn_lr": True}, {"q_theta": "normal", "hyperprior": True}, {"hyperprior": True}):
         pyro.clear_param_store()
