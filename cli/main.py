@@ -154,7 +154,15 @@ def _version() -> str:
     callback=_set_debug,
     help="Print the traceback of an error (also: environment variable HVI_DEBUG=1).",
 )
-def cli() -> None:
+@click.option(
+    "--import",
+    "imports",
+    multiple=True,
+    metavar="MODULE",
+    help="Import this Python module first (repeatable), e.g. one that registers priors, models or data sources; "
+    "found on PYTHONPATH or in the current directory. Installed packages can use the entry-point group hvi.plugins.",
+)
+def cli(imports: tuple[str, ...]) -> None:
     """Bayesian meta-learning by hierarchical variational inference (θ → φ_i → D_i).
 
     \b
@@ -164,7 +172,11 @@ def cli() -> None:
       hvi evaluate runs/sine
       hvi predict runs/sine --support s.nc --query q.nc --out pred.nc
       hvi models; hvi priors; hvi sources
+      hvi --import mypriors fit --model mlp --prior mine
     """
+    from hvi.cli.plugins import import_modules
+
+    import_modules(imports)
 
 
 # --------------------------------------------------------------------------- fit

@@ -33,7 +33,8 @@ _loaded = False
 
 
 def load_registries() -> None:
-    """Imports the model zoo, the priors and every built-in data source (once)."""
+    """Imports the model zoo, the priors, every built-in data source and the
+    ``hvi.plugins`` entry points (:mod:`hvi.cli.plugins`), once."""
     global _loaded
     if _loaded:
         return
@@ -41,6 +42,9 @@ def load_registries() -> None:
     importlib.import_module("hvi.priors")
     for name in _SOURCE_MODULES:
         importlib.import_module(name)
+    from hvi.cli.plugins import load_entry_points
+
+    load_entry_points()
     _loaded = True
 
 
