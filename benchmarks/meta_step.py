@@ -171,7 +171,7 @@ def make_engine(cfg: dict[str, Any]):
         Gaussian(init_scale=cfg["noise_scale"]),
         inner=InnerConfig(
             steps=cfg["inner_steps"], lr=cfg["inner_lr"], kl_weight=cfg["kl_weight"],
-            first_order=cfg["first_order"],
+            first_order=cfg["first_order"], update=cfg.get("update", "gradient"),
         ),
     )
     svi = SVI(meta.model, meta.guide, pyro.optim.Adam({"lr": cfg["lr"]}), loss=make_elbo())
@@ -393,6 +393,7 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "inner_steps": cfg["inner_steps"],
         "task_batch": B,
         "first_order": cfg["first_order"],
+        "update": cfg.get("update", "gradient"),
         "tasks_per_s": round(tasks_per_s, 4),
         "step_s_median": round(med, 5),
         "step_s_min": round(min(times), 5) if times else None,
@@ -549,9 +550,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run every configuration this many times, each in a fresh process, "
                         "interleaved round by round, and report the run with the median "
                         "tasks/s (with all runs' tasks/s and peaks listed)")
-    p.add_argument("--inner-lr", type=float, default=1e-5,
-                   help="inner step size α per support example (small enough that random "
-                        "image data do not diverge)")
+    p.add_argument("--update", choices=("gradient", "natural"), default="gradient",
+                   help="the engine's inner update (the naive reference implements 'gradient' only)")
+    p.add_argument("--inner-lr", type=float, default=None,
+                   help="inner step size α: per support example for 'gradient' (default 1e-5, small "
+                        "enough that random image data do not diverge), a fraction of a full step "
+                        "for 'natural' (default 0.5)")
     p.add_argument("--kl-weight", type=float, default=1.0, help="β")
     p.add_argument("--prior-scale", type=float, default=0.01, help="initial σ of p(φ|θ)")
     p.add_argument("--noise-scale", type=float, default=0.1, help="initial likelihood σ")
@@ -587,6 +591,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--task-batch values must be >= 1 and --inner-steps values >= 0")
     if args.model == "bayes_unet" and args.size % 2 ** (args.depth - 1):
         p.error(f"--size must be divisible by 2**(depth-1) = {2 ** (args.depth - 1)}")
+    if args.update == "natural" and args.impl != "engine":
+        p.error("--update natural: the naive reference implements only the gradient update; add --impl engine")
+    if args.inner_lr is None:
+        args.inner_lr = 0.5 if args.update == "natural" else 1e-5
     return args
 
 
@@ -624,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
                     "depth": args.depth, "k_shot": args.k_shot, "k_query": args.k_query,
                     "inner_steps": K, "task_batch": B, "first_order": args.first_order,
                     "steps": args.steps, "warmup": args.warmup, "inner_lr": args.inner_lr,
+                    "update": args.update,
                     "kl_weight": args.kl_weight, "prior_scale": args.prior_scale,
                     "noise_scale": args.noise_scale, "lr": args.lr, "threads": args.threads,
                     "seed": args.seed, "omp_wait_policy": args.omp_wait_policy,

@@ -59,6 +59,7 @@ KEYS: dict[str, tuple[str, bool]] = {
     "q_theta": (_STR, False),
     "objective": (_STR, False),
     "inner_steps": (_INT, False),
+    "inner_update": (_STR, False),
     "inner_lr": (_FLOAT, False),
     "learn_lr": (_BOOL, False),
     "first_order": (_BOOL, False),
@@ -93,6 +94,7 @@ _KIND_TEXT = {_INT: "an integer", _FLOAT: "a finite number", _BOOL: "true or fal
 DEVICE_RE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
 _CHOICES = {
+    "inner_update": ("natural", "gradient"),
     "q_theta": ("delta", "normal"),
     "objective": ("query", "support+query"),
 }

@@ -217,6 +217,7 @@ def build_meta(cfg: Mapping[str, Any], device: torch.device, seed: int | None = 
     net = net.to(device)
     inner = InnerConfig(
         steps=cfg["inner_steps"],
+        update=cfg["inner_update"],
         lr=cfg["inner_lr"],
         learn_lr=cfg["learn_lr"],
         num_samples=cfg["inner_samples"],

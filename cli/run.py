@@ -125,6 +125,10 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     return check_run_config(cfg, path)
 
 
+#: Keys added after runs were first written, with the value those older runs used.
+_BEFORE_THE_KEY = {"inner_update": "gradient"}
+
+
 def check_run_config(cfg: Mapping[str, Any], path: Path) -> dict[str, Any]:
     """A run's saved configuration, checked key by key (it may be older or edited by hand).
 
@@ -162,6 +166,8 @@ def check_run_config(cfg: Mapping[str, Any], path: Path) -> dict[str, Any]:
             out[key] = check_value(key, cfg[key], str(path))
         elif key in MUTABLE_ON_RESUME:
             out[key] = defaults.get(key)
+        elif key in _BEFORE_THE_KEY:  # runs written before the key existed used this value
+            out[key] = _BEFORE_THE_KEY[key]
         else:
             raise ValueError(
                 f"{path} lacks the key {key!r} (written by an older hvi, or edited by hand); add it, e.g. "

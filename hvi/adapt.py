@@ -51,14 +51,15 @@ from torch import Tensor
 from torch.distributions import Normal
 
 from hvi import distributions as hvi_distributions
-from hvi.families import NormalFamily
+from hvi import natural
+from hvi.families import NormalFamily, inv_softplus
 from hvi.functional import FunctionalNet
 from hvi.likelihoods import Likelihood
 from hvi.noise import TaskNoise
 from hvi.parallel import map_task_chunks, num_task_chunks
 from hvi.priors.base import BoundPrior, pad_site
 
-__all__ = ["InnerConfig", "InnerLoop", "Lambda"]
+__all__ = ["InnerConfig", "InnerLoop", "Lambda", "UPDATES"]
 
 # p(φ | θ) classes whose KL to the Normal family has the closed-form gradient below.
 _NORMALS = (Normal, pyro.distributions.Normal, hvi_distributions.Normal)
@@ -67,19 +68,36 @@ _NORMALS = (Normal, pyro.distributions.Normal, hvi_distributions.Normal)
 Lambda = dict[str, dict[str, Tensor]]
 
 
+#: The inner updates :class:`InnerConfig` accepts, and the default α of each.
+UPDATES = {"natural": 1.0, "gradient": 0.01}
+
+
 @dataclass(frozen=True)
 class InnerConfig:
     """Settings of the inner loop.
 
     Args:
-        steps: Number K of gradient steps (default 5). 0 means q(φ_i) = prior.
-        lr: Step size α per support example (default 0.01); the initial value
-            when ``learn_lr`` is set. A mapping gives one α per λ key, e.g.
-            ``{"loc": 1e-3, "rho": 1e-1}``: with σ = softplus(ρ), small scales
-            move little under the α that suits the means. Plain gradient ascent
-            is stable only below ~2/curvature; the KL term alone has curvature
-            β/(Ns·σ0²) per weight (σ0 the prior scale), so keep α < 2·Ns·σ0²/β.
-        learn_lr: Learn one positive α per λ tensor (Meta-SGD style, default False).
+        steps: Number K of inner steps (default 5). 0 means q(φ_i) = prior.
+        update: ``"natural"`` (default) or ``"gradient"``.
+
+            * ``"natural"``: the Bayesian learning rule, a natural-gradient step
+              in q's mean and precision (see :mod:`hvi.natural`). α is a
+              dimensionless fraction of a full step in (0, 1]; α = 1 is exact
+              in one step on a conjugate Gaussian model, whatever the prior's
+              scale. Each of the ``num_samples`` draws is an antithetic pair of
+              points m ± σ·r (r a random sign vector): two network evaluations.
+            * ``"gradient"``: plain gradient ascent on (μ, ρ) with σ = softplus(ρ),
+              the ABML paper's update. α is a step size per support example,
+              stable only below ~2/curvature; the KL term alone has curvature
+              β/(Ns·σ0²) per weight (σ0 the prior scale), so keep α < 2·Ns·σ0²/β.
+        lr: Step size α (default 1.0 for ``"natural"``, 0.5 when that α is
+            learned, 0.01 for ``"gradient"``);
+            the initial value when ``learn_lr`` is set. A mapping gives one α per
+            λ key, e.g. ``{"loc": 1e-3, "rho": 1e-1}``: under ``"natural"``,
+            ``loc`` moves the mean and ``rho`` the precision.
+        learn_lr: Learn one α per λ tensor (Meta-SGD style, default False):
+            positive under ``"gradient"``, in (0, 1) under ``"natural"``, so a
+            learned natural step can never leave the stable range.
         num_samples: Monte Carlo draws of φ per inner step (default 1).
         kl_weight: β, the weight of KL(q ‖ p) in the inner *and* outer
             objective (default 1.0: the true ELBO).
@@ -91,23 +109,44 @@ class InnerConfig:
     """
 
     steps: int = 5
-    lr: float | Mapping[str, float] = 0.01
+    lr: float | Mapping[str, float] | None = None
     learn_lr: bool = False
     num_samples: int = 1
     kl_weight: float = 1.0
     first_order: bool = False
     parallel_tasks: bool = True
+    update: str = "natural"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.steps, int) and self.steps >= 0):
             raise ValueError(f"inner steps={self.steps!r} must be a non-negative integer.")
-        lrs = self.lr.values() if isinstance(self.lr, Mapping) else [self.lr]
+        if self.update not in UPDATES:
+            raise ValueError(
+                f"inner update={self.update!r} is not understood; use one of {', '.join(map(repr, UPDATES))}."
+            )
+        if self.lr is None:  # a learned natural α starts inside (0, 1), where it can move
+            default = 0.5 if self.learn_lr and self.update == "natural" else UPDATES[self.update]
+            object.__setattr__(self, "lr", default)
+        lrs = list(self.lr.values()) if isinstance(self.lr, Mapping) else [self.lr]
         if not all(float(a) > 0 for a in lrs):
             raise ValueError(f"inner lr={self.lr} must be positive.")
+        if self.update == "natural":
+            top = 1.0 if not self.learn_lr else 1.0 - 1e-9
+            if not all(float(a) <= top for a in lrs):
+                bound = "(0, 1]" if not self.learn_lr else "(0, 1) (a learned α starts strictly inside it)"
+                raise ValueError(
+                    f"inner lr={self.lr} is outside {bound}: under update='natural' α is the "
+                    "fraction of a full natural-gradient step; use e.g. lr=0.5, or update='gradient'."
+                )
         if not (isinstance(self.num_samples, int) and self.num_samples >= 1):
             raise ValueError(f"inner num_samples={self.num_samples!r} must be an integer >= 1.")
         if not self.kl_weight >= 0:
             raise ValueError(f"kl_weight={self.kl_weight} must be >= 0.")
+        if self.update == "natural" and not self.kl_weight > 0:
+            raise ValueError(
+                f"kl_weight={self.kl_weight} leaves the natural-gradient step without a prior "
+                "precision; use kl_weight > 0 (e.g. 1e-3) or update='gradient'."
+            )
 
     def lr_for(self, key: str) -> float:
         """α for λ tensor ``key`` (e.g. ``"loc"``)."""
@@ -162,6 +201,11 @@ class InnerLoop:
         self.net = net
         self.prior = prior
         self.family = prior.family
+        if config.update == "natural" and not isinstance(self.family, NormalFamily):
+            raise ValueError(
+                f"update='natural' needs the diagonal Normal family, but the prior uses "
+                f"{type(self.family).__name__}; use InnerConfig(update='gradient')."
+            )
         self.likelihood = likelihood
         self.config = config
         self.y_event_dim = y_event_dim
@@ -317,16 +361,9 @@ class InnerLoop:
         alpha = {k: self._flat_lr(lr, k, ref) for k in lam}
         return {k: v.expand(lead + (B, self.size)) for k, v in lam.items()}, alpha, closed_form, kl_terms
 
-    def _run(self, theta, lik, lr, x, y, noise, eps, steps, lead, needs_graph) -> dict[str, Tensor]:
-        cfg = self.config
-        B, Ns = x.shape[0], x.shape[1]
-        S, beta, D = cfg.num_samples, cfg.kl_weight, self.size
-        second_order = needs_graph and not cfg.first_order
-        lam, alpha, closed_form, kl_terms = self._start(theta, lr, lead, B, second_order)
-        if not second_order:
-            lik = {k: v.detach() for k, v in lik.items()}
-        c = beta / Ns  # weight of the closed-form KL gradient
-        closed_kl = closed_form and beta > 0
+    def _support_loglik(self, lik, x, y, noise, lead, S):
+        """ℓ as a function of weights ``phi`` (*lead, B, S, D): Σ over tasks, draws and examples."""
+        B, D = x.shape[0], self.size
 
         # x, y, noise as (*lead, B, S, Ns, ...) → (T·S, Ns, ...) for one vmapped forward.
         def fold(t: Tensor) -> Tensor:
@@ -336,19 +373,44 @@ class InnerLoop:
         y_b = y.unsqueeze(1)
         noise_b = None if noise is None else noise.unsqueeze(1)
 
-        def objective(phi: Tensor, src: Mapping[str, Tensor]) -> Tensor:
-            """The support objective at weights ``phi`` (*lead, B, S, D) drawn from q(λ = ``src``)."""
+        def loglik(phi: Tensor) -> Tensor:
             out = self.net.batched(self.split(phi.reshape(-1, D)), x_all)
             out = out.reshape(lead + (B, S) + out.shape[1:])
-            loglik = self.likelihood.dist(out, lik, noise_b, self.y_event_dim).log_prob(y_b).sum()
-            if beta > 0 and not closed_form:
-                return loglik / (S * Ns) - beta * self._kl(src, kl_terms, phi) / Ns
-            return loglik / (S * Ns)
+            return self.likelihood.dist(out, lik, noise_b, self.y_event_dim).log_prob(y_b).sum()
 
+        return loglik
+
+    @staticmethod
+    def _noise_reader(eps):
+        """Step m's noise ``(*lead, B, S, D)``, from a tensor or drawn from per-task streams in order."""
         streams = eps.generators() if isinstance(eps, TaskNoise) else None
 
-        def noise_at(m: int) -> Tensor:  # (*lead, B, S, D)
+        def noise_at(m: int) -> Tensor:
             return eps[..., m, :, :] if streams is None else eps.next(streams)
+
+        return noise_at
+
+    def _run(self, theta, lik, lr, x, y, noise, eps, steps, lead, needs_graph) -> dict[str, Tensor]:
+        cfg = self.config
+        if cfg.update == "natural":
+            return self._run_natural(theta, lik, lr, x, y, noise, eps, steps, lead, needs_graph)
+        B, Ns = x.shape[0], x.shape[1]
+        S, beta, D = cfg.num_samples, cfg.kl_weight, self.size
+        second_order = needs_graph and not cfg.first_order
+        lam, alpha, closed_form, kl_terms = self._start(theta, lr, lead, B, second_order)
+        if not second_order:
+            lik = {k: v.detach() for k, v in lik.items()}
+        c = beta / Ns  # weight of the closed-form KL gradient
+        closed_kl = closed_form and beta > 0
+        loglik = self._support_loglik(lik, x, y, noise, lead, S)
+
+        def objective(phi: Tensor, src: Mapping[str, Tensor]) -> Tensor:
+            """The support objective at weights ``phi`` (*lead, B, S, D) drawn from q(λ = ``src``)."""
+            if beta > 0 and not closed_form:
+                return loglik(phi) / (S * Ns) - beta * self._kl(src, kl_terms, phi) / Ns
+            return loglik(phi) / (S * Ns)
+
+        noise_at = self._noise_reader(eps)
 
         if not second_order:
             start = {k: v.detach() for k, v in lam.items()}
@@ -379,6 +441,80 @@ class InnerLoop:
         for m in range(steps):
             lam = step(lam, noise_at(m))
         return lam
+
+    # -- the natural-gradient update (hvi.natural) -------------------------------
+    def _prior_terms(self, kl_terms, closed_form, lead, B):
+        """Flat (μ_p, s_p) when every p(φ | θ) is Normal, else None (generic priors)."""
+        if closed_form:
+            return kl_terms
+        if all(isinstance(p, Normal) for p in kl_terms.values()):
+            task_lead = lead + (1,)
+            loc = self.flatten({n: p.loc for n, p in kl_terms.items()}, task_lead)
+            scale = self.flatten({n: p.scale for n, p in kl_terms.items()}, task_lead)
+            return loc, scale.pow(-2)
+        return None
+
+    def _generic_prior_moments(self, m, sigma, e, priors, create_graph):
+        """g_p = −∂KL/∂m and c_p = (∂KL/∂σ)/σ + 1/σ² for any p(φ | θ), by autograd of the KL.
+
+        KL(q ‖ p) = −E_q[log p] − H(q) and ∂H/∂σ = 1/σ, so c_p is −(1/σ)·∂E_q[log p]/∂σ,
+        which Price's theorem makes E_q[−∇² log p]. Floored at 1e-4·s: a prior that
+        gives no curvature (or a noisy negative estimate) may widen q at most 100× per full step.
+        """
+        if not create_graph:
+            m, sigma = m.detach().requires_grad_(), sigma.detach().requires_grad_()
+        phi = torch.addcmul(m.unsqueeze(-2), sigma.unsqueeze(-2), e)
+        kl = self._kl({"loc": m, "rho": inv_softplus(sigma)}, priors, phi)
+        d_m, d_sigma = torch.autograd.grad(kl, [m, sigma], create_graph=create_graph)
+        curv = d_sigma / sigma + sigma.pow(-2)
+        return d_m.neg(), torch.maximum(curv, 1e-4 * sigma.pow(-2))
+
+    def _run_natural(self, theta, lik, lr, x, y, noise, eps, steps, lead, needs_graph) -> dict[str, Tensor]:
+        """λ^(K) by natural-gradient steps in q's mean m and precision s (see :mod:`hvi.natural`).
+
+        Second order differentiates through every step. First order treats each
+        step's increments (dm, ds) as constants: λ^(K)'s derivatives are 1 with
+        respect to (m, s)^(0) and Σ dm, Σ ds with respect to a learned α.
+        """
+        cfg = self.config
+        B, beta = x.shape[0], cfg.kl_weight
+        second_order = needs_graph and not cfg.first_order
+        lam0, alpha, closed_form, kl_terms = self._start(theta, lr, lead, B, second_order)
+        if not second_order:
+            lik = {k: v.detach() for k, v in lik.items()}
+        prior = self._prior_terms(kl_terms, closed_form, lead, B)
+        loglik = self._support_loglik(lik, x, y, noise, lead, 2 * cfg.num_samples)
+        noise_at = self._noise_reader(eps)
+        m0, s0 = lam0["loc"], F.softplus(lam0["rho"]).pow(-2)
+        m, s = (m0, s0) if second_order else (m0.detach(), s0.detach())
+        a_m, a_s = alpha["loc"], alpha["rho"]
+        if not second_order:
+            a_m, a_s = (a.detach() if isinstance(a, Tensor) else a for a in (a_m, a_s))
+        total_m = total_s = 0.0
+        for t in range(steps):
+            e = natural.probes(noise_at(t))
+            sigma = s.rsqrt()
+            phi = torch.addcmul(m.unsqueeze(-2), sigma.unsqueeze(-2), e)
+            if not second_order:
+                phi.requires_grad_()
+            (g_phi,) = torch.autograd.grad(loglik(phi), [phi], create_graph=second_order)
+            g, h = natural.moments(g_phi, e, sigma)
+            del phi, g_phi
+            if prior is not None:
+                prior_loc, prior_prec = prior
+                prior_grad, prior_curv = (m - prior_loc).mul(prior_prec).neg(), prior_prec
+            else:
+                prior_grad, prior_curv = self._generic_prior_moments(m, sigma, e, kl_terms, second_order)
+            m, s, dm, ds = natural.step(m, s, g, h, prior_grad, prior_curv, a_m, a_s, beta)
+            if not second_order:
+                m, s = m.detach(), s.detach()
+                total_m, total_s = total_m + dm.detach(), total_s + ds.detach()
+        if not second_order:
+            totals = {k: v for k, v, a in (("loc", total_m, alpha["loc"]), ("rho", total_s, alpha["rho"]))
+                      if _learned(a) and isinstance(v, Tensor)}
+            attached = self._attach_first_order(({"loc": m, "rho": s}, totals), {"loc": m0, "rho": s0}, alpha, needs_graph)
+            m, s = attached["loc"], attached["rho"]
+        return {"loc": m.expand(lead + (B, self.size)), "rho": inv_softplus(s.rsqrt()).expand(lead + (B, self.size))}
 
     # -- first order: λ moves in place, no step is recorded ---------------------
     # Every step's gradient g_m is a constant, so λ^(K) = λ^(0) + Σ_m α ⊙ g_m, whose

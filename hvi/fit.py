@@ -36,12 +36,15 @@ class FitResult:
         losses: The SVI loss per step: an estimate of −ELBO (with M/B and β applied).
         config: The model's and the fit's settings.
         seconds: Wall-clock training time.
+        skipped: Steps not applied because their loss or a gradient was not
+            finite (their ``losses`` entry is ``nan``).
     """
 
     params: Mapping[str, Tensor]
     losses: tuple[float, ...]
     config: Mapping[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    skipped: tuple[int, ...] = ()
 
     @property
     def elbo(self) -> tuple[float, ...]:
@@ -122,6 +125,7 @@ def fit(
     generator: torch.Generator | None = None,
     callback: Callable[[int, float, TaskBatch], None] | None = None,
     progress: bool = False,
+    max_skips: int = 10,
 ) -> FitResult:
     """Meta-trains ``meta`` by SVI on the ELBO.
 
@@ -143,12 +147,16 @@ def fit(
         generator: Task-sampling generator (default: a new one seeded with ``seed``).
         callback: Called as ``callback(step, loss, batch)`` after every step.
         progress: Show a tqdm progress bar.
+        max_skips: Stop after this many steps in a row with a non-finite loss
+            or gradient (default 10). Such steps are not applied (see
+            :class:`hvi.SVI`); their loss is recorded as ``nan`` and their
+            indices in :attr:`FitResult.skipped`.
 
     Returns:
         A :class:`FitResult`.
 
     Raises:
-        FloatingPointError: If the loss becomes NaN/inf (lower the inner lr or the learning rate).
+        FloatingPointError: After ``max_skips`` non-finite steps in a row.
 
     On CPU under Linux, call :func:`hvi.tune_allocator` once before training
     (``hvi fit`` does): otherwise every inner step refaults its activations'
@@ -156,6 +164,8 @@ def fit(
     """
     if not (isinstance(steps, int) and steps >= 0):
         raise ValueError(f"steps={steps!r} must be a non-negative integer.")
+    if not (isinstance(max_skips, int) and max_skips >= 1):
+        raise ValueError(f"max_skips={max_skips!r} must be an integer >= 1.")
     if not resume:
         pyro.clear_param_store()
     if seed is not None:
@@ -171,6 +181,8 @@ def fit(
         optimizer = pyro.optim.Adam({"lr": lr}, clip)
     svi = SVI(meta.model, meta.guide, optimizer, loss=make_elbo(elbo, num_particles))
     losses: list[float] = []
+    skipped: list[int] = []
+    in_a_row = 0
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -183,11 +195,17 @@ def fit(
             batch = batch.to(device)
         validate_batch(batch, meta.likelihood)
         loss = svi.step(batch)
-        if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"the loss became {loss} at step {step}; lower the inner lr (InnerConfig.lr) or "
-                "the learning rate, or clip gradients (clip_norm)."
-            )
+        if math.isfinite(loss):
+            in_a_row = 0
+        else:  # not applied by hvi.SVI: the parameters are as before this step
+            skipped.append(step)
+            in_a_row += 1
+            if in_a_row >= max_skips:
+                raise FloatingPointError(
+                    f"{in_a_row} steps in a row (the last at step {step}) had a non-finite loss or "
+                    "gradient and were skipped; lower the inner lr (InnerConfig.lr) or the learning "
+                    "rate, or clip gradients (clip_norm)."
+                )
         losses.append(loss)
         if bar is not None:
             bar.update(1)
@@ -207,8 +225,10 @@ def fit(
             "elbo": elbo,
             "num_particles": num_particles,
             "seed": seed,
+            "max_skips": max_skips,
         },
     }
     return FitResult(
-        MappingProxyType(params), tuple(losses), MappingProxyType(config), time.perf_counter() - start
+        MappingProxyType(params), tuple(losses), MappingProxyType(config), time.perf_counter() - start,
+        tuple(skipped),
     )

@@ -93,12 +93,14 @@ def inner_lrs(meta: "MetaModel") -> dict[str, dict[str, Tensor | float]]:
     if not cfg.learn_lr:
         return {n: dict(init) for n in meta.net.shapes}
     ref = next(iter(meta.net.init_weights.values()))
+    # A natural step is a fraction of a full step: bounded to (0, 1) it cannot blow up.
+    bound = constraints.unit_interval if cfg.update == "natural" else positive
     return {
         n: {
             k: pyro.param(
                 f"inner_lr.{n}.{k}",
                 lambda a=init[k]: torch.tensor(a, dtype=ref.dtype, device=ref.device),
-                constraint=positive,
+                constraint=bound,
             )
             for k in keys
         }

@@ -10,12 +10,21 @@ the next gradient and does not add into zeros. The values are the same.
 
 One difference: a parameter that gets no gradient in a step is not stepped
 by the optimizer. Pyro's zero gradient would let Adam's momentum move it.
+
+A step whose loss or gradients are not finite is not applied (``skipped``
+counts them): one diverged inner loop would otherwise put inf into Adam's
+second moment, and every parameter it touched would stay frozen for thousands
+of steps. A guide that raises ``FloatingPointError`` (a diverged inner loop)
+is skipped the same way; :func:`hvi.fit` stops after too many in a row.
 """
 
 from __future__ import annotations
 
+import math
+
 import pyro.infer
 import pyro.poutine as poutine
+import torch
 from pyro.infer.util import torch_item
 
 __all__ = ["SVI"]
@@ -32,15 +41,30 @@ class SVI(pyro.infer.SVI):
         **kwargs: As for ``pyro.infer.SVI``.
     """
 
+    #: Steps not applied because the loss or a gradient was not finite.
+    skipped: int = 0
+
     def step(self, *args, **kwargs) -> float | tuple[float, ...]:
         """One gradient step on the loss; returns the loss estimate (a tuple for tuple losses).
 
-        Arguments are passed to the model and guide.
+        Arguments are passed to the model and guide. A non-finite step is not
+        applied and returns ``nan`` (see the module docstring).
         """
         with poutine.trace(param_only=True) as capture:
-            loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
+            try:
+                loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
+            except FloatingPointError:
+                loss = math.nan
         params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
-        self.optim(params)
+        grads = [p.grad for p in params if p.grad is not None]
+        finite = not isinstance(loss, float) or math.isfinite(loss)
+        if finite and grads:  # one host sync for all gradients
+            finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) and math.isfinite(torch_item(loss))
+        if finite:
+            self.optim(params)
+        else:
+            self.skipped += 1
+            loss = math.nan
         for p in params:
             p.grad = None
         if isinstance(loss, tuple):  # e.g. ReweightedWakeSleep

@@ -85,7 +85,7 @@ def current_theta(meta):
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("num_samples,learn_lr", [(1, False), (2, True)])
 def test_vmapped_inner_loop_and_outer_gradients_match_naive_loop(first_order, num_samples, learn_lr):
-    cfg = hvi.InnerConfig(steps=3, lr=0.05, num_samples=num_samples, kl_weight=0.7, first_order=first_order, learn_lr=learn_lr)
+    cfg = hvi.InnerConfig(update="gradient", steps=3, lr=0.05, num_samples=num_samples, kl_weight=0.7, first_order=first_order, learn_lr=learn_lr)
     meta = build(cfg)
     batch = regression_batch(M=7)
     pyro.clear_param_store()
@@ -135,8 +135,8 @@ def test_vmapped_inner_loop_and_outer_gradients_match_naive_loop(first_order, nu
 @pytest.mark.parametrize("num_samples", [1, 2])
 def test_first_order_inner_loop_without_kl_matches_naive_loop(num_samples):
     """kl_weight=0 (reachable through InnerLoop itself; MetaModel needs β > 0): likelihood only."""
-    meta = build(hvi.InnerConfig(steps=3, lr=0.05))
-    cfg = hvi.InnerConfig(steps=3, lr=0.05, num_samples=num_samples, kl_weight=0.0, first_order=True)
+    meta = build(hvi.InnerConfig(update="gradient", steps=3, lr=0.05))
+    cfg = hvi.InnerConfig(update="gradient", steps=3, lr=0.05, num_samples=num_samples, kl_weight=0.0, first_order=True)
     loop = InnerLoop(meta.net, meta.prior, meta.likelihood, cfg, y_event_dim=1)
     batch = regression_batch()
     pyro.clear_param_store()
@@ -158,7 +158,7 @@ def test_second_order_gradient_differs_from_first_order():
     """The two modes must really differ (else the test above could not tell them apart)."""
     grads = {}
     for fo in (False, True):
-        meta = build(hvi.InnerConfig(steps=3, lr=0.05, first_order=fo))
+        meta = build(hvi.InnerConfig(update="gradient", steps=3, lr=0.05, first_order=fo))
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         loss = Trace_ELBO().differentiable_loss(meta.model, meta.guide, regression_batch())
@@ -170,7 +170,7 @@ def test_second_order_gradient_differs_from_first_order():
 @pytest.mark.parametrize("learn_lr", [False, True])
 def test_first_order_lambda_is_bitwise_the_same_with_and_without_a_graph(learn_lr):
     """First order updates λ in place and attaches ∂/∂λ^(0), ∂/∂α at the end: values unchanged."""
-    meta = build(hvi.InnerConfig(steps=3, lr=0.05, first_order=True, learn_lr=learn_lr))
+    meta = build(hvi.InnerConfig(update="gradient", steps=3, lr=0.05, first_order=True, learn_lr=learn_lr))
     batch = regression_batch()
     pyro.clear_param_store()
     lams = {}
@@ -201,7 +201,7 @@ def test_generic_inner_loop_path_matches_the_closed_form_path(first_order):
     for prior in (GaussianPrior(init_scale=0.1), _AutogradKLGaussian(init_scale=0.1)):
         meta = hvi.MetaModel(
             small_net(), prior, hvi.Gaussian(noise="learned", init_scale=0.5),
-            inner=hvi.InnerConfig(steps=3, lr=0.05, num_samples=2, kl_weight=0.7, first_order=first_order, learn_lr=True),
+            inner=hvi.InnerConfig(update="gradient", steps=3, lr=0.05, num_samples=2, kl_weight=0.7, first_order=first_order, learn_lr=True),
         )
         assert (type(meta.prior.family) is hvi.NormalFamily) == (type(prior) is GaussianPrior)
         pyro.clear_param_store()
@@ -227,7 +227,7 @@ def test_svi_matches_pyro_svi_and_frees_the_gradients():
     batch = regression_batch(M=7)
     runs = []
     for cls in (pyro.infer.SVI, hvi.SVI):
-        meta = build(hvi.InnerConfig(steps=2, lr=0.05, learn_lr=True))
+        meta = build(hvi.InnerConfig(update="gradient", steps=2, lr=0.05, learn_lr=True))
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         svi = cls(meta.model, meta.guide, pyro.optim.Adam({"lr": 0.01}), loss=Trace_ELBO())
@@ -251,7 +251,7 @@ def log_normal(x, m, s):
 @pytest.mark.parametrize("objective", ["query", "support+query"])
 def test_elbo_equals_hand_computation_for_a_fixed_trace(objective):
     """Trace_ELBO on one trace = Σ_i (M/B)[log p(y|φ) + β(log p(φ|θ) − log q(φ))] + log p(θ) − log q(θ)."""
-    cfg = hvi.InnerConfig(steps=2, lr=0.05, kl_weight=0.5)
+    cfg = hvi.InnerConfig(update="gradient", steps=2, lr=0.05, kl_weight=0.5)
     meta = build(cfg, q_theta="normal", hyperprior=True, objective=objective)
     batch = regression_batch(B=3, M=11)
     pyro.clear_param_store()
@@ -299,7 +299,7 @@ def test_task_subsampling_gives_an_unbiased_full_data_elbo():
     must hold exactly; a missing or doubled M/B factor breaks it.
     """
     M, B = 5, 2
-    meta = build(hvi.InnerConfig(steps=0))
+    meta = build(hvi.InnerConfig(update="gradient", steps=0))
     full = regression_batch(B=M, seed=1)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
@@ -325,7 +325,7 @@ def test_task_subsampling_gives_an_unbiased_full_data_elbo():
 
 
 def test_prediction_shapes_and_moments():
-    meta = build(hvi.InnerConfig(steps=2, lr=0.05))
+    meta = build(hvi.InnerConfig(update="gradient", steps=2, lr=0.05))
     batch = regression_batch(B=3, Nq=7)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
@@ -380,11 +380,11 @@ def test_bad_configuration_raises_clear_errors():
     with pytest.raises(ValueError, match="init_scale=0.0 must be a positive standard deviation"):
         GaussianPrior(init_scale=0.0)
     with pytest.raises(ValueError, match="inner lr=-0.1 must be positive"):
-        hvi.InnerConfig(lr=-0.1)
+        hvi.InnerConfig(update="gradient", lr=-0.1)
     with pytest.raises(ValueError, match="inner num_samples=0 must be an integer >= 1"):
-        hvi.InnerConfig(num_samples=0)
+        hvi.InnerConfig(update="gradient", num_samples=0)
     with pytest.raises(ValueError, match="kl_weight=-1.0 must be >= 0"):
-        hvi.InnerConfig(kl_weight=-1.0)
+        hvi.InnerConfig(update="gradient", kl_weight=-1.0)
     with pytest.raises(ValueError, match="unknown prior 'nope'"):
         hvi.MetaModel(small_net(), "nope")
     with pytest.raises(ValueError, match="q_theta='normal' needs latent global sites"):
@@ -419,14 +419,36 @@ def test_batchnorm_with_running_stats_is_refused_and_buffers_work():
 
 
 def test_diverging_inner_loop_is_reported_not_hidden():
-    meta = build(hvi.InnerConfig(steps=5, lr=1e6))
-    with pytest.raises((FloatingPointError, ValueError), match="inner loop diverged|lower the inner lr"):
-        hvi.fit(meta, regression_batch(), steps=3)
+    meta = build(hvi.InnerConfig(update="gradient", steps=5, lr=1e6))
+    with pytest.raises(FloatingPointError, match=r"^3 steps in a row \(the last at step 2\) had a non-finite"):
+        hvi.fit(meta, regression_batch(), steps=5, max_skips=3)
+
+
+def test_a_non_finite_step_is_skipped_and_does_not_poison_adam():
+    """A batch that makes the loss inf leaves the params and Adam's moments as they were."""
+    meta = build(hvi.InnerConfig(update="gradient", steps=1, lr=0.05))
+    good = regression_batch()
+    bad = hvi.TaskBatch(good.support_x, good.support_y, good.query_x, good.query_y * 1e160)
+    it = iter([good, bad, good])
+    seen = []
+
+    def record(step, loss, batch):
+        seen.append({k: v.detach().clone() for k, v in pyro.get_param_store().items()})
+
+    optim = pyro.optim.Adam({"lr": 1e-2})
+    res = hvi.fit(meta, lambda g: next(it), steps=3, optimizer=optim, callback=record)
+    assert res.skipped == (1,) and math.isnan(res.losses[1]) and math.isfinite(res.losses[2])
+    for k in seen[0]:
+        assert torch.equal(seen[1][k], seen[0][k]), k  # the bad step changed nothing
+        assert not torch.equal(seen[2][k], seen[1][k]) or k == "likelihood.noise", k
+    for opt in optim.optim_objs.values():
+        for state in opt.state.values():
+            assert all(bool(torch.isfinite(v).all()) for v in state.values() if torch.is_tensor(v))
 
 
 def test_fit_leaves_site_inits_untouched_and_refit_starts_fresh():
     """The param store must not alias GlobalSite.init (the optimizer updates in place)."""
-    meta = build(hvi.InnerConfig(steps=1, lr=0.05))
+    meta = build(hvi.InnerConfig(update="gradient", steps=1, lr=0.05))
     before = {n: s.init.clone() for n, s in meta.sites.items()}
     first = hvi.fit(meta, regression_batch(), steps=5, lr=0.05)
     for n, s in meta.sites.items():
@@ -437,7 +459,7 @@ def test_fit_leaves_site_inits_untouched_and_refit_starts_fresh():
 
 
 def test_per_key_inner_lr():
-    cfg = hvi.InnerConfig(steps=1, lr={"loc": 0.0125, "rho": 0.5})
+    cfg = hvi.InnerConfig(update="gradient", steps=1, lr={"loc": 0.0125, "rho": 0.5})
     assert cfg.lr_for("loc") == 0.0125 and cfg.lr_for("rho") == 0.5
     meta = build(cfg)
     pyro.clear_param_store()
@@ -445,13 +467,13 @@ def test_per_key_inner_lr():
     ret = meta.guide(regression_batch())
     assert torch.isfinite(ret["lambda"]["0.weight"]["rho"]).all()
     with pytest.raises(ValueError, match="inner lr=.*must be positive"):
-        hvi.InnerConfig(lr={"loc": 0.1, "rho": 0.0})
+        hvi.InnerConfig(update="gradient", lr={"loc": 0.1, "rho": 0.0})
     with pytest.raises(ValueError, match="no entry for λ key 'rho'"):
-        build(hvi.InnerConfig(steps=1, lr={"loc": 0.1})).guide(regression_batch())
+        build(hvi.InnerConfig(update="gradient", steps=1, lr={"loc": 0.1})).guide(regression_batch())
 
 
 def test_predict_accepts_unknown_query_targets():
-    meta = build(hvi.InnerConfig(steps=1, lr=0.05))
+    meta = build(hvi.InnerConfig(update="gradient", steps=1, lr=0.05))
     b = regression_batch()
     unknown = hvi.TaskBatch(b.support_x, b.support_y, b.query_x, torch.full_like(b.query_y, float("nan")))
     pyro.clear_param_store()
@@ -463,7 +485,7 @@ def test_predict_accepts_unknown_query_targets():
 
 @pytest.mark.parametrize("first_order", [False, True])
 def test_single_task_fast_path_equals_vmapped_path(first_order):
-    meta = build(hvi.InnerConfig(steps=2, lr=0.05, num_samples=2, first_order=first_order))
+    meta = build(hvi.InnerConfig(update="gradient", steps=2, lr=0.05, num_samples=2, first_order=first_order))
     b = regression_batch(B=2)
     loop = meta.inner_loop(1)
     theta = {n: s.init for n, s in meta.sites.items() if n.startswith("theta.")}
@@ -503,7 +525,7 @@ def test_parallel_task_chunks_give_the_same_lambda_loss_and_gradients(two_thread
     batch = regression_batch(B=5, M=9)
     results = []
     for parallel in (False, True):
-        cfg = hvi.InnerConfig(steps=3, lr=0.05, num_samples=2, first_order=first_order, parallel_tasks=parallel)
+        cfg = hvi.InnerConfig(update="gradient", steps=3, lr=0.05, num_samples=2, first_order=first_order, parallel_tasks=parallel)
         meta = hvi.MetaModel(small_net(), GaussianPrior(init_scale=0.1, hyperprior=q_theta == "normal"),
                              hvi.Gaussian(noise="learned", init_scale=0.5), q_theta=q_theta, inner=cfg)
         assert num_task_chunks(5, torch.device("cpu"), parallel) == (2 if parallel else 1)

@@ -499,10 +499,16 @@ class LaplaceWithLogScaleQ(LaplacePrior):
     family = LogScaleNormal()
 
 
+def test_natural_update_refuses_a_family_without_one(sinusoid):
+    with pytest.raises(ValueError, match=r"update='natural' needs the diagonal Normal family, but the prior uses LogScaleNormal; use InnerConfig\(update='gradient'\)"):
+        hvi.MetaModel(tiny_mlp(), LaplaceWithLogScaleQ(), inner=hvi.InnerConfig(steps=1)).guide(
+            sinusoid.sample("val", 1, torch.Generator().manual_seed(0)))
+
+
 def test_prior_with_its_own_guide_family(sinusoid):
     meta = hvi.MetaModel(
         tiny_mlp(), LaplaceWithLogScaleQ(), hvi.Gaussian(init_scale=1.0),
-        inner=hvi.InnerConfig(steps=2, lr=1e-3, learn_lr=True),
+        inner=hvi.InnerConfig(steps=2, lr=1e-3, learn_lr=True, update="gradient"),
     )
     result = hvi.fit(meta, sinusoid, steps=2, task_batch=4, lr=1e-2)
     assert all(math.isfinite(v) for v in result.losses)

@@ -1,0 +1,274 @@
+"""The natural-gradient inner step (hvi.natural): exact on conjugate models, equal to a naive loop."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+import torch.nn.functional as F
+from pyro.infer import Trace_ELBO
+from torch import nn
+from torch.distributions import Normal
+from torch.func import functional_call
+
+import hvi
+from hvi import natural
+from hvi.families import inv_softplus
+from hvi.guide import inner_lrs
+from hvi.priors import GaussianPrior, LaplacePrior
+
+DT = torch.float64
+NOISE = 0.7
+
+
+class VectorNet(nn.Module):
+    """f_φ(x) = φ for every example: a conjugate Normal–Normal model per coordinate."""
+
+    def __init__(self, d: int = 3) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.linspace(-0.5, 0.5, d, dtype=DT))
+
+    def forward(self, x):
+        return self.w.expand(x.shape[0], self.w.shape[0])
+
+
+def conjugate_batch(M=4, N=6, d=3, seed=0) -> hvi.TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    y = 2.0 * torch.randn(M, N, d, generator=g, dtype=DT) + torch.randn(M, 1, d, generator=g, dtype=DT)
+    x = torch.zeros(M, N, 1, dtype=DT)
+    return hvi.TaskBatch(x, y, x[:, :0], y[:, :0])
+
+
+def one_step_error(tau: float, update: str, lr: float) -> tuple[float, float]:
+    """Relative errors of (mean, sd) of q(φ_i) after one inner step against p(φ_i | θ, D_i)."""
+    net = VectorNet()
+    meta = hvi.MetaModel(
+        net, GaussianPrior(init_scale=tau, learn_scale=False), hvi.Gaussian(noise=NOISE),
+        inner=hvi.InnerConfig(steps=1, update=update, lr=lr),
+    )
+    batch = conjugate_batch()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    with torch.no_grad():
+        lam = {k: v.detach() for k, v in meta.guide(batch)["lambda"]["w"].items()}
+    N = batch.support_y.shape[1]
+    prec = 1 / tau**2 + N / NOISE**2
+    mean = (net.w.detach() / tau**2 + batch.support_y.sum(1) / NOISE**2) / prec
+    sd = math.sqrt(1 / prec)
+    err_mean = float(((lam["loc"] - mean).abs() / mean.abs().clamp_min(1e-12)).max())
+    err_sd = float(((F.softplus(lam["rho"]) - sd).abs() / sd).max())
+    return err_mean, err_sd
+
+
+@pytest.mark.parametrize("ratio", [1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3])
+def test_one_natural_step_is_the_exact_local_posterior_at_any_prior_scale(ratio):
+    err_mean, err_sd = one_step_error(ratio * NOISE, "natural", 1.0)
+    assert err_mean < 1e-9 and err_sd < 1e-9, (err_mean, err_sd)
+
+
+def test_one_gradient_step_is_far_from_it_where_the_natural_step_is_exact():
+    # The reason for the natural step: no one α serves every prior scale.
+    errors = {r: one_step_error(r * NOISE, "gradient", 0.01) for r in (1e-3, 1.0, 1e3)}
+    assert all(max(e) > 0.1 for e in errors.values()), errors
+
+
+def test_probes_are_antithetic_sign_pairs():
+    e = torch.tensor([[0.3, -2.0, 0.0]], dtype=DT)
+    torch.testing.assert_close(natural.probes(e), torch.tensor([[1.0, -1.0, 1.0], [-1.0, 1.0, -1.0]], dtype=DT))
+
+
+def test_moments_are_exact_on_a_quadratic_for_any_noise():
+    g = torch.Generator().manual_seed(0)
+    H = torch.rand(5, dtype=DT, generator=g) + 0.1  # ℓ(φ) = −½ Σ H (φ − c)²
+    c = torch.randn(5, dtype=DT, generator=g)
+    m, sigma = torch.randn(5, dtype=DT, generator=g), torch.rand(5, dtype=DT, generator=g) + 0.1
+    e = natural.probes(torch.randn(2, 3, 5, dtype=DT, generator=g))
+    phi = m + sigma * e
+    grad_phi = -H * (phi - c)
+    gbar, h = natural.moments(grad_phi, e, sigma)
+    torch.testing.assert_close(gbar, (-H * (m - c)).expand(2, 5), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h, H.expand(2, 5), rtol=1e-12, atol=1e-12)
+
+
+def test_step_keeps_the_precision_positive_under_negative_curvature():
+    s = torch.tensor([1.0, 4.0], dtype=DT)
+    m = torch.zeros(2, dtype=DT)
+    h = torch.tensor([-100.0, -1e6], dtype=DT)  # a non-convex loss: negative curvature estimates
+    for alpha in (0.3, 1.0):
+        _, s_new, _, _ = natural.step(m, s, m, h, m, torch.tensor([0.5, 0.5], dtype=DT), alpha, alpha, 1.0)
+        assert bool((s_new > 0).all())
+    # At α = 1 the clipped curvature leaves the prior precision.
+    torch.testing.assert_close(s_new, torch.tensor([0.5, 0.5], dtype=DT))
+
+
+# -- against a naive per-task loop ----------------------------------------------------
+def small_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 1)).to(DT)
+
+
+def regression_batch(B=3, Ns=4, Nq=5, M=7, seed=0) -> hvi.TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.rand(B, Ns, 1, generator=g, dtype=DT) * 4 - 2
+    xq = torch.rand(B, Nq, 1, generator=g, dtype=DT) * 4 - 2
+    a = torch.rand(B, 1, 1, generator=g, dtype=DT) + 0.5
+    return hvi.TaskBatch(xs, a * torch.sin(xs), xq, a * torch.sin(xq), num_tasks=M)
+
+
+def naive_natural(meta, loc, scale, sigma_y, lr, x, y, eps, cfg):
+    """One task, written out: per draw a forward and a gradient, then the update of hvi.natural."""
+    names = list(loc)
+    m = dict(loc)
+    s = {n: F.softplus(inv_softplus(scale[n])).pow(-2) for n in names}
+    beta = cfg.kl_weight
+    for t in range(cfg.steps):
+        sign = {n: torch.where(eps[n][t] >= 0, 1.0, -1.0).to(DT) for n in names}
+        e = {n: torch.cat([sign[n], -sign[n]]) for n in names}  # (2S, *w): ±r pairs
+        sd = {n: s[n].rsqrt() for n in names}
+        grads = {n: [] for n in names}
+        for k in range(2 * cfg.num_samples):
+            phi = {n: m[n] + sd[n] * e[n][k] for n in names}
+            if cfg.first_order:
+                phi = {n: v.detach().requires_grad_() for n, v in phi.items()}
+            out = functional_call(meta.net.module, phi, (x,))
+            ll = Normal(out, sigma_y).log_prob(y).sum()
+            for n, gr in zip(names, torch.autograd.grad(ll, [phi[n] for n in names], create_graph=not cfg.first_order)):
+                grads[n].append(gr)
+        for n in names:
+            gs = torch.stack(grads[n])
+            g = gs.mean(0)
+            sd_n = sd[n].detach() if cfg.first_order else sd[n]  # first order: the moments are constants
+            h = -(gs * e[n]).mean(0) / sd_n
+            prec = scale[n].pow(-2)
+            target = prec + h.clamp_min(0) / beta
+            if cfg.first_order:
+                prec_c, loc_c = prec.detach(), loc[n].detach()
+                ds = (prec_c + h.clamp_min(0) / beta - s[n].detach())
+                s_new = s[n] + lr[n]["rho"] * ds
+                dm = (g / beta - prec_c * (m[n].detach() - loc_c)) / s_new.detach()
+                m[n], s[n] = m[n] + lr[n]["loc"] * dm.detach(), s_new
+            else:
+                s[n] = s[n] + lr[n]["rho"] * (target - s[n])
+                m[n] = m[n] + lr[n]["loc"] * (g / beta - prec * (m[n] - loc[n])) / s[n]
+    return {n: {"loc": m[n], "rho": inv_softplus(s[n].rsqrt())} for n in names}
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("num_samples,learn_lr", [(1, False), (2, True)])
+def test_natural_loop_and_outer_gradients_match_naive_loop(first_order, num_samples, learn_lr):
+    cfg = hvi.InnerConfig(steps=3, lr=0.6, num_samples=num_samples, kl_weight=0.7,
+                          first_order=first_order, learn_lr=learn_lr)
+    meta = hvi.MetaModel(small_net(), GaussianPrior(init_scale=0.1), hvi.Gaussian(noise="learned", init_scale=0.5),
+                         inner=cfg)
+    batch = regression_batch()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(3)
+    loss = Trace_ELBO().differentiable_loss(meta.model, meta.guide, batch)
+    pyro.set_rng_seed(3)
+    tr = poutine.trace(meta.guide).get_trace(batch)
+    ret = tr.nodes["_RETURN"]["value"]
+    eps = meta.inner_loop(1).split(ret["inner_noise"].materialize())
+    names = meta.net.names
+    loc = {n: pyro.param(f"theta.{n}.loc") for n in names}
+    scale = {n: pyro.param(f"theta.{n}.scale") for n in names}
+    sigma_y = pyro.param("likelihood.noise")
+    lr = inner_lrs(meta)
+    B, M = batch.batch_size, batch.num_tasks
+    naive_loss = 0.0
+    for i in range(B):
+        lam = naive_natural(meta, loc, scale, sigma_y, lr, batch.support_x[i], batch.support_y[i],
+                            {n: e[i] for n, e in eps.items()}, cfg)
+        log_q = log_p = 0.0
+        phi = {}
+        for n in names:
+            for k in ("loc", "rho"):
+                torch.testing.assert_close(ret["lambda"][n][k][i], lam[n][k], rtol=1e-9, atol=1e-11)
+            q_scale = F.softplus(lam[n]["rho"])
+            drawn = tr.nodes[f"phi.{n}"]["value"][i, 0]
+            phi[n] = lam[n]["loc"] + q_scale * ((drawn - lam[n]["loc"]) / q_scale).detach()
+            log_q = log_q + Normal(lam[n]["loc"], q_scale).log_prob(phi[n]).sum()
+            log_p = log_p + Normal(loc[n], scale[n]).log_prob(phi[n]).sum()
+        out = functional_call(meta.net.module, phi, (batch.query_x[i],))
+        ll = Normal(out, sigma_y).log_prob(batch.query_y[i]).sum()
+        naive_loss = naive_loss - (M / B) * (ll + cfg.kl_weight * (log_p - log_q))
+    torch.testing.assert_close(loss, naive_loss, rtol=1e-10, atol=1e-9)
+    leaves = [pyro.param(n).unconstrained() for n in pyro.get_param_store().keys()]
+    g_engine = torch.autograd.grad(loss, leaves, allow_unused=True)
+    g_naive = torch.autograd.grad(naive_loss, leaves, allow_unused=True)
+    for name, a, b in zip(pyro.get_param_store().keys(), g_engine, g_naive):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_first_order_gives_the_same_lambda_as_second_order():
+    batch = regression_batch()
+    lams = []
+    for fo in (False, True):
+        meta = hvi.MetaModel(small_net(), GaussianPrior(init_scale=0.1), "gaussian",
+                             inner=hvi.InnerConfig(steps=3, lr=0.8, num_samples=2, first_order=fo))
+        pyro.clear_param_store()
+        pyro.set_rng_seed(1)
+        lams.append(meta.guide(batch)["lambda"])
+    for n in lams[0]:
+        for k in ("loc", "rho"):
+            torch.testing.assert_close(lams[0][n][k], lams[1][n][k], rtol=1e-12, atol=1e-14)
+
+
+def test_generic_prior_moments_equal_the_closed_form_for_a_normal_prior():
+    meta = hvi.MetaModel(small_net(), GaussianPrior(init_scale=0.1), "gaussian", inner=hvi.InnerConfig())
+    loop = meta.inner_loop(1)
+    g = torch.Generator().manual_seed(0)
+    D = loop.size
+    mu_p, sd_p = torch.randn(D, dtype=DT, generator=g), torch.rand(D, dtype=DT, generator=g) + 0.1
+    m, sigma = torch.randn(2, D, dtype=DT, generator=g), torch.rand(2, D, dtype=DT, generator=g) + 0.05
+    priors = {n: Normal(loc_n, sd_n) for n, loc_n, sd_n in zip(loop.shapes, loop.split(mu_p).values(), loop.split(sd_p).values())}
+    e = natural.probes(torch.randn(2, 1, D, dtype=DT, generator=g))
+    grad, curv = loop._generic_prior_moments(m, sigma, e, priors, create_graph=False)
+    torch.testing.assert_close(grad, -(m - mu_p) / sd_p**2, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(curv, (1 / sd_p**2).expand(2, D), rtol=1e-10, atol=1e-10)
+
+
+def test_natural_step_with_a_laplace_prior_trains():
+    meta = hvi.MetaModel(small_net(), LaplacePrior(init_scale=0.1), hvi.Gaussian(noise=0.3),
+                         inner=hvi.InnerConfig(steps=2, num_samples=2))
+    res = hvi.fit(meta, regression_batch(), steps=5, lr=1e-2)
+    assert all(math.isfinite(v) for v in res.losses)
+
+
+def test_learned_natural_step_is_bounded_to_the_unit_interval():
+    meta = hvi.MetaModel(small_net(), GaussianPrior(init_scale=0.1), "gaussian",
+                         inner=hvi.InnerConfig(steps=1, learn_lr=True))
+    pyro.clear_param_store()
+    meta.guide(regression_batch())
+    name = next(n for n in pyro.get_param_store().keys() if n.startswith("inner_lr."))
+    assert float(pyro.param(name).detach()) == pytest.approx(0.5)
+    # Stored through the sigmoid of the unit interval (logit 0.5 = 0), not exp (log 0.5 < 0).
+    assert float(pyro.param(name).unconstrained().detach()) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_natural_settings_are_checked():
+    with pytest.raises(ValueError, match=r"inner lr=1.5 is outside \(0, 1\]"):
+        hvi.InnerConfig(lr=1.5)
+    with pytest.raises(ValueError, match=r"inner lr=1.0 is outside \(0, 1\) \(a learned"):
+        hvi.InnerConfig(lr=1.0, learn_lr=True)
+    with pytest.raises(ValueError, match="kl_weight=0.0 leaves the natural-gradient step"):
+        hvi.InnerConfig(kl_weight=0.0)
+    with pytest.raises(ValueError, match="inner update='newton' is not understood"):
+        hvi.InnerConfig(update="newton")
+    assert hvi.InnerConfig().lr == 1.0 and hvi.InnerConfig(update="gradient").lr == 0.01
+
+
+def test_runs_saved_before_the_natural_update_keep_gradient_ascent(tmp_path):
+    from hvi.cli.defaults import defaults_for
+    from hvi.cli.run import check_run_config
+
+    cfg = {**defaults_for("mlp"), "model": "mlp", "likelihood": "gaussian"}
+    assert check_run_config(cfg, tmp_path / "config.json")["inner_update"] == "natural"
+    del cfg["inner_update"]
+    assert check_run_config(cfg, tmp_path / "config.json")["inner_update"] == "gradient"
+    with pytest.raises(ValueError, match="inner_update='newton' is not understood; use one of natural, gradient"):
+        check_run_config({**cfg, "inner_update": "newton"}, tmp_path / "config.json")
