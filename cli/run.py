@@ -5,7 +5,8 @@ Run directory (``--out RUN_DIR``)::
     RUN_DIR/
       config.json      the resolved configuration (every key of run.toml)
       metrics.jsonl    one JSON object per training step (loss, ELBO, loss per
-                       task, tasks/s; ``val`` metrics every val_every steps)
+                       task, ``skipped`` (1 when a non-finite step was not
+                       applied), tasks/s; ``val`` metrics every val_every steps)
       checkpoint/      the latest training state (hvi.checkpoint: params,
                        optimizer, RNG and task-sampler state), every
                        checkpoint_every steps and at the end
@@ -597,6 +598,8 @@ def _train(
             "loss": loss,
             "elbo": -loss,
             "loss_per_task": per_task,
+            # 1: not applied, its loss or a gradient was not finite (hvi.SVI); sum for the count
+            "skipped": int(not math.isfinite(loss)),
             "tasks_per_s": tps,
             "time_s": now - t0,
         }

@@ -91,10 +91,10 @@ class InnerConfig:
               stable only below ~2/curvature; the KL term alone has curvature
               β/(Ns·σ0²) per weight (σ0 the prior scale), so keep α < 2·Ns·σ0²/β.
         lr: Step size α (default 1.0 for ``"natural"``, 0.5 when that α is
-            learned, 0.01 for ``"gradient"``);
-            the initial value when ``learn_lr`` is set. A mapping gives one α per
-            λ key, e.g. ``{"loc": 1e-3, "rho": 1e-1}``: under ``"natural"``,
-            ``loc`` moves the mean and ``rho`` the precision.
+            learned, 0.01 for ``"gradient"``); the initial value when
+            ``learn_lr`` is set. A mapping gives one α per λ key, e.g.
+            ``{"loc": 1e-3, "rho": 1e-1}``: under ``"natural"``, ``loc`` moves
+            the mean and ``rho`` the precision.
         learn_lr: Learn one α per λ tensor (Meta-SGD style, default False):
             positive under ``"gradient"``, in (0, 1) under ``"natural"``, so a
             learned natural step can never leave the stable range.
@@ -102,6 +102,14 @@ class InnerConfig:
         kl_weight: β, the weight of KL(q ‖ p) in the inner *and* outer
             objective (default 1.0: the true ELBO).
         first_order: Do not differentiate through the inner gradients (default False).
+        line_search: Natural update only (default True): scale each task's
+            mean step by the fraction t ∈ (0, 1] that the objective's curvature
+            along the step allows, measured from ℓ at m and m ± step (one
+            batched forward of three points, no backward). A diagonal step
+            ignores that many weights feed the same output; in a network a full
+            step overshoots by about the number of coupled weights, and this
+            takes it back. Where the curvature is diagonal (conjugate models)
+            t = 1 exactly.
         parallel_tasks: On CPU, split the task batch into one chunk per intra-op
             thread and adapt the chunks in parallel worker threads with
             single-threaded kernels (default True; see :mod:`hvi.parallel`).
@@ -116,6 +124,7 @@ class InnerConfig:
     first_order: bool = False
     parallel_tasks: bool = True
     update: str = "natural"
+    line_search: bool = True
 
     def __post_init__(self) -> None:
         if not (isinstance(self.steps, int) and self.steps >= 0):
@@ -361,8 +370,11 @@ class InnerLoop:
         alpha = {k: self._flat_lr(lr, k, ref) for k in lam}
         return {k: v.expand(lead + (B, self.size)) for k, v in lam.items()}, alpha, closed_form, kl_terms
 
-    def _support_loglik(self, lik, x, y, noise, lead, S):
-        """ℓ as a function of weights ``phi`` (*lead, B, S, D): Σ over tasks, draws and examples."""
+    def _support_loglik(self, lik, x, y, noise, lead, S, per_point=False):
+        """ℓ as a function of weights ``phi`` (*lead, B, S, D): Σ over tasks, draws and examples.
+
+        With ``per_point`` the sum is over examples only: ``(*lead, B, S)``.
+        """
         B, D = x.shape[0], self.size
 
         # x, y, noise as (*lead, B, S, Ns, ...) → (T·S, Ns, ...) for one vmapped forward.
@@ -376,7 +388,8 @@ class InnerLoop:
         def loglik(phi: Tensor) -> Tensor:
             out = self.net.batched(self.split(phi.reshape(-1, D)), x_all)
             out = out.reshape(lead + (B, S) + out.shape[1:])
-            return self.likelihood.dist(out, lik, noise_b, self.y_event_dim).log_prob(y_b).sum()
+            lp = self.likelihood.dist(out, lik, noise_b, self.y_event_dim).log_prob(y_b)
+            return lp.sum(-1) if per_point else lp.sum()
 
         return loglik
 
@@ -469,6 +482,20 @@ class InnerLoop:
         curv = d_sigma / sigma + sigma.pow(-2)
         return d_m.neg(), torch.maximum(curv, 1e-4 * sigma.pow(-2))
 
+    @staticmethod
+    def _curvature_along(line, m, d, s, create_graph):
+        """κ = −dᵀ∇²ℓ·d per task at m, by central differences at m ± δ·d.
+
+        δ ≤ 1 makes the probe move q's own scale (rms of δ·d/σ is 1): the
+        curvature is local, not a secant over a step that may overshoot far.
+        """
+        with torch.set_grad_enabled(create_graph):
+            z = (d * d * s).mean(-1, keepdim=True)  # rms² of d/σ
+            delta = z.clamp_min(1.0).rsqrt()
+            pts = torch.stack([m, m + delta * d, m - delta * d], dim=-2)
+            ll = line(pts)
+            return (2 * ll[..., 0] - ll[..., 1] - ll[..., 2]) / delta.squeeze(-1).square()
+
     def _run_natural(self, theta, lik, lr, x, y, noise, eps, steps, lead, needs_graph) -> dict[str, Tensor]:
         """λ^(K) by natural-gradient steps in q's mean m and precision s (see :mod:`hvi.natural`).
 
@@ -484,6 +511,7 @@ class InnerLoop:
             lik = {k: v.detach() for k, v in lik.items()}
         prior = self._prior_terms(kl_terms, closed_form, lead, B)
         loglik = self._support_loglik(lik, x, y, noise, lead, 2 * cfg.num_samples)
+        line = self._support_loglik(lik, x, y, noise, lead, 3, per_point=True) if cfg.line_search else None
         noise_at = self._noise_reader(eps)
         m0, s0 = lam0["loc"], F.softplus(lam0["rho"]).pow(-2)
         m, s = (m0, s0) if second_order else (m0.detach(), s0.detach())
@@ -505,7 +533,12 @@ class InnerLoop:
                 prior_grad, prior_curv = (m - prior_loc).mul(prior_prec).neg(), prior_prec
             else:
                 prior_grad, prior_curv = self._generic_prior_moments(m, sigma, e, kl_terms, second_order)
-            m, s, dm, ds = natural.step(m, s, g, h, prior_grad, prior_curv, a_m, a_s, beta)
+            s, ds = natural.precision(s, h, prior_curv, a_s, beta)
+            grad = g / beta + prior_grad
+            dm = grad / s
+            if line is not None:
+                dm = dm * natural.line_scale(grad, dm, prior_curv, self._curvature_along(line, m, dm, s, second_order), beta)
+            m = m + a_m * dm
             if not second_order:
                 m, s = m.detach(), s.detach()
                 total_m, total_s = total_m + dm.detach(), total_s + ds.detach()

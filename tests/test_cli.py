@@ -225,6 +225,25 @@ def test_metrics_jsonl_is_strict_json(runner, tmp_path, monkeypatch):
     assert read_checkpoint(out / "checkpoint").extra["val"] == val
 
 
+def test_metrics_jsonl_flags_skipped_steps(runner, tmp_path, monkeypatch):
+    import hvi.svi
+
+    original, calls = hvi.svi.SVI.step, []
+
+    def second_step_not_finite(self, *args, **kwargs):
+        calls.append(1)
+        loss = original(self, *args, **kwargs)
+        return float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(hvi.svi.SVI, "step", second_step_not_finite)
+    out = tmp_path / "r"
+    res = invoke(runner, ["fit", *TINY, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    lines = [_strict_json(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in lines] == [0, 1, 0]
+    assert lines[1]["loss"] is None
+
+
 def test_evaluate_json_is_strict_and_names_seed_and_version(runner, trained, monkeypatch):
     from hvi import __version__
 

@@ -119,11 +119,16 @@ def regression_batch(B=3, Ns=4, Nq=5, M=7, seed=0) -> hvi.TaskBatch:
 
 
 def naive_natural(meta, loc, scale, sigma_y, lr, x, y, eps, cfg):
-    """One task, written out: per draw a forward and a gradient, then the update of hvi.natural."""
+    """One task, written out: per point a forward and a gradient, the update of hvi.natural,
+    and (``cfg.line_search``) the step's fraction from ℓ at m and m ± d."""
     names = list(loc)
     m = dict(loc)
     s = {n: F.softplus(inv_softplus(scale[n])).pow(-2) for n in names}
-    beta = cfg.kl_weight
+    beta, fo = cfg.kl_weight, cfg.first_order
+
+    def ell(weights):
+        return Normal(functional_call(meta.net.module, weights, (x,)), sigma_y).log_prob(y).sum()
+
     for t in range(cfg.steps):
         sign = {n: torch.where(eps[n][t] >= 0, 1.0, -1.0).to(DT) for n in names}
         e = {n: torch.cat([sign[n], -sign[n]]) for n in names}  # (2S, *w): ±r pairs
@@ -131,36 +136,42 @@ def naive_natural(meta, loc, scale, sigma_y, lr, x, y, eps, cfg):
         grads = {n: [] for n in names}
         for k in range(2 * cfg.num_samples):
             phi = {n: m[n] + sd[n] * e[n][k] for n in names}
-            if cfg.first_order:
+            if fo:
                 phi = {n: v.detach().requires_grad_() for n, v in phi.items()}
-            out = functional_call(meta.net.module, phi, (x,))
-            ll = Normal(out, sigma_y).log_prob(y).sum()
-            for n, gr in zip(names, torch.autograd.grad(ll, [phi[n] for n in names], create_graph=not cfg.first_order)):
+            for n, gr in zip(names, torch.autograd.grad(ell(phi), [phi[n] for n in names], create_graph=not fo)):
                 grads[n].append(gr)
+        # First order: every increment is a constant (the moments, the prior terms, the line's t).
+        c = (lambda v: v.detach()) if fo else (lambda v: v)
+        s_new, d, G = {}, {}, {}
         for n in names:
             gs = torch.stack(grads[n])
             g = gs.mean(0)
-            sd_n = sd[n].detach() if cfg.first_order else sd[n]  # first order: the moments are constants
-            h = -(gs * e[n]).mean(0) / sd_n
-            prec = scale[n].pow(-2)
-            target = prec + h.clamp_min(0) / beta
-            if cfg.first_order:
-                prec_c, loc_c = prec.detach(), loc[n].detach()
-                ds = (prec_c + h.clamp_min(0) / beta - s[n].detach())
-                s_new = s[n] + lr[n]["rho"] * ds
-                dm = (g / beta - prec_c * (m[n].detach() - loc_c)) / s_new.detach()
-                m[n], s[n] = m[n] + lr[n]["loc"] * dm.detach(), s_new
-            else:
-                s[n] = s[n] + lr[n]["rho"] * (target - s[n])
-                m[n] = m[n] + lr[n]["loc"] * (g / beta - prec * (m[n] - loc[n])) / s[n]
+            h = -(gs * e[n]).mean(0) / c(sd[n])
+            prec = c(scale[n].pow(-2))
+            s_new[n] = s[n] + lr[n]["rho"] * (prec + h.clamp_min(0) / beta - c(s[n]))
+            G[n] = g / beta - prec * (c(m[n]) - c(loc[n]))
+            d[n] = G[n] / c(s_new[n])
+        t_line = 1.0
+        if cfg.line_search:
+            with torch.set_grad_enabled(not fo):
+                z = sum((c(d[n]) ** 2 * c(s_new[n])).sum() for n in names) / sum(d[n].numel() for n in names)
+                delta = 1 / torch.sqrt(torch.clamp(z, min=1.0))
+                l0, lp, lm = (ell({n: c(m[n]) + sign_ * delta * c(d[n]) for n in names}) for sign_ in (0.0, 1.0, -1.0))
+                kappa = (2 * l0 - lp - lm) / delta**2
+            gain = sum((G[n] * d[n]).sum() for n in names)
+            quad = sum((c(scale[n].pow(-2)) * d[n] ** 2).sum() for n in names) + kappa / beta
+            t_line = gain / torch.maximum(gain, quad)
+        for n in names:
+            m[n] = m[n] + lr[n]["loc"] * c(d[n] * t_line)
+            s[n] = s_new[n]
     return {n: {"loc": m[n], "rho": inv_softplus(s[n].rsqrt())} for n in names}
 
 
 @pytest.mark.parametrize("first_order", [False, True])
-@pytest.mark.parametrize("num_samples,learn_lr", [(1, False), (2, True)])
-def test_natural_loop_and_outer_gradients_match_naive_loop(first_order, num_samples, learn_lr):
+@pytest.mark.parametrize("num_samples,learn_lr,line_search", [(1, False, True), (2, True, True), (1, False, False)])
+def test_natural_loop_and_outer_gradients_match_naive_loop(first_order, num_samples, learn_lr, line_search):
     cfg = hvi.InnerConfig(steps=3, lr=0.6, num_samples=num_samples, kl_weight=0.7,
-                          first_order=first_order, learn_lr=learn_lr)
+                          first_order=first_order, learn_lr=learn_lr, line_search=line_search)
     meta = hvi.MetaModel(small_net(), GaussianPrior(init_scale=0.1), hvi.Gaussian(noise="learned", init_scale=0.5),
                          inner=cfg)
     batch = regression_batch()
@@ -260,6 +271,7 @@ def test_natural_settings_are_checked():
     with pytest.raises(ValueError, match="inner update='newton' is not understood"):
         hvi.InnerConfig(update="newton")
     assert hvi.InnerConfig().lr == 1.0 and hvi.InnerConfig(update="gradient").lr == 0.01
+    assert hvi.InnerConfig(learn_lr=True).lr == 0.5
 
 
 def test_runs_saved_before_the_natural_update_keep_gradient_ascent(tmp_path):
