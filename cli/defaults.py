@@ -3,12 +3,14 @@
 Precedence (lowest first): :data:`COMMON` < :data:`MODEL_DEFAULTS` [model]
 < ``--config run.toml`` < command-line options.
 
-Stability of the inner loop (plain gradient ascent on the per-example support
-ELBO): its curvature grows like ``n_out / sigma^2`` (``n_out`` outputs per
-example, ``sigma`` the likelihood noise) and like ``1 / sigma0^2`` (prior
-scale) for the KL term, so the inner step size ``inner_lr`` must stay below
-about ``2 / curvature``. Each row picks the likelihood ``init_scale``, the
-prior ``init_scale`` and ``inner_lr`` together with that in mind.
+The inner update is the natural-gradient step (``inner_update = "natural"``)
+with α = ``inner_lr`` = 0.1 of a full step, which needs no tuning against the
+prior's or the likelihood's scale (docs/inner_loop.md). Rows that still say
+``"gradient"`` keep the plain gradient ascent they were tuned with: its step
+must stay below about 2 / curvature, which grows like ``n_out / sigma^2``
+(``n_out`` outputs per example, ``sigma`` the likelihood noise) and like
+``1 / sigma0^2`` (prior scale) for the KL term; those rows pick the
+likelihood and prior ``init_scale`` and ``inner_lr`` together with that in mind.
 """
 
 from __future__ import annotations
@@ -57,9 +59,8 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "data": "sinusoid",
         "model_args": {"hidden": [40, 40]},
         "prior_args": {"init_scale": 0.1},
-        "likelihood_args": {"init_scale": 1.0},
+        "likelihood_args": {"init_scale": 0.3},
         "inner_steps": 5,
-        "inner_lr": 0.03,
         "steps": 1000,
         "task_batch": 8,
         "lr": 5e-3,
@@ -72,6 +73,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "prior_args": {"init_scale": 0.01},
         "likelihood_args": {"init_scale": 0.1},
         "inner_steps": 3,
+        "inner_update": "gradient",  # not yet re-tuned for the natural step
         "inner_lr": 5e-4,
         "steps": 300,
         "task_batch": 4,
@@ -84,6 +86,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "model_args": {"hidden": 32},
         "prior_args": {"init_scale": 0.05},
         "inner_steps": 3,
+        "inner_update": "gradient",  # not yet re-tuned for the natural step
         "inner_lr": 0.01,
         "first_order": True,
         "steps": 500,
@@ -101,7 +104,6 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "prior_args": {"init_scale": 0.03},
         "likelihood_args": {"init_scale": 0.3},
         "inner_steps": 3,
-        "inner_lr": 3e-4,
         "steps": 300,
         "task_batch": 4,
         "lr": 1e-3,

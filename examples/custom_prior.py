@@ -77,7 +77,7 @@ def fit_and_test(
         net,
         hvi.get_prior(prior, init_scale=0.1),  # the registry passes keyword settings through
         hvi.Gaussian(init_scale=1.0),
-        inner=hvi.InnerConfig(steps=3, lr=0.01),
+        inner=hvi.InnerConfig(steps=3),  # natural-gradient steps, α = 0.1
     )
     kl = "analytic" if all(meta.prior.analytic_kl.values()) else "Monte Carlo"
     print(f"prior {prior!r}: {describe_prior(prior)}")

@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     meta = hvi.MetaModel(
         hvi.models.get_model("mlp"),
         hvi.get_prior("gaussian", init_scale=0.1),
-        hvi.Gaussian(noise="learned", init_scale=1.0),
-        inner=hvi.InnerConfig(steps=args.inner_steps, lr={"loc": 0.01, "rho": 0.1}, learn_lr=True),
+        hvi.Gaussian(noise="learned", init_scale=0.3),
+        # Natural-gradient steps, 0.1 of a full step each (docs/inner_loop.md).
+        inner=hvi.InnerConfig(steps=args.inner_steps, lr=0.1),
     )
     result = hvi.fit(meta, source, steps=args.steps, task_batch=args.task_batch, lr=3e-3, progress=True)
     test = source.get_tasks("test", torch.arange(args.eval_tasks))

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         hvi.models.get_model("bayes_unet", in_channels=3, out_channels=1, base=args.base),
         hvi.get_prior("gaussian", init_scale=0.05),
         hvi.Gaussian(noise="learned", init_scale=0.3),
-        inner=hvi.InnerConfig(steps=args.inner_steps, lr={"loc": 1e-3, "rho": 1e-2}, learn_lr=True),
+        inner=hvi.InnerConfig(steps=args.inner_steps, lr=0.1),
     )
     hvi.fit(meta, source, steps=args.steps, task_batch=args.task_batch, lr=3e-3, progress=True)
     test = next(source.iterate("test", source.num_tasks("test")))

@@ -42,12 +42,12 @@ def conjugate_batch(M=4, N=6, d=3, seed=0) -> hvi.TaskBatch:
     return hvi.TaskBatch(x, y, x[:, :0], y[:, :0])
 
 
-def one_step_error(tau: float, update: str, lr: float) -> tuple[float, float]:
+def one_step_error(tau: float, update: str, lr: float, line_search: bool = False) -> tuple[float, float]:
     """Relative errors of (mean, sd) of q(φ_i) after one inner step against p(φ_i | θ, D_i)."""
     net = VectorNet()
     meta = hvi.MetaModel(
         net, GaussianPrior(init_scale=tau, learn_scale=False), hvi.Gaussian(noise=NOISE),
-        inner=hvi.InnerConfig(steps=1, update=update, lr=lr),
+        inner=hvi.InnerConfig(steps=1, update=update, lr=lr, line_search=line_search),
     )
     batch = conjugate_batch()
     pyro.clear_param_store()
@@ -63,9 +63,11 @@ def one_step_error(tau: float, update: str, lr: float) -> tuple[float, float]:
     return err_mean, err_sd
 
 
+@pytest.mark.parametrize("line_search", [False, True])
 @pytest.mark.parametrize("ratio", [1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3])
-def test_one_natural_step_is_the_exact_local_posterior_at_any_prior_scale(ratio):
-    err_mean, err_sd = one_step_error(ratio * NOISE, "natural", 1.0)
+def test_one_natural_step_is_the_exact_local_posterior_at_any_prior_scale(ratio, line_search):
+    # The line search measures the curvature along the step; diagonal here, so t = 1.
+    err_mean, err_sd = one_step_error(ratio * NOISE, "natural", 1.0, line_search)
     assert err_mean < 1e-9 and err_sd < 1e-9, (err_mean, err_sd)
 
 
@@ -256,9 +258,9 @@ def test_learned_natural_step_is_bounded_to_the_unit_interval():
     pyro.clear_param_store()
     meta.guide(regression_batch())
     name = next(n for n in pyro.get_param_store().keys() if n.startswith("inner_lr."))
-    assert float(pyro.param(name).detach()) == pytest.approx(0.5)
-    # Stored through the sigmoid of the unit interval (logit 0.5 = 0), not exp (log 0.5 < 0).
-    assert float(pyro.param(name).unconstrained().detach()) == pytest.approx(0.0, abs=1e-12)
+    assert float(pyro.param(name).detach()) == pytest.approx(0.1)
+    # Stored through the sigmoid of the unit interval (logit 0.1), not exp (log 0.1).
+    assert float(pyro.param(name).unconstrained().detach()) == pytest.approx(math.log(0.1 / 0.9), abs=1e-12)
 
 
 def test_natural_settings_are_checked():
@@ -270,8 +272,8 @@ def test_natural_settings_are_checked():
         hvi.InnerConfig(kl_weight=0.0)
     with pytest.raises(ValueError, match="inner update='newton' is not understood"):
         hvi.InnerConfig(update="newton")
-    assert hvi.InnerConfig().lr == 1.0 and hvi.InnerConfig(update="gradient").lr == 0.01
-    assert hvi.InnerConfig(learn_lr=True).lr == 0.5
+    assert hvi.InnerConfig().lr == 0.1 and hvi.InnerConfig(update="gradient").lr == 0.01
+    assert hvi.InnerConfig(learn_lr=True).lr == 0.1
 
 
 def test_runs_saved_before_the_natural_update_keep_gradient_ascent(tmp_path):
