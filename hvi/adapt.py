@@ -409,7 +409,7 @@ class InnerLoop:
         if cfg.update == "natural":
             return self._run_natural(theta, lik, lr, x, y, noise, eps, steps, lead, needs_graph)
         B, Ns = x.shape[0], x.shape[1]
-        S, beta, D = cfg.num_samples, cfg.kl_weight, self.size
+        S, beta = cfg.num_samples, cfg.kl_weight
         second_order = needs_graph and not cfg.first_order
         lam, alpha, closed_form, kl_terms = self._start(theta, lr, lead, B, second_order)
         if not second_order:
