@@ -60,10 +60,10 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "model_args": {"hidden": [40, 40]},
         "prior_args": {"init_scale": 0.1},
         "likelihood_args": {"init_scale": 0.3},
-        "inner_steps": 5,
-        "steps": 1000,
+        "inner_steps": 10,
+        "steps": 5000,
         "task_batch": 8,
-        "lr": 5e-3,
+        "lr": 3e-3,
         "eval_tasks": 200,
     },
     # LFW faces as implicit neural representations: 156 support pixels.

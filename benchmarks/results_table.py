@@ -1,0 +1,53 @@
+"""Markdown tables of the measured results in ``docs/results/*.json`` (what the docs quote).
+
+    python benchmarks/results_table.py sinusoid        # the sinusoid table
+    python benchmarks/results_table.py conjugate       # one natural vs gradient step
+
+Each table ends with the command and date that produced its numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+
+
+def sinusoid() -> str:
+    rows = ["| inner update | 0 steps (prior) | 1 step | 5 steps | 10 steps | training |", "|---|---|---|---|---|---|"]
+    notes = []
+    for name, label in (("sinusoid.json", "natural, α = 0.1"), ("sinusoid_gradient.json", "gradient ascent, α = 0.01")):
+        path = RESULTS / name
+        if not path.exists():
+            continue
+        d = json.loads(path.read_text())
+        cells = [f"{d['by_inner_steps'][k]['mse']:.3f} ± {d['by_inner_steps'][k]['mse_ci95']:.3f}" for k in ("0", "1", "5", "10")]
+        cfg = d["config"]
+        rows.append(f"| {label} | " + " | ".join(cells) + f" | {cfg['steps']} steps × {cfg['inner_steps']} inner, {d['fit_seconds']:.0f} s |")
+        notes.append(f"`{d['command']}` ({d['date']})")
+    return "\n".join(rows) + "\n\nQuery MSE ± 95% CI over held-out tasks. From " + "; ".join(notes) + "."
+
+
+def conjugate() -> str:
+    d = json.loads((RESULTS / "natural_conjugate.json").read_text())
+    rows = ["| prior sd / noise sd | natural, α = 1: mean, sd | gradient, α = 0.01: mean, sd | gradient, α = 0.1: mean, sd |", "|---|---|---|---|"]
+    for r in d["rows"]:
+        cells = [f"{r[k]['mean_rel_err']:.1e}, {r[k]['sd_rel_err']:.1e}" for k in ("natural_alpha_1", "gradient_alpha_0.01", "gradient_alpha_0.1")]
+        rows.append(f"| {r['prior_scale_over_noise']:g} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + f"\n\nLargest relative error after one step ({d['setup']}). From `{d['command']}` ({d['date']})."
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    tables = {"sinusoid": sinusoid, "conjugate": conjugate}
+    if len(args) != 1 or args[0] not in tables:
+        print(f"usage: results_table.py {{{','.join(tables)}}}", file=sys.stderr)
+        return 2
+    print(tables[args[0]]())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
