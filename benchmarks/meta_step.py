@@ -555,7 +555,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inner-lr", type=float, default=None,
                    help="inner step size α: per support example for 'gradient' (default 1e-5, small "
                         "enough that random image data do not diverge), a fraction of a full step "
-                        "for 'natural' (default 0.5)")
+                        "for 'natural' (default 0.1)")
     p.add_argument("--kl-weight", type=float, default=1.0, help="β")
     p.add_argument("--prior-scale", type=float, default=0.01, help="initial σ of p(φ|θ)")
     p.add_argument("--noise-scale", type=float, default=0.1, help="initial likelihood σ")
@@ -594,7 +594,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.update == "natural" and args.impl != "engine":
         p.error("--update natural: the naive reference implements only the gradient update; add --impl engine")
     if args.inner_lr is None:
-        args.inner_lr = 0.5 if args.update == "natural" else 1e-5
+        args.inner_lr = 0.1 if args.update == "natural" else 1e-5
     return args
 
 

@@ -91,6 +91,13 @@ def model(
         else:
             x, y, noise = batch.joined()
         out, lead_ndim = forward(meta, phi, x)
+        # One host sync per call: weights from a diverged inner loop can be finite
+        # while the network's outputs overflow; name it (hvi.SVI skips such a step).
+        if not bool(torch.isfinite(out).all()):
+            raise FloatingPointError(
+                "the network's outputs are not finite (a diverged inner loop or prior); lower the "
+                "inner lr (InnerConfig.lr / --inner-lr) or use more, smaller inner steps."
+            )
         event_dim = batch.support_y.dim() - 2
         lik = {
             k: pad_site(theta[f"likelihood.{k}"], s.shape, event_dim)

@@ -424,6 +424,25 @@ def test_a_non_finite_step_is_skipped_and_does_not_poison_adam():
             assert all(bool(torch.isfinite(v).all()) for v in state.values() if torch.is_tensor(v))
 
 
+def test_non_finite_network_outputs_are_a_skipped_step_not_a_validation_error():
+    class Square(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1, dtype=DT))
+
+        def forward(self, x):
+            return self.w * x * x  # finite inputs of 1e200 overflow here
+
+    x = torch.ones(2, 3, 1, dtype=DT)
+    batch = hvi.TaskBatch(x, x, x * 1e200, x)
+    meta = hvi.MetaModel(Square(), GaussianPrior(init_scale=0.1), hvi.Gaussian(noise=1.0), inner=hvi.InnerConfig(steps=1))
+    with pytest.raises(FloatingPointError, match=r"^2 steps in a row \(the last at step 1\)"):
+        hvi.fit(meta, batch, steps=3, max_skips=2)
+    with pytest.raises(FloatingPointError, match="the network's outputs are not finite"):
+        pyro.clear_param_store()
+        Trace_ELBO().differentiable_loss(meta.model, meta.guide, batch)
+
+
 def test_fit_leaves_site_inits_untouched_and_refit_starts_fresh():
     """The param store must not alias GlobalSite.init (the optimizer updates in place)."""
     meta = build(hvi.InnerConfig(update="gradient", steps=1, lr=0.05))
