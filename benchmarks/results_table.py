@@ -2,6 +2,7 @@
 
     python benchmarks/results_table.py sinusoid        # the sinusoid table
     python benchmarks/results_table.py conjugate       # one natural vs gradient step
+    python benchmarks/results_table.py solar           # hvi fit --model bayes_unet, evaluated
 
 Each table ends with the command and date that produced its numbers.
 """
@@ -39,9 +40,38 @@ def conjugate() -> str:
     return "\n".join(rows) + f"\n\nLargest relative error after one step ({d['setup']}). From `{d['command']}` ({d['date']})."
 
 
+def solar() -> str:
+    d = json.loads((RESULTS / "solar.json").read_text())
+    ev = d["evaluation"]
+    cols = [("adapted posterior", ev["metrics"])] + [
+        (name, ev["baselines"][key]["metrics"])
+        for key, name in (("prior", "prior (0 steps)"), ("scratch", "scratch (no meta-learning)"),
+                          ("persistence", "persistence"), ("climatology", "climatology"))
+        if key in ev["baselines"]
+    ]
+
+    def cell(m, key):
+        if key not in m or m[key]["value"] is None:
+            return "–"
+        v = m[key]
+        return f"{v['value']:.3f} ({v['ci_low']:.3f}–{v['ci_high']:.3f})"
+
+    rows = ["| metric | " + " | ".join(c for c, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for key, label in (("rmse", "RMSE"), ("crps", "CRPS"), ("coverage_90", "90% interval coverage")):
+        rows.append(f"| {label} | " + " | ".join(cell(m, key) for _, m in cols) + " |")
+    skill = "; ".join(
+        f"skill against {k}: {v['value']:.3f} (95% CI {v['ci_low']:.3f} to {v['ci_high']:.3f})" for k, v in ev.get("skill", {}).items()
+    )
+    return (
+        "\n".join(rows)
+        + f"\n\nMean and 95% CI over {ev['num_tasks']} held-out tasks; {skill}. Training took {d['fit_seconds']:.0f} s. "
+        + f"From `{d['command']}` ({d['date']})."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    tables = {"sinusoid": sinusoid, "conjugate": conjugate}
+    tables = {"sinusoid": sinusoid, "conjugate": conjugate, "solar": solar}
     if len(args) != 1 or args[0] not in tables:
         print(f"usage: results_table.py {{{','.join(tables)}}}", file=sys.stderr)
         return 2
