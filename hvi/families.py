@@ -69,6 +69,15 @@ class GuideFamily(ABC):
     def sample(self, lam: Mapping[str, Tensor], eps: Tensor) -> Tensor:
         """A draw of φ from standard-normal noise ``eps`` (differentiable in λ)."""
 
+    def is_valid(self, lam: Mapping[str, Tensor]) -> Tensor:
+        """A 0-dim bool tensor: whether λ gives a proper q (default: every entry finite).
+
+        The guide reads it once per call, after the inner loop, so a diverged
+        loop is reported (and skipped by :class:`hvi.SVI`) instead of failing
+        distribution validation.
+        """
+        return torch.stack([torch.isfinite(v).all() for v in lam.values()]).all()
+
 
 class NormalFamily(GuideFamily):
     """Diagonal Normal: λ = (loc, rho), σ = softplus(rho).
@@ -87,3 +96,7 @@ class NormalFamily(GuideFamily):
 
     def sample(self, lam: Mapping[str, Tensor], eps: Tensor) -> Tensor:
         return lam["loc"] + F.softplus(lam["rho"]) * eps
+
+    def is_valid(self, lam: Mapping[str, Tensor]) -> Tensor:
+        # A very negative ρ is finite, but softplus(ρ) underflows to a zero scale.
+        return super().is_valid(lam) & (F.softplus(lam["rho"]) > 0).all()

@@ -153,9 +153,9 @@ def guide(
 
     # One device sync per guide call, after the loop (never inside it): a
     # diverged inner loop is reported as such, not as a downstream shape error.
-    if not bool(torch.stack([torch.isfinite(v).all() for v in flat.values()]).all()):
+    if not bool(meta.prior.family.is_valid(flat)):
         raise FloatingPointError(
-            f"the inner loop diverged (non-finite λ after {steps} steps); lower the inner lr "
+            f"the inner loop diverged (non-finite λ or a zero scale after {steps} steps); lower the inner lr "
             "(InnerConfig.lr / --inner-lr), raise the prior scale, or use fewer inner steps."
         )
     lam = loop.unflatten(flat)

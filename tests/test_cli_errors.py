@@ -216,7 +216,7 @@ EDITS = {
     "missing inner_steps": (
         lambda c: c.pop("inner_steps"),
         "Error: {path} lacks the key 'inner_steps' (written by an older hvi, or edited by hand); add it, e.g. "
-        '"inner_steps": 5 if the run used the default, or train a new run.',
+        '"inner_steps": 10 if the run used the default, or train a new run.',
     ),
     "wrong type": (
         lambda c: c.update(steps="x"),

@@ -268,3 +268,12 @@ def test_runs_saved_before_the_natural_update_keep_gradient_ascent(tmp_path):
     assert check_run_config(cfg, tmp_path / "config.json")["inner_update"] == "gradient"
     with pytest.raises(ValueError, match="inner_update='newton' is not understood; use one of natural, gradient"):
         check_run_config({**cfg, "inner_update": "newton"}, tmp_path / "config.json")
+
+
+def test_a_zero_scale_counts_as_a_diverged_inner_loop():
+    fam = hvi.NormalFamily()
+    ok = {"loc": torch.zeros(3, dtype=DT), "rho": torch.zeros(3, dtype=DT)}
+    assert bool(fam.is_valid(ok))
+    # softplus(-1000) underflows to exactly 0 in float64: finite λ, improper q.
+    assert not bool(fam.is_valid({**ok, "rho": torch.tensor([0.0, -1000.0, 0.0], dtype=DT)}))
+    assert not bool(fam.is_valid({**ok, "loc": torch.tensor([0.0, float("nan"), 0.0], dtype=DT)}))
