@@ -323,7 +323,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         report(res, reference)
         results.append(res)
     if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        import datetime
+        import sys
+
+        command = "python " + " ".join(["benchmarks/hierarchical_nuts.py", *(argv if argv is not None else sys.argv[1:])])
+        out = {"command": command, "date": datetime.date.today().isoformat(), "results": results}
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
     return results
 
 

@@ -3,6 +3,7 @@
     python benchmarks/results_table.py sinusoid        # the sinusoid table
     python benchmarks/results_table.py conjugate       # one natural vs gradient step
     python benchmarks/results_table.py solar           # hvi fit --model bayes_unet, evaluated
+    python benchmarks/results_table.py nuts            # full hierarchical VI against NUTS
 
 Each table ends with the command and date that produced its numbers.
 """
@@ -69,9 +70,41 @@ def solar() -> str:
     )
 
 
+def nuts() -> str:
+    ref = json.loads((RESULTS.parent.parent / "tests" / "data" / "nuts_reference.json").read_text())
+    runs = []
+    for name in ("hierarchical_nuts.json", "hierarchical_nuts_gradient.json"):
+        path = RESULTS / name
+        if path.exists():
+            runs.append(json.loads(path.read_text()))
+    rows = ["| data | fit | μ mean ± sd | τ mean ± sd | log τ mean ± sd | θ_j: worst \\|z\\|, worst \\|sd ratio − 1\\| |",
+            "|---|---|---|---|---|---|"]
+    for data in ("eight_schools", "baseball"):
+        entry = ref["datasets"][data]
+        for label, block in (("NUTS", entry["nuts"]), ("best diagonal Normal q(μ)q(log τ)", entry["gaussian_vi_optimum"])):
+            cells = [f"{block[k]['mean']:.3f} ± {block[k]['sd']:.3f}" for k in ("mu", "tau", "log_tau")]
+            rows.append(f"| {data} | {label} | " + " | ".join(cells) + " | |")
+        for run in runs:
+            for r in run["results"]:
+                if r["data"] != data:
+                    continue
+                inner = r["inner"]
+                label = f"hvi, {inner['update']} (K = {inner['steps']}, α = {inner['lr']})"
+                cells = []
+                for k in ("mu", "tau", "log_tau"):
+                    v, c = r["summary"][k], r["vs_nuts"][k]
+                    cells.append(f"{v['mean']:.3f} ± {v['sd']:.3f} (z {c['mean_z']:+.2f}, ×{1 + c['sd_rel']:.2f})")
+                th = r["vs_nuts"]["theta"]
+                rows.append(f"| {data} | {label} | " + " | ".join(cells)
+                            + f" | {th['max_abs_mean_z']:.2f}, {th['max_abs_sd_rel']:.2f} |")
+    cmds = "; ".join(f"`{run['command']}` ({run['date']})" for run in runs)
+    return ("\n".join(rows) + "\n\nz = (mean − NUTS mean)/NUTS sd; × = sd / NUTS sd. NUTS: "
+            f"`{ref.get('command', 'python scripts/nuts_reference.py')}`; hvi: {cmds}.")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    tables = {"sinusoid": sinusoid, "conjugate": conjugate, "solar": solar}
+    tables = {"sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts}
     if len(args) != 1 or args[0] not in tables:
         print(f"usage: results_table.py {{{','.join(tables)}}}", file=sys.stderr)
         return 2
