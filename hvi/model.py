@@ -73,9 +73,15 @@ def model(
 ) -> Tensor | None:
     """The Pyro model. ``inner_steps`` is the guide's; accepted here so both share a signature.
 
-    With ``predict=True`` the likelihood is not scored: the network outputs on
-    the query inputs are recorded as the deterministic site ``"f"``.
+    With ``predict=True``, or a batch whose ``query_y`` is None, the query
+    targets are not scored: the network outputs on the query inputs are
+    recorded as the deterministic site ``"f"`` (and the observation variance
+    as ``"obs_var"`` for regression), and replicated targets are drawn at the
+    sample site ``"y"`` ~ p(y | f_φ(x^Q)). So the posterior predictive is
+    ``pyro.infer.Predictive(meta.model, guide=meta.guide, num_samples=S,
+    return_sites=["y", "f", ...])(batch, predict=True)``.
     """
+    predictive = predict or batch.query_y is None
     theta = sample_globals(meta)
     with pyro.plate("tasks", batch.num_tasks, subsample=batch.task_index, dim=-2):
         phi = {}
@@ -84,7 +90,7 @@ def model(
                 p = meta.prior.local(name, theta, event_ndim=len(shape))
                 p = p.expand(torch.broadcast_shapes(p.batch_shape, shape)).to_event(len(shape))
                 phi[name] = pyro.sample(f"phi.{name}", p)
-        if predict:
+        if predictive:
             x, y, noise = batch.query_x, None, batch.query_noise
         elif meta.objective == "query":
             x, y, noise = batch.query_x, batch.query_y, batch.query_noise
@@ -105,11 +111,12 @@ def model(
         }
         likelihood = meta.likelihood.dist(out, lik, noise, event_dim)
         with pyro.plate("data", x.shape[1], dim=-1):
-            if predict:
+            if predictive:
                 f = pyro.deterministic("f", out, event_dim=out.dim() - lead_ndim - 2)
                 if not meta.likelihood.is_classification:
                     var = likelihood.variance.expand(likelihood.batch_shape + likelihood.event_shape)
                     pyro.deterministic("obs_var", var, event_dim=event_dim)
+                pyro.sample("y", likelihood)  # replicated query targets
                 return f
             pyro.sample("y", likelihood, obs=y)
     return None

@@ -22,6 +22,9 @@ from hvi.validation import validate_batch
 
 __all__ = ["Prediction", "predict"]
 
+#: The value :func:`predict` gives the model's replicated-target site "y" instead of drawing it.
+_NOT_DRAWN = torch.zeros(())
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -68,11 +71,13 @@ def predict(
         raise ValueError(f"num_samples={num_samples!r} must be an integer >= 1.")
     validate_batch(batch, meta.likelihood, query_targets=False)
     # Draws share a particle plate (dim -3), as in pyro.infer.Predictive(parallel=True).
+    # The model's predictive path also draws replicated targets at "y"; the summaries
+    # below are exact in f and σ², so that draw is skipped (conditioned on a placeholder):
+    # no memory for it, and the random stream is the one the weight draws always had.
     with pyro.plate("predictive_samples", num_samples, dim=-3):
         guide_trace = poutine.trace(meta.guide).get_trace(batch, inner_steps=inner_steps, predict=True)
-        model_trace = poutine.trace(poutine.replay(meta.model, guide_trace)).get_trace(
-            batch, inner_steps=inner_steps, predict=True
-        )
+        model = poutine.condition(poutine.replay(meta.model, guide_trace), data={"y": _NOT_DRAWN})
+        model_trace = poutine.trace(model).get_trace(batch, inner_steps=inner_steps, predict=True)
     f = model_trace.nodes["f"]["value"]
     f = f.expand((num_samples,) + f.shape[1:]) if f.shape[0] == 1 else f
     if meta.likelihood.is_classification:
