@@ -534,12 +534,14 @@ class InnerLoop:
                 prior_grad, prior_curv = (m - prior_loc).mul(prior_prec).neg(), prior_prec
             else:
                 prior_grad, prior_curv = self._generic_prior_moments(m, sigma, e, kl_terms, second_order)
-            s, ds = natural.precision(s, h, prior_curv, a_s, beta)
-            grad = g / beta + prior_grad
-            dm = grad / s
-            if line is not None:
-                dm = dm * natural.line_scale(grad, dm, prior_curv, self._curvature_along(line, m, dm, s, second_order), beta)
-            m = m + a_m * dm
+            scale = None
+            if line is not None:  # the curvature along the step, measured from the current m
+
+                def scale(grad, d, s_new, m=m, prior_curv=prior_curv):
+                    kappa = self._curvature_along(line, m, d, s_new, second_order)
+                    return natural.line_scale(grad, d, prior_curv, kappa, beta)
+
+            m, s, dm, ds = natural.step(m, s, g, h, prior_grad, prior_curv, a_m, a_s, beta, scale)
             if not second_order:
                 m, s = m.detach(), s.detach()
                 total_m, total_s = total_m + dm.detach(), total_s + ds.detach()

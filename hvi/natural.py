@@ -63,10 +63,12 @@ at α = 1; the clip keeps the one-step property.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
-__all__ = ["probes", "moments", "step", "precision", "direction", "line_scale"]
+__all__ = ["probes", "moments", "step", "line_scale"]
 
 
 def probes(eps: Tensor) -> Tensor:
@@ -104,7 +106,7 @@ def step(
     alpha_m: Tensor | float,
     alpha_s: Tensor | float,
     beta: float,
-    scale: Tensor | float = 1.0,
+    scale: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One natural-gradient step of the mean ``m`` and precision ``s``.
 
@@ -114,26 +116,19 @@ def step(
         prior_grad, prior_curv: g_p and c_p of the prior term.
         alpha_m, alpha_s: Step fractions for the mean and the precision, in (0, 1].
         beta: The KL weight β (> 0).
-        scale: A further factor on the mean's step, e.g. :func:`line_scale`
-            (``(..., 1)`` or a float; default 1).
+        scale: Optional ``scale(G, d, s') -> t``, a further factor ``(..., 1)``
+            on the mean's full step d = G/s' (e.g. from :func:`line_scale`).
 
     Returns:
         ``(m', s', dm, ds)`` with m' = m + α_m·dm and s' = s + α_s·ds.
     """
-    s_new, ds = precision(s, h, prior_curv, alpha_s, beta)
-    dm = direction(g, prior_grad, s_new, beta) * scale
-    return m + alpha_m * dm, s_new, dm, ds
-
-
-def precision(s: Tensor, h: Tensor, prior_curv: Tensor, alpha_s: Tensor | float, beta: float) -> tuple[Tensor, Tensor]:
-    """``(s', ds)``: the precision moved a fraction α_s toward c_p + h⁺/β."""
     ds = (prior_curv + h.clamp_min(0.0) / beta) - s
-    return s + alpha_s * ds, ds
-
-
-def direction(g: Tensor, prior_grad: Tensor, s_new: Tensor, beta: float) -> Tensor:
-    """The full natural step of the mean, (g/β + g_p)/s'."""
-    return (g / beta + prior_grad) / s_new
+    s_new = s + alpha_s * ds
+    grad = g / beta + prior_grad
+    dm = grad / s_new
+    if scale is not None:
+        dm = dm * scale(grad, dm, s_new)
+    return m + alpha_m * dm, s_new, dm, ds
 
 
 def line_scale(grad: Tensor, d: Tensor, prior_curv: Tensor, curv_along: Tensor, beta: float) -> Tensor:
@@ -151,7 +146,7 @@ def line_scale(grad: Tensor, d: Tensor, prior_curv: Tensor, curv_along: Tensor, 
 
     Args:
         grad: G = g/β + g_p ``(..., D)``.
-        d: The natural direction ``(..., D)`` (:func:`direction`).
+        d: The mean's full natural step G/s' ``(..., D)``.
         prior_curv: c_p, broadcasting to ``d``.
         curv_along: κ per task ``(...)`` (from ℓ at m and m ± d).
         beta: The KL weight β.
