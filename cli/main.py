@@ -183,8 +183,10 @@ def cli(imports: tuple[str, ...]) -> None:
 
 _FIT_HELP = """Meta-train a model by SVI and write a run directory.
 
-Options override --config run.toml, which overrides the model's defaults
-(see 'hvi models'). The run is built in OUT.tmp-XXXXXXXX and renamed to OUT
+Options override --config run.toml, which overrides the model's defaults:
+each option shows its common default and the models that change it;
+'hvi models' shows every model's row and model_args, 'hvi sources' every
+source's data_args. The run is built in OUT.tmp-XXXXXXXX and renamed to OUT
 when it finishes; bad input leaves nothing behind. Ctrl-C stops after the
 current step and keeps a resumable checkpoint.
 
@@ -204,25 +206,34 @@ Examples:
 """
 
 
+
+def _d(text: str, key: str) -> str:
+    """Option help with the ``hvi fit`` defaults of ``key`` (common value; the model rows that change it)."""
+    from hvi.cli.describe import default_help
+
+    values = default_help(key)
+    return f"{text} ({values})." if values else f"{text}."
+
+
 @cli.command("fit", help=_FIT_HELP, context_settings=CONTEXT)
-@click.option("--model", "model", metavar="NAME", help="Zoo model (see 'hvi models').")
-@click.option("--data", "data", metavar="SOURCE_OR_PATH", help="Registered source (see 'hvi sources') or a .nc/.zarr file. Default: the model's.")
+@click.option("--model", "model", metavar="NAME", help="Zoo model: mlp, siren, conv4, bayes_unet, or a registered one; 'hvi models' lists each one's defaults row (the values in parentheses below) and its model_args.")
+@click.option("--data", "data", metavar="SOURCE_OR_PATH", help=_d("Registered source (see 'hvi sources' for each one's data_args) or a .nc/.zarr file", "data"))
 @click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False), help="TOML file with any of these options (and model_args, data_args, prior_args, likelihood_args tables).")
 @click.option("--out", "out", metavar="RUN_DIR", help="Run directory (default: runs/MODEL).")
-@click.option("--steps", type=int, metavar="N", help="Total SVI steps.")
-@click.option("--task-batch", "task_batch", type=int, metavar="B", help="Tasks per step.")
-@click.option("--inner-steps", "inner_steps", type=int, metavar="K", help="Inner gradient steps on each support set.")
-@click.option("--inner-update", "inner_update", type=click.Choice(["natural", "gradient"]), help="Inner update: natural-gradient (Bayesian learning rule) or plain gradient ascent.")
-@click.option("--inner-lr", "inner_lr", type=float, metavar="A", help="Inner step size: a fraction of a full natural step in (0, 1], or per support example for gradient ascent.")
-@click.option("--learn-lr/--no-learn-lr", "learn_lr", default=None, help="Learn the inner step sizes (Meta-SGD style).")
-@click.option("--first-order/--second-order", "first_order", default=None, help="Do not differentiate through the inner gradients.")
-@click.option("--prior", metavar="NAME", help="Hierarchical prior (see 'hvi priors').")
-@click.option("--q-theta", "q_theta", type=click.Choice(["delta", "normal"]), help="q(θ): point mass (empirical Bayes) or Normal.")
-@click.option("--kl-weight", "kl_weight", type=float, metavar="β", help="Weight of KL(q(φ_i) ‖ p(φ_i | θ)).")
-@click.option("--lr", type=float, metavar="LR", help="Adam learning rate of θ.")
-@click.option("--seed", type=int, metavar="S", help="Seed of initialisation, sampling and task order.")
-@click.option("--device", metavar="cpu|cuda", help="Where to train (cpu, cuda, cuda:N).")
-@click.option("--threads", type=int, metavar="N", help="CPU threads for torch (default 1: fastest for small models on a busy machine).")
+@click.option("--steps", type=int, metavar="N", help=_d("Total SVI steps", "steps"))
+@click.option("--task-batch", "task_batch", type=int, metavar="B", help=_d("Tasks per step", "task_batch"))
+@click.option("--inner-steps", "inner_steps", type=int, metavar="K", help=_d("Inner steps on each support set", "inner_steps"))
+@click.option("--inner-update", "inner_update", type=click.Choice(["natural", "gradient"]), help=_d("Inner update: natural-gradient (Bayesian learning rule) or plain gradient ascent", "inner_update"))
+@click.option("--inner-lr", "inner_lr", type=float, metavar="A", help=_d("Inner step size: a fraction of a full natural step in (0, 1], or per support example for gradient ascent", "inner_lr"))
+@click.option("--learn-lr/--no-learn-lr", "learn_lr", default=None, help=_d("Learn the inner step sizes (Meta-SGD style)", "learn_lr"))
+@click.option("--first-order/--second-order", "first_order", default=None, help=_d("Do not differentiate through the inner gradients", "first_order"))
+@click.option("--prior", metavar="NAME", help=_d("Hierarchical prior (see 'hvi priors')", "prior"))
+@click.option("--q-theta", "q_theta", type=click.Choice(["delta", "normal"]), help=_d("q(θ): point mass (empirical Bayes) or Normal", "q_theta"))
+@click.option("--kl-weight", "kl_weight", type=float, metavar="β", help=_d("Weight of KL(q(φ_i) ‖ p(φ_i | θ))", "kl_weight"))
+@click.option("--lr", type=float, metavar="LR", help=_d("Adam learning rate of θ", "lr"))
+@click.option("--seed", type=int, metavar="S", help=_d("Seed of initialisation, sampling and task order", "seed"))
+@click.option("--device", metavar="cpu|cuda", help=_d("Where to train (cpu, cuda, cuda:N)", "device"))
+@click.option("--threads", type=int, metavar="N", help=_d("CPU threads for torch (1 is fastest for small models on a busy machine)", "threads"))
 @click.option("--resume", is_flag=True, help="Continue the interrupted or finished run at --out.")
 @click.option("--val-every", "val_every", type=int, metavar="N", help="Validate on held-out val tasks every N steps (default steps/10).")
 @click.option("--checkpoint-every", "checkpoint_every", type=int, metavar="N", help="Write checkpoint/ every N steps (default steps/10).")
@@ -336,15 +347,24 @@ def predict_cmd(run_dir, support, query, out, num_samples, inner_steps, device, 
 
 
 @cli.command("models", context_settings=CONTEXT)
+@click.option("--brief", is_flag=True, help="One line per model (name, description, default data).")
 @_errors
-def models_cmd() -> None:
-    """List the zoo models, one per line (name, default data, description).
+def models_cmd(brief) -> None:
+    """List the zoo models: description, 'hvi fit' defaults row, model_args.
+
+    Each model's 'fit defaults' are the values of its row in hvi/cli/defaults.py
+    (over the common defaults that 'hvi fit --help' shows); 'model_args' are
+    the keyword arguments of its builder with their defaults, which
+    --model-arg KEY=VALUE or the [model_args] table of --config set (shapes
+    that follow from the data, such as in/out features, are filled in).
 
     \b
     Example:
       hvi models
+      hvi models --brief
     """
     from hvi.cli.defaults import MODEL_DEFAULTS
+    from hvi.cli.describe import model_lines
     from hvi.cli.registry import load_registries
     from hvi.models import describe_model, list_models
 
@@ -352,9 +372,12 @@ def models_cmd() -> None:
     names = list_models()
     w = max(map(len, names), default=0)
     for name in names:
-        data = MODEL_DEFAULTS.get(name, {}).get("data")
-        where = f" [default data: {data}]" if data else ""
-        click.echo(f"{name.ljust(w)}  {describe_model(name)}{where}")
+        if brief:
+            data = MODEL_DEFAULTS.get(name, {}).get("data")
+            where = f" [default data: {data}]" if data else ""
+            click.echo(f"{name.ljust(w)}  {describe_model(name)}{where}")
+        else:
+            click.echo("\n".join(model_lines(name, w)))
 
 
 @cli.command("priors", context_settings=CONTEXT)
@@ -377,14 +400,21 @@ def priors_cmd() -> None:
 
 
 @cli.command("sources", context_settings=CONTEXT)
+@click.option("--brief", is_flag=True, help="One line per source (name, description).")
 @_errors
-def sources_cmd() -> None:
-    """List the registered data sources for --data, one per line.
+def sources_cmd(brief) -> None:
+    """List the registered data sources for --data and their data_args.
+
+    'data_args' are the keyword arguments of each source with their defaults
+    ('(required)' when there is none), set by --data-arg KEY=VALUE or the
+    [data_args] table of --config.
 
     \b
     Example:
       hvi sources
+      hvi fit --model mlp --data file --data-arg path=tasks.nc --data-arg k_shot=5
     """
+    from hvi.cli.describe import source_lines
     from hvi.cli.registry import load_registries, source_description
     from hvi.data.base import list_sources
 
@@ -392,7 +422,10 @@ def sources_cmd() -> None:
     names = list_sources()
     w = max(map(len, names), default=0)
     for name in names:
-        click.echo(f"{name.ljust(w)}  {source_description(name)}")
+        if brief:
+            click.echo(f"{name.ljust(w)}  {source_description(name)}")
+        else:
+            click.echo("\n".join(source_lines(name, w)))
 
 
 def main() -> None:

@@ -85,7 +85,7 @@ def test_help_version_and_listings(runner):
         assert "Example" in res.output, cmd
     res = invoke(runner, ["--version"])
     assert res.exit_code == 0 and res.output.startswith("hvi ")
-    models = invoke(runner, ["models"]).output.splitlines()
+    models = invoke(runner, ["models", "--brief"]).output.splitlines()
     assert {line.split()[0] for line in models} >= {"mlp", "siren", "conv4", "bayes_unet"}
     assert all(len(line.split(maxsplit=1)) == 2 for line in models)
     priors = invoke(runner, ["priors"]).output.splitlines()
