@@ -323,12 +323,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         report(res, reference)
         results.append(res)
     if args.json is not None:
-        import datetime
-        import sys
+        from provenance import write_result
 
-        command = "python " + " ".join(["benchmarks/hierarchical_nuts.py", *(argv if argv is not None else sys.argv[1:])])
-        out = {"command": command, "date": datetime.date.today().isoformat(), "results": results}
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+        write_result(args.json, "benchmarks/hierarchical_nuts.py", argv, results)
     return results
 
 

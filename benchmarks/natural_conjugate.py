@@ -11,8 +11,6 @@ the command and date beside the numbers::
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
 import sys
 
@@ -23,6 +21,7 @@ from torch import nn
 
 import hvi
 from hvi.priors import GaussianPrior
+from provenance import write_result
 
 NOISE, N, M, D = 0.7, 6, 4, 3
 
@@ -70,16 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         for lr in (0.01, 0.1):
             row[f"gradient_alpha_{lr}"] = one_step_error(ratio * NOISE, "gradient", lr)
         rows.append(row)
-    out = {
-        "command": "python " + " ".join(["benchmarks/natural_conjugate.py", *(argv if argv is not None else sys.argv[1:])]),
-        "date": datetime.date.today().isoformat(),
+    write_result(args.out, "benchmarks/natural_conjugate.py", argv, {
         "torch": torch.__version__,
         "setup": f"{M} tasks, {N} observations each, {D} effects, noise sd {NOISE}, float64, one inner step",
         "rows": rows,
-    }
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-        f.write("\n")
+    })
     for r in rows:
         print(r["prior_scale_over_noise"], {k: v for k, v in r.items() if k != "prior_scale_over_noise"})
     return 0

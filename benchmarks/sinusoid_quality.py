@@ -12,8 +12,6 @@ training time, the command and the date to a JSON file::
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import sys
 import time
 
@@ -22,6 +20,7 @@ import torch
 import hvi
 import hvi.data
 import hvi.models
+from provenance import write_result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,17 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         other = {m: hvi.mean_ci(v)[0] for m, v in hvi.regression_metrics(pred, test.query_y).items()}
         scores[str(k)] = {"mse": mse, "mse_ci95": half, **other}
         print(f"{k:>2} inner steps: query MSE {mse:.3f} ± {half:.3f}  " + "  ".join(f"{m} {v:.3f}" for m, v in other.items()))
-    out = {
-        "command": "python " + " ".join(["benchmarks/sinusoid_quality.py", *(argv if argv is not None else sys.argv[1:])]),
-        "date": datetime.date.today().isoformat(),
+    write_result(args.out, "benchmarks/sinusoid_quality.py", argv, {
         "config": vars(args),
         "fit_seconds": round(seconds, 1),
         "skipped_steps": len(result.skipped),
         "by_inner_steps": scores,
-    }
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-        f.write("\n")
+    })
     print(f"trained {args.steps} steps in {seconds:.0f} s; wrote {args.out}")
     return 0
 

@@ -10,13 +10,14 @@ date to a JSON file::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from provenance import write_result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,16 +33,11 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - t0
         ev = subprocess.run([*hvi, "evaluate", str(run), "--json"], check=True, capture_output=True, text=True)
         config = json.loads((run / "config.json").read_text())
-    out = {
-        "command": "python " + " ".join(["benchmarks/solar_default.py", *(argv if argv is not None else sys.argv[1:])]),
-        "date": datetime.date.today().isoformat(),
+    write_result(args.out, "benchmarks/solar_default.py", argv, {
         "fit_seconds": round(seconds, 1),
         "config": config,
         "evaluation": json.loads(ev.stdout),
-    }
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-        f.write("\n")
+    })
     print(f"fit {seconds:.0f} s; wrote {args.out}")
     return 0
 
