@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from hvi.adapt import InnerConfig, InnerLoop
     from hvi.allocator import tune_allocator
+    from hvi.diagnostics import pareto_k, to_inference_data
     from hvi.families import GuideFamily, NormalFamily
     from hvi.fit import FitResult, fit
     from hvi.functional import FunctionalNet
@@ -56,10 +57,12 @@ _EXPORTS: dict[str, str] = {
     "list_likelihoods": "hvi.likelihoods",
     "list_priors": "hvi.priors",
     "mean_ci": "hvi.metrics",
+    "pareto_k": "hvi.diagnostics",
     "predict": "hvi.predict",
     "register_likelihood": "hvi.likelihoods",
     "register_prior": "hvi.priors",
     "regression_metrics": "hvi.metrics",
+    "to_inference_data": "hvi.diagnostics",
     "tune_allocator": "hvi.allocator",
     "validate_batch": "hvi.validation",
 }
@@ -123,10 +126,12 @@ __all__ = [
     "list_likelihoods",
     "list_priors",
     "mean_ci",
+    "pareto_k",
     "predict",
     "register_likelihood",
     "register_prior",
     "regression_metrics",
+    "to_inference_data",
     "tune_allocator",
     "validate_batch",
 ]

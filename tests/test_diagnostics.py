@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import warnings
 
+import arviz as az
+import matplotlib
+import numpy as np
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
+from pyro.distributions import constraints
 from pyro.infer import Predictive
 from torch import nn
 
 import hvi
+from hvi import diagnostics as dg
 from hvi.priors import GaussianPrior
+
+matplotlib.use("Agg")
 
 DT = torch.float64
 D, SIGMA, TAU = 2, 1.0, 1.0
@@ -137,3 +147,249 @@ def test_predict_does_not_draw_the_replicated_targets():
     with torch.no_grad(), pyro.plate("predictive_samples", 7, dim=-3):
         pyro.poutine.trace(meta.guide).get_trace(batch, predict=True)
     assert torch.equal(after_predict, torch.rand(3))
+
+
+# --------------------------------------------------------------------------- InferenceData
+
+
+class NormalHalfCauchy(hvi.HierarchicalPrior):
+    """φ | μ, τ ~ N(μ, τ²) with latent μ ~ N(0, 5²), τ ~ HalfCauchy(5): the Pyro sites theta.mu, theta.tau."""
+
+    def shared_sites(self, weights):
+        ref = next(iter(weights.values()))
+        return {
+            "mu": hvi.GlobalSite(ref.new_tensor(0.5), constraints.real, dist.Normal(ref.new_tensor(0.0), 5.0)),
+            "tau": hvi.GlobalSite(ref.new_tensor(1.0), constraints.positive, dist.HalfCauchy(ref.new_tensor(5.0))),
+        }
+
+    def weight_sites(self, name, weight):
+        return {}
+
+    def local(self, name, theta):
+        return dist.Normal(theta["mu"], theta["tau"])
+
+
+def hierarchical_meta() -> hvi.MetaModel:
+    return hvi.MetaModel(
+        VectorNet(), NormalHalfCauchy(), hvi.Gaussian(noise=SIGMA), q_theta="normal",
+        inner=hvi.InnerConfig(steps=1, lr=1.0), q_theta_init_scale=0.2,
+    )
+
+
+def test_groups_dims_coords_and_attrs():
+    meta = sine_meta()
+    batch = dataclasses.replace(sine_batch(B=4, Nq=6), task_index=torch.tensor([3, 0, 7, 5]), num_tasks=9)
+    elbo = [-12.0, float("nan"), -9.5]
+    idata = dg.to_inference_data(meta, batch, num_samples=30, elbo_trace=elbo, seed=1)
+    assert set(idata.groups()) == {
+        "posterior", "posterior_predictive", "observed_data", "log_likelihood", "sample_stats", "constant_data",
+    }
+    post = idata.posterior
+    # q_theta="delta": every global site is a point estimate, stored as one draw.
+    assert post.sizes["chain"] == 1 and post.sizes["draw"] == 1 and post.attrs["point_estimate"] == 1
+    assert list(post["task"].values) == [3, 0, 7, 5]
+    assert list(post["layer"].values) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    for name in dg.PHI_SUMMARIES:
+        assert post[name].dims == ("chain", "draw", "task", "layer")
+    # A small network (19 weights): the whole θ arrays, named <weight>.<key>; the noise as "noise".
+    torch.testing.assert_close(torch.from_numpy(post["0.weight.loc"].values[0, 0]), pyro.param("theta.0.weight.loc").detach())
+    assert post["noise"].item() == pytest.approx(float(pyro.param("likelihood.noise").detach()))
+    assert json.loads(post.attrs["site_names"])["noise"] == "likelihood.noise"
+    # Adaptation moved q(φ_i) away from the prior: positive shift and KL; q's scale is positive.
+    assert (post["phi_shift"] > 0).all() and (post["phi_kl"] > 0).all() and (post["phi_scale"] > 0).all()
+
+    pp, ll, obs = idata.posterior_predictive, idata.log_likelihood, idata.observed_data
+    assert pp["y"].dims == ("chain", "draw", "task", "point") and pp["y"].shape == (1, 30, 4, 6)
+    assert pp["f"].shape == (1, 30, 4, 6) and ll["y"].shape == (1, 30, 4, 6)
+    np.testing.assert_array_equal(obs["y"].values, batch.query_y.squeeze(-1).numpy())
+    np.testing.assert_array_equal(idata.constant_data["x"].values, batch.query_x.squeeze(-1).numpy())
+    np.testing.assert_array_equal(idata.sample_stats["elbo"].values.reshape(-1), np.array(elbo))
+    assert list(idata.sample_stats["step"].values) == [1, 2, 3]
+    for g in idata.groups():
+        attrs = idata[g].attrs
+        assert attrs["hvi_version"] == hvi.__version__ and json.loads(attrs["hvi_config"]) == meta.config()
+        assert attrs["num_samples"] == 30 and attrs["inner_steps"] == 2 and attrs["seed"] == 1
+
+
+def test_log_likelihood_is_the_direct_computation():
+    meta, batch = sine_meta(), sine_batch(B=3, Nq=5)
+    idata = dg.to_inference_data(meta, batch, num_samples=20)
+    f = torch.from_numpy(idata.posterior_predictive["f"].values[0])  # (S, B, Nq)
+    sigma = pyro.param("likelihood.noise").detach()
+    direct = torch.distributions.Normal(f, sigma).log_prob(batch.query_y.squeeze(-1))
+    np.testing.assert_allclose(idata.log_likelihood["y"].values[0], direct.numpy(), rtol=1e-12)
+
+
+def test_seed_repeats_and_leaves_the_callers_stream_alone():
+    meta, batch = sine_meta(), sine_batch()
+    torch.manual_seed(5)
+    a = dg.to_inference_data(meta, batch, num_samples=10, seed=3)
+    after = torch.rand(2)
+    torch.manual_seed(5)
+    torch.rand(2)
+    b = dg.to_inference_data(meta, batch, num_samples=10, seed=3)
+    np.testing.assert_array_equal(a.posterior_predictive["y"].values, b.posterior_predictive["y"].values)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(2))
+
+
+def test_classification_groups():
+    meta, batch = sine_meta(classes=3), sine_batch(B=3, Nq=5, classes=3)
+    idata = dg.to_inference_data(meta, batch, num_samples=12)
+    assert idata.posterior_predictive["f"].dims == ("chain", "draw", "task", "point", "class")
+    assert idata.posterior_predictive["y"].dtype == np.int64 and idata.observed_data["y"].dims == ("task", "point")
+    # log p(y | f) of a categorical: the log-softmax of the observed class.
+    f = torch.from_numpy(idata.posterior_predictive["f"].values[0])
+    direct = torch.log_softmax(f, -1).gather(-1, batch.query_y.expand(12, 3, 5).unsqueeze(-1)).squeeze(-1)
+    np.testing.assert_allclose(idata.log_likelihood["y"].values[0], direct.numpy(), rtol=1e-12)
+    rel = dg.reliability(idata)
+    assert rel.count.sum() == 15 and len(rel.count) == 15 and 0 <= rel.ece <= 1
+    with pytest.raises(ValueError, match="for regression"):
+        dg.interval_coverage(idata)
+
+
+def test_network_theta_is_summarised_per_layer():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(1, 12), nn.Tanh(), nn.Linear(12, 1)).to(DT)  # 37 weights
+    meta = hvi.MetaModel(net, GaussianPrior(init_scale=0.1), hvi.Gaussian(noise="learned"),
+                         inner=hvi.InnerConfig(steps=1))
+    idata = dg.to_inference_data(meta, sine_batch(), num_samples=5, max_whole=20)
+    post = idata.posterior
+    assert {"loc_mean", "loc_rms", "scale_mean", "scale_rms", "noise"} <= set(post.data_vars)
+    assert post["loc_rms"].dims == ("chain", "draw", "layer")
+    w = pyro.param("theta.2.weight.loc").detach()
+    assert post["loc_mean"].sel(layer="2.weight").item() == pytest.approx(float(w.mean()))
+    assert post["loc_rms"].sel(layer="2.weight").item() == pytest.approx(float(w.square().mean().sqrt()))
+    assert json.loads(post.attrs["site_names"])["scale_rms"] == "theta.*.scale"
+
+
+def test_hierarchical_prior_reads_mu_and_tau_with_real_draws(tmp_path):
+    meta, batch = hierarchical_meta(), conjugate_batch(M=6, Ns=5, Nq=3)
+    S = 4000
+    idata = dg.to_inference_data(meta, batch, num_samples=S)
+    post = idata.posterior
+    assert post.attrs["point_estimate"] == 0 and post.sizes["draw"] == S
+    assert json.loads(post.attrs["site_names"]) == {"mu": "theta.mu", "tau": "theta.tau"}
+    # The draws are q(θ)'s: μ ~ N(loc, scale²), log τ ~ N(loc, scale²).
+    for name, values in (("mu", post["mu"].values), ("tau", np.log(post["tau"].values))):
+        loc = float(pyro.param(f"q_theta.theta.{name}.loc").detach())
+        scale = float(pyro.param(f"q_theta.theta.{name}.scale").detach())
+        assert abs(values.mean() - loc) < 0.05 * scale and values.std() == pytest.approx(scale, rel=0.05)
+    table = az.summary(idata, var_names=["mu", "tau", "phi_scale"])
+    assert {"mu", "tau", "phi_scale[0, w]"} <= set(table.index)
+    assert table.loc["tau", "mean"] > 0
+
+
+def test_netcdf_round_trip(tmp_path):
+    meta, batch = hierarchical_meta(), conjugate_batch(M=4, Ns=5, Nq=3)
+    idata = dg.to_inference_data(meta, batch, num_samples=50, elbo_trace=[-3.0, -2.5])
+    path = tmp_path / "idata.nc"
+    idata.to_netcdf(str(path))
+    back = az.from_netcdf(str(path))
+    assert set(back.groups()) == set(idata.groups())
+    for g in idata.groups():
+        xr_a, xr_b = idata[g], back[g]
+        assert set(xr_a.data_vars) == set(xr_b.data_vars)
+        for v in xr_a.data_vars:
+            assert xr_a[v].dims == xr_b[v].dims
+            np.testing.assert_array_equal(xr_a[v].values, xr_b[v].values)
+        for c in xr_a.coords:
+            np.testing.assert_array_equal(xr_a[c].values, xr_b[c].values)
+        assert json.loads(xr_b.attrs["hvi_config"]) == meta.config()
+        assert xr_b.attrs["point_estimate"] == 0
+
+
+def test_arviz_functions_run_on_it(tmp_path):
+    import matplotlib.pyplot as plt
+
+    meta, batch = sine_meta(), sine_batch(B=6, Nq=10)
+    idata = dg.to_inference_data(meta, batch, num_samples=60)
+    # One draw of point estimates: arviz's sd and ESS have no degrees of freedom (numpy warns).
+    with pytest.warns(RuntimeWarning) as record:
+        table = az.summary(idata, var_names=["noise", "phi_kl"])
+    assert all(str(w.message).startswith(("Degrees of freedom", "invalid value encountered")) for w in record)
+    assert "noise" in table.index and "phi_kl[0, 0.weight]" in table.index
+    with warnings.catch_warnings():
+        # Data-dependent advice arviz gives as UserWarnings: high Pareto k of LOO (an untrained
+        # model, and query points q was not fitted to) and WAIC's variance check.
+        warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto", category=UserWarning)
+        warnings.filterwarnings("ignore", message="For one or more samples the posterior variance", category=UserWarning)
+        loo, waic = az.loo(idata, pointwise=True), az.waic(idata)
+    assert loo.loo_i.shape == (6, 10) and np.isfinite(loo.elpd_loo) and np.isfinite(waic.elpd_waic)
+    with warnings.catch_warnings():
+        # arviz 0.23's KDE plot calls a helper matplotlib 3.11 deprecated (MatplotlibDeprecationWarning).
+        warnings.filterwarnings("ignore", message=".*alias_mapping.*")
+        az.plot_ppc(idata, num_pp_samples=10, random_seed=0)
+    az.plot_loo_pit(idata, y="y")
+    plt.close("all")
+
+
+# --------------------------------------------------------------------------- Pareto k̂
+
+
+def test_pareto_k_is_good_for_the_exact_conditional_and_bad_for_the_prior():
+    batch = conjugate_batch(M=8, Ns=20)
+    exact = dg.pareto_k(conjugate_meta(steps=1, lr=1.0), batch)
+    # One natural step at α = 1 is p(φ_i | θ, D_i) itself: the ratios are constant (k̂ = -inf).
+    assert np.isneginf(exact.k).all() and exact.counts() == {"good": 8, "ok": 0, "bad": 0}
+    assert exact.bad_tasks == []
+    near = dg.pareto_k(conjugate_meta(steps=2, lr=0.5), batch)  # a quarter of the step left to go
+    assert np.isfinite(near.k).all() and (near.k < dg.K_GOOD).all(), near.k
+    # Zero inner steps: q(φ_i) is the prior, far wider than the posterior of 20 observations.
+    bad = dg.pareto_k(conjugate_meta(steps=1, lr=1.0), batch, inner_steps=0)
+    assert (bad.k > dg.K_OK).all(), bad.k
+    assert bad.bad_tasks == list(range(8)) and "8 bad" in bad.verdict()
+
+
+def test_pareto_k_of_a_latent_theta_is_taken_at_its_median():
+    meta, batch = hierarchical_meta(), conjugate_batch(M=4, Ns=20)
+    k = dg.pareto_k(meta, batch, num_samples=400)
+    assert np.isneginf(k.k).all()  # exact given θ, whatever θ is
+    assert (dg.pareto_k(meta, batch, num_samples=400, inner_steps=0).k > dg.K_OK).all()
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _synthetic(y_sd: float, S: int = 400, B: int = 20, N: int = 50, seed: int = 0):
+    """Replicated y ~ N(0, 1); observed y ~ N(0, y_sd²)."""
+    g = np.random.default_rng(seed)
+    rep = g.normal(size=(1, S, B, N))
+    return az.from_dict(
+        posterior={"m": g.normal(size=(1, S))},
+        posterior_predictive={"y": rep, "f": rep},
+        observed_data={"y": y_sd * g.normal(size=(B, N))},
+        dims={"y": ["task", "point"], "f": ["task", "point"]},
+    )
+
+
+def test_coverage_and_pit_of_calibrated_and_overconfident_predictives():
+    good, wide = _synthetic(1.0), _synthetic(2.0)
+    cov = dg.interval_coverage(good)
+    np.testing.assert_allclose(cov.observed, cov.levels, atol=0.03)
+    assert cov.per_task.shape == (20, 4)
+    assert (dg.interval_coverage(wide).observed < np.array(cov.levels) - 0.15).all()
+    u = dg.pit(good).ravel()
+    assert np.histogram(u, bins=5, range=(0, 1))[0].min() > 0.8 * u.size / 5
+    u = dg.pit(wide).ravel()  # too narrow a predictive: PIT piles up at 0 and 1
+    assert ((u < 0.1) | (u > 0.9)).mean() > 0.4
+
+
+def test_reliability_and_ece_of_known_probabilities():
+    # Two classes, every point predicted class 0 with probability 0.8: right 80% → ECE 0; right 50% → 0.3.
+    B, N, S = 10, 20, 5
+    logits = np.zeros((1, S, B, N, 2))
+    logits[..., 0] = np.log(0.8 / 0.2)
+    for right, ece in ((0.8, 0.0), (0.5, 0.3)):
+        y = (np.arange(B * N).reshape(B, N) >= right * B * N).astype(np.int64)
+        idata = az.from_dict(
+            posterior={"m": np.zeros((1, S)) + np.arange(S)},
+            posterior_predictive={"y": np.zeros((1, S, B, N), dtype=np.int64), "f": logits},
+            observed_data={"y": y},
+            dims={"y": ["task", "point"], "f": ["task", "point", "class"]},
+        )
+        rel = dg.reliability(idata, bins=15)
+        assert rel.ece == pytest.approx(ece, abs=1e-12)
+        assert rel.count[np.searchsorted(rel.edges, 0.8) - 1] == B * N and rel.count.sum() == B * N
+        assert rel.confidence[rel.count > 0] == pytest.approx([0.8])
+
