@@ -42,6 +42,7 @@ __all__ = [
     "resolve",
     "resolve_resume",
     "is_path",
+    "dump_toml",
 ]
 
 _INT, _FLOAT, _BOOL, _STR, _DICT = "int", "float", "bool", "str", "table"
@@ -284,3 +285,53 @@ def finalize(cfg: dict[str, Any]) -> dict[str, Any]:
         if k in KEYS:
             check_value(k, v, "the resolved config")
     return cfg
+
+
+# --------------------------------------------------------------------------- writing TOML
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_key(k: str) -> str:
+    return k if _BARE_KEY.fullmatch(k) else _toml_value(str(k))
+
+
+def _toml_value(v: Any) -> str:
+    """One TOML value: str, int, float (nan/inf too), bool, lists and inline tables of them."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+    if isinstance(v, str):  # a JSON string is a TOML basic string once DEL is escaped too
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items() if x is not None) + "}"
+    raise ValueError(f"TOML cannot hold {v!r} ({type(v).__name__}).")
+
+
+def dump_toml(cfg: Mapping[str, Any], header: str = "") -> str:
+    """``cfg`` as TOML that ``tomllib`` reads back to the same values.
+
+    Keys whose value is None are left out (TOML has no null: reading the file
+    back, they take their defaults, which is how they became None); a None
+    inside a list is an error. Mappings become ``[tables]`` (nested ones
+    ``[a.b]``) after the top-level keys; mappings inside lists inline tables.
+    ``header`` lines are written first, as ``#`` comments.
+    """
+    out = [f"# {line}".rstrip() for line in header.splitlines()]
+
+    def table(path: list[str], t: Mapping[str, Any]) -> None:
+        if path:
+            out.extend(["", "[" + ".".join(map(_toml_key, path)) + "]"])
+        scalars = {k: v for k, v in t.items() if v is not None and not isinstance(v, Mapping)}
+        out.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in scalars.items())
+        for k, v in t.items():
+            if isinstance(v, Mapping):
+                table([*path, str(k)], v)
+
+    table([], cfg)
+    return "\n".join(out).lstrip("\n") + "\n"

@@ -203,6 +203,8 @@ Examples:
   hvi fit --model mlp --steps 300 --inner-steps 3 --out runs/sine
   hvi fit --model mlp --data tasks.nc --config run.toml --out runs/mine
   hvi fit --out runs/sine --resume --steps 600     # continue / extend a run
+  hvi fit --model mlp --data file --data-arg path=tasks.nc --data-arg k_shot=5
+  hvi fit --model mlp --steps 500 --print-config > run.toml   # then: hvi fit --config run.toml
 """
 
 
@@ -213,6 +215,34 @@ def _d(text: str, key: str) -> str:
 
     values = default_help(key)
     return f"{text} ({values})." if values else f"{text}."
+
+
+#: The comment on top of ``hvi fit --print-config``.
+PRINT_CONFIG_HEADER = """hvi fit configuration: defaults < the model's row < --config < options.
+Read back by 'hvi fit --config FILE'. Keys that are unset are left out (TOML has no
+null): likelihood unset = the data source's; the likelihood and the model_args that
+follow from the data's shapes (channels, features, classes) are filled in from the data."""
+
+
+def _key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any] | None:
+    """``KEY=VALUE`` strings as a dict; VALUE as JSON when it parses (no NaN/Infinity), else the string."""
+    if not values:
+        return None
+    out: dict[str, Any] = {}
+    for item in values:
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE, e.g. {param.opts[0]} k_shot=5.", ctx, param)
+
+        def no_constant(name: str) -> Any:
+            raise ValueError(name)
+
+        try:
+            out[key] = json.loads(raw, parse_constant=no_constant)
+        except ValueError:
+            out[key] = raw
+    return out
 
 
 @cli.command("fit", help=_FIT_HELP, context_settings=CONTEXT)
@@ -237,11 +267,23 @@ def _d(text: str, key: str) -> str:
 @click.option("--resume", is_flag=True, help="Continue the interrupted or finished run at --out.")
 @click.option("--val-every", "val_every", type=int, metavar="N", help="Validate on held-out val tasks every N steps (default steps/10).")
 @click.option("--checkpoint-every", "checkpoint_every", type=int, metavar="N", help="Write checkpoint/ every N steps (default steps/10).")
+@click.option("--data-arg", "data_args", multiple=True, callback=_key_values, metavar="KEY=VALUE", help="Argument of the data source (repeatable; see 'hvi sources'), over [data_args] of --config; VALUE is read as JSON if it parses (5, 0.1, true, null, [1,2], \"text\"), else as a string.")
+@click.option("--model-arg", "model_args", multiple=True, callback=_key_values, metavar="KEY=VALUE", help="Argument of the model builder (repeatable; see 'hvi models'), e.g. --model-arg hidden=[64,64].")
+@click.option("--prior-arg", "prior_args", multiple=True, callback=_key_values, metavar="KEY=VALUE", help="Argument of the prior (repeatable), e.g. --prior-arg init_scale=0.05.")
+@click.option("--likelihood-arg", "likelihood_args", multiple=True, callback=_key_values, metavar="KEY=VALUE", help="Argument of the likelihood (repeatable), e.g. --likelihood-arg init_scale=0.3.")
+@click.option("--print-config", "print_config", is_flag=True, help="Print the resolved configuration as TOML (which --config reads back) and exit without training.")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar (stderr).")
 @_errors
-def fit_cmd(config_path, out, resume, progress, **opts) -> None:
+def fit_cmd(config_path, out, resume, progress, print_config, **opts) -> None:
     from hvi.cli.run import run_fit
 
+    if print_config:
+        from hvi.cli.config import dump_toml
+        from hvi.cli.run import resolved_config
+
+        cfg = resolved_config(opts, config_path=config_path, out=out, resume=resume)
+        click.echo(dump_toml(cfg, header=PRINT_CONFIG_HEADER), nl=False)
+        return
     summary = run_fit(
         opts, config_path=config_path, out=out, resume=resume, progress=progress, echo=click.echo
     )

@@ -62,11 +62,13 @@ def _check_kwargs(what: str, name: str, builder: Callable[..., Any], kwargs: Map
         if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         and p.name != "self"
     ]
+    label = "data source" if what == "data" else what
+    listing = {"data": " (see 'hvi sources')", "model": " (see 'hvi models')"}.get(what, "")
     for k in kwargs:
         if k not in accepted:
             raise ValueError(
-                f"unknown {what}_args key {k!r} for {what} {name!r}; accepted keys: "
-                f"{', '.join(accepted) if accepted else '(none)'}."
+                f"unknown {what}_args key {k!r} for {label} {name!r} (from --{what}-arg or [{what}_args] of "
+                f"--config); accepted keys: {', '.join(accepted) if accepted else '(none)'}{listing}."
             )
 
 
@@ -83,7 +85,7 @@ def _build(what: str, name: str, builder: Callable[..., Any], *args: Any, **kwar
     except TypeError as e:
         raise ValueError(
             f"{label} {name!r} cannot be built from {what}_args {kwargs}: {e}; set it in the [{what}_args] table "
-            "of --config."
+            f"of --config or with --{what}-arg KEY=VALUE."
         ) from None
     except ValueError:  # no signature to check against
         pass

@@ -57,6 +57,8 @@ __all__ = [
     "finite_json",
     "Interrupted",
     "validation_metrics",
+    "resolved_config",
+    "check_arg_tables",
 ]
 
 CONFIG_FILE = "config.json"
@@ -384,6 +386,63 @@ class FitSummary:
     val: dict[str, float] | None
 
 
+def check_arg_tables(cfg: Mapping[str, Any]) -> None:
+    """Checks every key of data_args, model_args, prior_args and likelihood_args against its builder.
+
+    Raises:
+        ValueError: Naming the first key the builder does not accept, and the accepted ones.
+    """
+    from hvi.cli.config import is_path
+    from hvi.cli.registry import _check_kwargs, load_registries
+    from hvi.data.base import _SOURCES
+    from hvi.likelihoods import _LIKELIHOODS
+    from hvi.models.registry import _MODELS
+    from hvi.priors.base import _PRIORS
+
+    load_registries()
+    data = cfg["data"]
+    if is_path(data):
+        from hvi.data.files import FileSource
+
+        builders = [("data", "file", FileSource)]
+    else:
+        builders = [("data", data, _SOURCES.get(data))]
+    builders += [
+        ("model", cfg["model"], _MODELS.get(cfg["model"])),
+        ("prior", cfg["prior"], _PRIORS.get(cfg["prior"])),
+        ("likelihood", cfg.get("likelihood"), _LIKELIHOODS.get(cfg.get("likelihood") or "")),
+    ]
+    for what, name, builder in builders:
+        if builder is not None:  # unknown names are reported where they are built
+            _check_kwargs(what, name, builder, cfg.get(f"{what}_args") or {})
+
+
+def resolved_config(
+    cli_opts: Mapping[str, Any], *, config_path: str | None, out: str | None = None, resume: bool = False
+) -> dict[str, Any]:
+    """The configuration ``hvi fit`` would train with (``--print-config``), without reading the data.
+
+    defaults < the model's row < ``--config`` < options, with the derived
+    cadence keys filled in; with ``resume``, the saved run's config with the
+    keys that may change overridden. The likelihood and the model arguments
+    that follow from the data's shapes are added when the data is read.
+    """
+    toml = load_toml(config_path) if config_path else {}
+    if resume:
+        if out is None:
+            raise ValueError("--resume needs --out RUN_DIR (the run to continue).")
+        out_dir = Path(out).expanduser().resolve()
+        tmp, _ = find_resumable(out_dir)
+        cfg = resolve_resume(read_run_config(tmp or out_dir), cli_opts, toml)
+    else:
+        cfg, _ = resolve(cli_opts, toml)
+    cfg = finalize(cfg)
+    check_arg_tables(cfg)
+    from hvi.cli.config import KEYS
+
+    return {**{k: cfg[k] for k in KEYS if k in cfg}, **cfg}  # in the order of KEYS: model, data, ...
+
+
 def run_fit(
     cli_opts: Mapping[str, Any],
     *,
@@ -438,6 +497,8 @@ def run_fit(
             raise ValueError(f"cannot create {out_dir}: {out_dir.parent} is not a directory.")
         cfg, explicit = resolve(cli_opts, toml)
     cfg = finalize(cfg)
+    if not resume:
+        check_arg_tables(cfg)
 
     # ---- build and check everything before touching the disk -----------------------------
     device = resolve_device(cfg["device"])

@@ -154,7 +154,7 @@ def test_a_source_without_its_required_argument(tmp_path):
     res = invoke(["fit", "--model", "mlp", "--data", "file", "--out", str(tmp_path / "r")])
     assert error_line(res) == (
         "Error: data source 'file' cannot be built from data_args {}: missing a required argument: 'path'; "
-        "set it in the [data_args] table of --config."
+        "set it in the [data_args] table of --config or with --data-arg KEY=VALUE."
     )
     assert listing(tmp_path) == []
 
