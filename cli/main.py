@@ -1,4 +1,4 @@
-"""The ``hvi`` command line: fit, evaluate, predict, models, priors, sources.
+"""The ``hvi`` command line: fit, evaluate, predict, diagnose, models, priors, sources.
 
 Every bad input ends in one line ``Error: ...`` on stderr and a non-zero exit
 status (1 for errors, 2 for usage errors, 130 when training was interrupted).
@@ -171,6 +171,7 @@ def cli(imports: tuple[str, ...]) -> None:
       hvi fit --model mlp --steps 500 --out runs/sine
       hvi evaluate runs/sine
       hvi predict runs/sine --support s.nc --query q.nc --out pred.nc
+      hvi diagnose runs/sine --plots runs/sine/plots
       hvi models; hvi priors; hvi sources
       hvi --import mypriors fit --model mlp --prior mine
     """
@@ -383,6 +384,47 @@ def predict_cmd(run_dir, support, query, out, num_samples, inner_steps, device, 
         run_dir, support, query, out, inner_steps=inner_steps, num_samples=num_samples, device=device, seed=seed
     )
     click.echo(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------- diagnose
+
+_DIAGNOSE_HELP = """ArviZ diagnostics of a run on held-out tasks: InferenceData (netCDF), VI checks, plots.
+
+Adapts to every held-out task's support set and draws its query targets
+from the posterior predictive. Writes an arviz.InferenceData (posterior,
+posterior_predictive, observed_data, log_likelihood, sample_stats with the
+ELBO trace from metrics.jsonl) to --out, and with --plots the PNGs ppc,
+loo_pit / pit / reliability, pareto_k and elbo. Prints the Pareto k̂ of each
+task's q(φ_i) (good < 0.5, ok < 0.7, bad: q misses the posterior; see
+docs/diagnostics.md), predictive interval coverage and PIT (regression) or
+ECE (classification). Outputs are written atomically; errors leave none.
+
+\b
+Examples:
+  hvi diagnose runs/sine --plots runs/sine/plots
+  hvi diagnose runs/bayes_unet --out idata.nc --num-samples 50 --max-tasks 20
+"""
+
+
+@cli.command("diagnose", help=_DIAGNOSE_HELP, context_settings=CONTEXT)
+@click.argument("run_dir", metavar="RUN_DIR")
+@click.option("--out", "out", metavar="FILE.nc", help="InferenceData netCDF file (default: RUN_DIR/idata.nc).")
+@click.option("--plots", "plots", metavar="DIR", help="Write PNG plots into this directory (created if missing).")
+@click.option("--num-samples", "num_samples", type=click.IntRange(min=1), help="Predictive draws per task (default: the run's eval_samples, at most 100).")
+@click.option("--max-tasks", "max_tasks", type=click.IntRange(min=1), help="Diagnose at most this many tasks (default: the run's eval_tasks; all for most models).")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True, help="Which tasks.")
+@click.option("--inner-steps", "inner_steps", type=click.IntRange(min=0), help="Adaptation steps (default: the training value).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the draws.")
+@click.option("--device", metavar="cpu|cuda", help="Where to run (default cpu).")
+@_errors
+def diagnose_cmd(run_dir, out, plots, num_samples, max_tasks, split, inner_steps, seed, device) -> None:
+    from hvi.cli.diagnose import diagnose_run, format_report
+
+    res = diagnose_run(
+        run_dir, out=out, plots=plots, num_samples=num_samples, max_tasks=max_tasks, split=split,
+        inner_steps=inner_steps, seed=seed, device=device,
+    )
+    click.echo(format_report(res))
 
 
 # --------------------------------------------------------------------------- listings

@@ -79,7 +79,7 @@ def trained(tmp_path_factory):
 def test_help_version_and_listings(runner):
     res = invoke(runner, ["--help"])
     assert res.exit_code == 0 and "Examples" in res.output
-    for cmd in ("fit", "evaluate", "predict", "models", "priors", "sources"):
+    for cmd in ("fit", "evaluate", "predict", "diagnose", "models", "priors", "sources"):
         res = invoke(runner, [cmd, "--help"])
         assert res.exit_code == 0, cmd
         assert "Example" in res.output, cmd
@@ -99,7 +99,9 @@ def test_bare_hvi_prints_the_full_help(runner):
     assert res.exit_code == 0 and res.stderr == ""
     assert res.stdout == invoke(runner, ["--help"]).stdout
     commands = res.stdout.split("Commands:\n", 1)[1].splitlines()
-    assert [line.split()[0] for line in commands] == ["evaluate", "fit", "models", "predict", "priors", "sources"]
+    assert [line.split()[0] for line in commands] == [
+        "diagnose", "evaluate", "fit", "models", "predict", "priors", "sources"
+    ]
 
 
 #: Runs the CLI's entry point with ARGS and prints its exit status and the heavy modules it imported.

@@ -14,12 +14,14 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from click.testing import CliRunner
 from pyro.distributions import constraints
 from pyro.infer import Predictive
 from torch import nn
 
 import hvi
 from hvi import diagnostics as dg
+from hvi.cli.main import cli
 from hvi.priors import GaussianPrior
 
 matplotlib.use("Agg")
@@ -393,3 +395,98 @@ def test_reliability_and_ece_of_known_probabilities():
         assert rel.count[np.searchsorted(rel.edges, 0.8) - 1] == B * N and rel.count.sum() == B * N
         assert rel.confidence[rel.count > 0] == pytest.approx([0.8])
 
+
+# --------------------------------------------------------------------------- hvi diagnose
+
+TINY = ["--model", "mlp", "--steps", "5", "--task-batch", "2", "--inner-steps", "1", "--no-progress"]
+
+
+def _invoke(args):
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def _assert_one_line_error(res, *fragments):
+    assert res.exit_code != 0, res.output
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.stderr
+    assert "Traceback" not in res.output
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "sine"
+    res = _invoke(["fit", *TINY, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_diagnose_writes_idata_and_plots(tiny_run, tmp_path):
+    out, plots = tmp_path / "idata.nc", tmp_path / "plots"
+    before = sorted(p.name for p in tiny_run.iterdir())
+    res = _invoke(["diagnose", str(tiny_run), "--out", str(out), "--plots", str(plots),
+                   "--num-samples", "20", "--max-tasks", "4"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in tiny_run.iterdir()) == before  # the run directory is untouched
+    text = res.stdout
+    assert "4 test tasks of 'sinusoid'" in text and "Pareto k̂ of q(φ_i)" in text
+    assert "interval coverage" in text and "50%" in text and "95%" in text
+    assert "ELBO trace           5 steps" in text and f"wrote {out}" in text
+    assert sorted(p.name for p in plots.iterdir()) == ["elbo.png", "loo_pit.png", "pareto_k.png", "ppc.png"]
+    for p in plots.iterdir():
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+    idata = az.from_netcdf(str(out))
+    assert idata.posterior_predictive["y"].shape == (1, 20, 4, 10)
+    assert list(idata.posterior["layer"].values)[:2] == ["layers.0.weight", "layers.0.bias"]
+    assert {"loc_mean", "loc_rms", "scale_mean", "scale_rms", "noise"} <= set(idata.posterior.data_vars)
+    # The stored ELBO trace is metrics.jsonl's.
+    rows = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    np.testing.assert_array_equal(idata.sample_stats["elbo"].values.reshape(-1), [r["elbo"] for r in rows])
+    assert json.loads(idata.posterior.attrs["hvi_config"])["inner"]["steps"] == 1
+
+    # The default --out is RUN_DIR/idata.nc.
+    res = _invoke(["diagnose", str(tiny_run), "--num-samples", "5", "--max-tasks", "2"])
+    assert res.exit_code == 0, res.output
+    assert (tiny_run / "idata.nc").is_file()
+    (tiny_run / "idata.nc").unlink()
+
+
+def test_diagnose_errors_are_one_line_and_write_nothing(tiny_run, tmp_path):
+    from hvi.data.files import write_tasks
+
+    out, plots = tmp_path / "idata.nc", tmp_path / "plots"
+    common = ["--out", str(out), "--plots", str(plots), "--num-samples", "5"]
+    _assert_one_line_error(_invoke(["diagnose", str(tmp_path / "none"), *common]), "does not exist")
+    _assert_one_line_error(
+        _invoke(["diagnose", str(tiny_run), "--out", str(tmp_path / "no" / "x.nc")]), "does not exist"
+    )
+    # A run whose data file has lost its test split since training.
+    g = np.random.default_rng(0)
+    x = g.uniform(-5, 5, size=(12, 8, 1)).astype("float32")
+    data = write_tasks(tmp_path / "tasks.nc", {"x": x, "y": np.sin(x)}, split=["train"] * 8 + ["val", "test"] * 2)
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("[data_args]\nk_shot = 4\n")
+    run = tmp_path / "notest"
+    res = _invoke(["fit", *TINY, "--data", str(data), "--config", str(cfg), "--out", str(run)])
+    assert res.exit_code == 0, res.output
+    write_tasks(data, {"x": x, "y": np.sin(x)}, split=["train"] * 8 + ["val"] * 4)
+    _assert_one_line_error(_invoke(["diagnose", str(run), *common]), "split 'test'", "has no tasks")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notest", "run.toml", "tasks.nc"]
+    assert "idata.nc" not in {p.name for p in run.iterdir()}
+
+
+def test_diagnose_failing_while_writing_leaves_nothing(tiny_run, tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", disk_full)
+    out, plots = tmp_path / "idata.nc", tmp_path / "plots"
+    res = _invoke(["diagnose", str(tiny_run), "--out", str(out), "--plots", str(plots),
+                   "--num-samples", "5", "--max-tasks", "2"])
+    _assert_one_line_error(res, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
