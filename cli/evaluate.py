@@ -251,6 +251,44 @@ def format_table(res: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def parse_quantiles(text: str | None) -> list[float]:
+    """``"0.05,0.5,0.95"`` as a list of probability levels in (0, 1) (empty for None or "")."""
+    if not text:
+        return []
+    out = []
+    for item in str(text).split(","):
+        try:
+            q = float(item)
+        except ValueError:
+            raise ValueError(f"--quantiles {text!r}: {item.strip()!r} is not a number; pass e.g. 0.05,0.5,0.95.") from None
+        if not 0 < q < 1:
+            raise ValueError(f"--quantiles {text!r}: {q} is not in (0, 1); pass e.g. 0.05,0.5,0.95.")
+        out.append(q)
+    return out
+
+
+def mixture_quantiles(f: Tensor, sigma: Tensor, levels: list[float], iters: int = 60) -> Tensor:
+    """Quantiles of the equal-weight mixture of Normal(f[s], sigma) over the draws s (dim 0), by bisection.
+
+    Returns a tensor ``(len(levels), *f.shape[1:])`` (float64; exact to about
+    2**-iters of the search interval).
+    """
+    f = f.double()
+    sigma = sigma.double().clamp_min(1e-12).expand_as(f[0])
+    lo = (f - 10 * sigma).amin(0)
+    hi = (f + 10 * sigma).amax(0)
+    normal = torch.distributions.Normal(torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64))
+    out = []
+    for q in levels:
+        a, b = lo.clone(), hi.clone()
+        for _ in range(iters):
+            m = 0.5 * (a + b)
+            below = normal.cdf((m - f) / sigma).mean(0) < q
+            a, b = torch.where(below, m, a), torch.where(below, b, m)
+        out.append(0.5 * (a + b))
+    return torch.stack(out)
+
+
 def predict_files(
     run_dir: str | os.PathLike,
     support: str | os.PathLike,
@@ -261,26 +299,51 @@ def predict_files(
     num_samples: int = 100,
     device: str | None = None,
     seed: int = 0,
+    draws: int | None = None,
+    quantiles: str | list[float] | None = None,
 ) -> Path:
-    """Adapts to the support file's tasks and writes predictions for the query file (netCDF, atomic)."""
-    from hvi.data.files import read_support_query, write_prediction
+    """Adapts to the support file's tasks and writes predictions for the query file (netCDF, atomic).
+
+    The output keeps the query file's ``task`` and ``sample`` coordinates and
+    the support file's names and coordinates of y's further dims (no dim is
+    added when y has none), with CF-style ``long_name`` and ``units`` (those of
+    the input y, where it has them). Regression: ``mean`` and ``std``;
+    classification: ``label`` (the most probable class) and ``probs`` (dims
+    ``task, sample, class``). ``draws`` adds ``samples``: that many draws of
+    y from the posterior predictive (dim ``draw`` first; weight draw
+    ``n % num_samples`` plus its observation noise, or a class drawn from its
+    probabilities), and ``quantiles`` (regression only) adds ``quantiles``
+    with dim ``quantile``: the quantiles of the predictive mixture over the
+    weight draws, each Normal with the predictive noise std.
+    """
+    import xarray as xr
+
+    from hvi import __version__
+    from hvi.data.files import _clean_attrs, _write_atomic, read_support_query
     from hvi.predict import predict
 
     if not (isinstance(num_samples, int) and num_samples >= 1):
         raise ValueError(f"--num-samples {num_samples} must be >= 1.")
     if inner_steps is not None and inner_steps < 0:
         raise ValueError(f"--inner-steps {inner_steps} must be >= 0.")
+    if draws is not None and not (isinstance(draws, int) and draws >= 1):
+        raise ValueError(f"--samples {draws} must be >= 1.")
+    levels = parse_quantiles(quantiles) if isinstance(quantiles, (str, type(None))) else parse_quantiles(
+        ",".join(map(str, quantiles))
+    )
     out_path = Path(os.fspath(out)).expanduser()
     if not out_path.parent.is_dir():
         raise ValueError(f"cannot write {out_path}: directory {out_path.parent} does not exist.")
     run = load_run(run_dir, device)
-    batch = read_support_query(support, query)
+    classify = run.meta.likelihood.is_classification
+    if classify and levels:
+        raise ValueError("--quantiles needs a regression run; a classification run writes probs (and --samples).")
+    batch, layout = read_support_query(support, query, layout=True)
     xs = list(batch.x_shape)
     if "x_shape" in run.info and xs != list(run.info["x_shape"]):
         raise ValueError(
             f"{support} has x examples of shape {tuple(xs)} but the run was trained on {tuple(run.info['x_shape'])}."
         )
-    classify = run.meta.likelihood.is_classification
     if classify != (not batch.support_y.is_floating_point()):
         kind = "class labels" if classify else "float targets"
         raise ValueError(f"the run was trained on {kind} but {support} holds the other kind of y.")
@@ -288,33 +351,82 @@ def predict_files(
     batch = dataclasses.replace(batch, query_y=torch.zeros_like(batch.query_y)).to(run.device)
     steps = run.cfg["inner_steps"] if inner_steps is None else inner_steps
     chunk = eval_chunk_size(run.meta, num_samples)
-    means, stds, probs = [], [], []
+    parts: dict[str, list[Tensor]] = {"mean": [], "std": [], "probs": [], "samples": [], "quantiles": []}
     devices = [run.device.index or 0] if run.device.type == "cuda" else []
+    gen = torch.Generator().manual_seed(seed + 1)  # the draws' own stream: mean/std do not depend on --samples
     with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
         torch.manual_seed(seed)
         for start in range(0, batch.batch_size, chunk):
             sub = _slice(batch, start, start + chunk)
             p = predict(run.meta, sub, inner_steps=steps, num_samples=num_samples)
-            means.append(p.mean.cpu())
-            if p.std is not None:
-                stds.append(p.std.cpu())
-            if p.probs is not None:
-                probs.append(p.probs.cpu())
+            parts["mean"].append(p.mean.cpu())
+            for name in ("std", "probs"):
+                if getattr(p, name) is not None:
+                    parts[name].append(getattr(p, name).cpu())
+            f = p.samples.cpu()
+            if draws:
+                fd = f[torch.arange(draws) % f.shape[0]]
+                if classify:
+                    pr = torch.softmax(fd, -1)
+                    idx = torch.multinomial(pr.reshape(-1, pr.shape[-1]), 1, generator=gen)
+                    parts["samples"].append(idx.reshape(pr.shape[:-1]))
+                else:
+                    noise = torch.randn(fd.shape, generator=gen, dtype=fd.dtype)
+                    parts["samples"].append(fd + p.noise_std.cpu() * noise)
+            if levels:
+                parts["quantiles"].append(mixture_quantiles(f, p.noise_std.cpu(), levels).float())
+    cat = {k: torch.cat(v, dim=1 if k in ("samples", "quantiles") else 0).numpy() for k, v in parts.items() if v}
+    y_dims = tuple(layout["y_dims"])
+    squeeze = not classify and not y_dims  # y had no dims beyond (task, sample): drop the added one
+    yd = ("task", "sample", *y_dims)
+    y_attrs = layout["y_attrs"]
+    what = str(y_attrs.get("long_name") or "y")
+    units = {"units": str(y_attrs["units"])} if "units" in y_attrs else {}
+
+    def shaped(a):
+        return a[..., 0] if squeeze else a
+
+    data: dict[str, Any] = {}
+    if classify:
+        data["label"] = (("task", "sample"), cat["mean"].astype("int64"), {"long_name": f"most probable class of {what}"})
+        data["probs"] = (("task", "sample", "class"), cat["probs"].astype("float32"),
+                         {"long_name": f"predictive class probabilities of {what}", "units": "1"})
+    else:
+        data["mean"] = (yd, shaped(cat["mean"]).astype("float32"), {"long_name": f"predictive mean of {what}", **units})
+        data["std"] = (yd, shaped(cat["std"]).astype("float32"),
+                       {"long_name": f"predictive standard deviation of {what}", **units})
+    if "samples" in cat:
+        dims = ("draw", "task", "sample") if classify else ("draw", *yd)
+        arr = cat["samples"].astype("int64") if classify else shaped(cat["samples"]).astype("float32")
+        data["samples"] = (dims, arr, {"long_name": f"posterior predictive draws of {what}", **({} if classify else units)})
+    if "quantiles" in cat:
+        data["quantiles"] = (("quantile", *yd), shaped(cat["quantiles"]),
+                             {"long_name": f"posterior predictive quantiles of {what}", **units})
+    coords: dict[str, Any] = {}
+    for dim in ("task", "sample"):
+        if layout.get(dim) is not None:
+            coords[dim] = layout[dim]
+    for dim, values in layout["y_coords"].items():
+        coords[dim] = values
+    if "probs" in cat:
+        coords["class"] = ("class", range(cat["probs"].shape[-1]), {"long_name": "class label"})
+    if "samples" in cat:
+        coords["draw"] = ("draw", range(draws), {"long_name": "posterior predictive draw"})
+    if levels:
+        coords["quantile"] = ("quantile", levels, {"long_name": "probability level of the quantile", "units": "1"})
     attrs = {
+        "title": f"hvi predict: posterior predictive of {what}",
+        "source": f"hvi {__version__}",
         "run": str(Path(os.fspath(run_dir)).expanduser().resolve()),
         "model": run.cfg["model"],
         "inner_steps": steps,
         "num_samples": num_samples,
+        "seed": seed,
         "support_file": str(support),
         "query_file": str(query),
     }
-    return write_prediction(
-        out_path,
-        torch.cat(means),
-        torch.cat(stds) if stds else None,
-        torch.cat(probs) if probs else None,
-        attrs=attrs,
-    )
+    ds = xr.Dataset(data, coords=coords, attrs=_clean_attrs(attrs))
+    return _write_atomic(ds, out_path)
 
 
 def _slice(batch, a: int, b: int):

@@ -353,17 +353,21 @@ def evaluate_cmd(run_dir, data, as_json, num_samples, inner_steps, split, max_ta
 
 # --------------------------------------------------------------------------- predict
 
-_PREDICT_HELP = """Adapt a run to new tasks and write predictive mean and std (netCDF).
+_PREDICT_HELP = """Adapt a run to new tasks and write its posterior predictive (netCDF).
 
 The support file holds x and y of every task (all samples are support); the
 query file holds x (y optional) of the same tasks; see hvi.data.files for the
-layout. The output holds mean and std (and probs for classification) with
-dims (task, sample, ...); it is written atomically.
+layout. The output keeps the query's task/sample coordinates and y's other
+dims, with long_name and units (y's own) attributes: mean and std
+(regression) or label and probs (classification), plus samples (dim draw)
+with --samples and quantiles (dim quantile) with --quantiles. It is written
+atomically; an error leaves no file.
 
 \b
 Examples:
   hvi predict runs/sine --support support.nc --query query.nc --out pred.nc
   hvi predict runs/bayes_unet --support s.nc --query q.nc --out p.nc --inner-steps 5
+  hvi predict runs/sine --support s.nc --query q.nc --out p.nc --samples 20 --quantiles 0.05,0.5,0.95
 """
 
 
@@ -376,12 +380,15 @@ Examples:
 @click.option("--inner-steps", "inner_steps", type=click.IntRange(min=0), help="Adaptation steps (default: the training value).")
 @click.option("--device", metavar="cpu|cuda", help="Where to run (default cpu).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the predictive samples.")
+@click.option("--samples", "draws", type=click.IntRange(min=1), metavar="N", help="Also write N posterior predictive draws of y (variable samples, dim draw).")
+@click.option("--quantiles", metavar="Q,Q,...", help="Also write these predictive quantiles (regression; variable quantiles, dim quantile), e.g. 0.05,0.5,0.95.")
 @_errors
-def predict_cmd(run_dir, support, query, out, num_samples, inner_steps, device, seed) -> None:
+def predict_cmd(run_dir, support, query, out, num_samples, inner_steps, device, seed, draws, quantiles) -> None:
     from hvi.cli.evaluate import predict_files
 
     path = predict_files(
-        run_dir, support, query, out, inner_steps=inner_steps, num_samples=num_samples, device=device, seed=seed
+        run_dir, support, query, out, inner_steps=inner_steps, num_samples=num_samples, device=device, seed=seed,
+        draws=draws, quantiles=quantiles,
     )
     click.echo(f"wrote {path}")
 

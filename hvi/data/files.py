@@ -44,7 +44,8 @@ For ``hvi predict`` a *support* file holds ``x`` and ``y`` (every sample is
 support) and a *query* file holds ``x`` and optionally ``y`` over the same
 tasks (:func:`read_support_query`); predictions are written with
 :func:`write_prediction` as ``mean``/``std`` (and ``probs`` for classes) with
-dims ``(task, sample, ...)``.
+dims ``(task, sample, ...)``; ``hvi predict`` writes its own layout, which keeps
+the inputs' coordinates and attributes (:func:`hvi.cli.evaluate.predict_files`).
 """
 
 from __future__ import annotations
@@ -487,7 +488,9 @@ class FileSource(TaskSource):
         )
 
 
-def read_support_query(support_path: PathLike, query_path: PathLike) -> TaskBatch:
+def read_support_query(
+    support_path: PathLike, query_path: PathLike, *, layout: bool = False
+) -> TaskBatch | tuple[TaskBatch, dict[str, Any]]:
     """Reads the inputs of ``hvi predict``: a support file and a query file over the same tasks.
 
     Every sample of the support file is support (it needs ``x`` and ``y``,
@@ -504,12 +507,19 @@ def read_support_query(support_path: PathLike, query_path: PathLike) -> TaskBatc
         ``num_tasks = T``. A missing query ``y`` is filled with NaN (float
         targets) or -1 (class labels); query noise is kept only if both files have it.
 
+        With ``layout=True``, also the dict :func:`hvi.cli.evaluate.predict_files`
+        writes its output with: ``task`` and ``sample`` (the query file's
+        coordinate values of these dims, or None), ``y_dims`` (the names of
+        y's dims after ``(task, sample)`` in the support file; empty when y
+        has none, so the feature dim of size 1 was added), ``y_coords``
+        (their coordinate values) and ``y_attrs`` (y's attributes).
+
     Raises:
         ValueError: If a file is missing, unreadable or malformed, or the two disagree.
     """
     sp, qp = Path(os.fspath(support_path)), Path(os.fspath(query_path))
     sds, qds = _open_dataset(sp), _open_dataset(qp)
-    sx, sy, snoise, num_classes, _ = _read_xy(sds, sp)
+    sx, sy, snoise, num_classes, y_dims = _read_xy(sds, sp)
     assert sy is not None
     qx, qy, qnoise, _, _ = _read_xy(qds, qp, need_y=False)
     if sx.shape[1] < 1:
@@ -543,7 +553,7 @@ def read_support_query(support_path: PathLike, query_path: PathLike) -> TaskBatc
             "use the same y layout."
         )
     use_noise = snoise is not None and qnoise is not None
-    return TaskBatch(
+    batch = TaskBatch(
         support_x=torch.from_numpy(sx),
         support_y=torch.from_numpy(sy),
         query_x=torch.from_numpy(qx),
@@ -553,6 +563,19 @@ def read_support_query(support_path: PathLike, query_path: PathLike) -> TaskBatc
         support_noise=torch.from_numpy(snoise) if use_noise else None,
         query_noise=torch.from_numpy(qnoise) if use_noise else None,
     )
+    if not layout:
+        return batch
+    trailing = tuple(d for d in y_dims if d not in ("task", "sample"))
+    coords = {
+        dim: (np.asarray(ds[dim].values) if dim in ds.coords else None)
+        for dim, ds in (("task", qds if "task" in qds.coords else sds), ("sample", qds))
+    }
+    return batch, {
+        **coords,
+        "y_dims": trailing,
+        "y_coords": {d: np.asarray(sds[d].values) for d in trailing if d in sds.coords},
+        "y_attrs": dict(sds["y"].attrs),
+    }
 
 
 # --------------------------------------------------------------------------- writing
