@@ -123,9 +123,10 @@ def test_installed_console_script(installed):
     assert shebang == f"#!{venv / 'bin' / 'python'}"
     res = _run([str(script), "models"], cwd, env)
     assert res.stderr == ""
-    names = [line.split()[0] for line in res.stdout.splitlines()]
-    assert names == sorted(BUILTIN_MODELS)
-    assert all(len(line.split(maxsplit=1)) == 2 for line in res.stdout.splitlines())
+    # One entry per model: its name and description on an unindented line, details indented below.
+    heads = [line for line in res.stdout.splitlines() if line and not line[0].isspace()]
+    assert [line.split()[0] for line in heads] == sorted(BUILTIN_MODELS)
+    assert all(len(line.split(maxsplit=1)) == 2 for line in heads)
     res = _run([str(script), "--version"], cwd, env)
     import hvi
 
