@@ -77,6 +77,7 @@ KEYS: dict[str, tuple[str, bool]] = {
     "val_tasks": (_INT, False),
     "val_samples": (_INT, False),
     "checkpoint_every": (_INT, True),
+    "keep_checkpoints": (_INT, False),
     "eval_samples": (_INT, False),
     "eval_tasks": (_INT, True),
 }
@@ -85,7 +86,7 @@ KEYS: dict[str, tuple[str, bool]] = {
 MUTABLE_ON_RESUME = frozenset(
     {
         "steps", "device", "threads", "val_every", "val_tasks", "val_samples", "checkpoint_every",
-        "eval_samples", "eval_tasks",
+        "keep_checkpoints", "eval_samples", "eval_tasks",
     }
 )
 
@@ -139,7 +140,7 @@ def check_value(key: str, value: Any, where: str) -> Any:
         raise ValueError(f"{key}={value} must be >= 1.")
     if key == "eval_tasks" and value < 2:
         raise ValueError(f"eval_tasks={value} must be >= 2 (a CI needs two tasks).")
-    if key in {"val_every", "checkpoint_every", "threads"} and value < 1:
+    if key in {"val_every", "checkpoint_every", "threads", "keep_checkpoints"} and value < 1:
         raise ValueError(f"{key}={value} must be >= 1.")
     if key in {"inner_steps", "seed"} and value < 0:
         raise ValueError(f"{key}={value} must be >= 0.")

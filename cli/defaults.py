@@ -47,6 +47,7 @@ COMMON: dict[str, Any] = {
     "val_tasks": 32,
     "val_samples": 20,
     "checkpoint_every": None,  # None: steps // 10
+    "keep_checkpoints": 2,  # the newest N in checkpoint/; a damaged newest one falls back to the next
     "eval_samples": 100,  # hvi evaluate --num-samples default
     "eval_tasks": None,  # hvi evaluate --max-tasks default (None: every test task)
 }

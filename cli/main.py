@@ -268,6 +268,7 @@ def _key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, .
 @click.option("--resume", is_flag=True, help="Continue the interrupted or finished run at --out.")
 @click.option("--val-every", "val_every", type=int, metavar="N", help="Validate on held-out val tasks every N steps (default steps/10).")
 @click.option("--checkpoint-every", "checkpoint_every", type=int, metavar="N", help="Write checkpoint/ every N steps (default steps/10).")
+@click.option("--keep-checkpoints", "keep_checkpoints", type=int, metavar="N", help=_d("Keep the newest N checkpoints in checkpoint/; resuming falls back to the newest good one if the last is damaged", "keep_checkpoints"))
 @click.option("--data-arg", "data_args", multiple=True, callback=_key_values, metavar="KEY=VALUE", help="Argument of the data source (repeatable; see 'hvi sources'), over [data_args] of --config; VALUE is read as JSON if it parses (5, 0.1, true, null, [1,2], \"text\"), else as a string.")
 @click.option("--model-arg", "model_args", multiple=True, callback=_key_values, metavar="KEY=VALUE", help="Argument of the model builder (repeatable; see 'hvi models'), e.g. --model-arg hidden=[64,64].")
 @click.option("--prior-arg", "prior_args", multiple=True, callback=_key_values, metavar="KEY=VALUE", help="Argument of the prior (repeatable), e.g. --prior-arg init_scale=0.05.")

@@ -86,11 +86,14 @@ def _tmp_dirs(out: Path) -> list[Path]:
 
 
 def _checkpoint_step(d: Path) -> int | None:
-    try:
-        meta = json.loads((d / CHECKPOINT_DIR / "checkpoint.json").read_text())
-        return int(meta["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    """The step of the newest readable checkpoint metadata in ``d/checkpoint`` (None if none)."""
+    ckpt = d / CHECKPOINT_DIR
+    for meta_path in [ckpt / "checkpoint.json", *sorted(ckpt.glob("checkpoint-[0-9]*.json"), reverse=True)]:
+        try:
+            return int(json.loads(meta_path.read_text())["step"])
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def find_resumable(out: Path) -> tuple[Path | None, int | None]:
@@ -100,7 +103,7 @@ def find_resumable(out: Path) -> tuple[Path | None, int | None]:
         step = _checkpoint_step(d)
         if step is None:
             continue
-        mtime = (d / CHECKPOINT_DIR / "checkpoint.json").stat().st_mtime
+        mtime = max(p.stat().st_mtime for p in (d / CHECKPOINT_DIR).glob("checkpoint*.json"))
         if mtime > best[2]:
             best = (d, step, mtime)
     return best[0], best[1]
@@ -544,9 +547,15 @@ def run_fit(
         ckpt = None
         if resume:
             pyro.clear_param_store()  # the run's params are exactly the checkpoint's, as hvi.fit does for a new run
-            ckpt = load_checkpoint(
-                work / CHECKPOINT_DIR, expected=expected, optimizer=optimizer, generator=generator, device=device
-            )
+            import warnings
+
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ckpt = load_checkpoint(
+                    work / CHECKPOINT_DIR, expected=expected, optimizer=optimizer, generator=generator, device=device
+                )
+            for w in caught:  # a damaged newest checkpoint: the fallback is said on stderr, once
+                _warn(echo, f"Warning: {w.message}")
             start = ckpt.step
             if start >= steps:
                 raise ValueError(
@@ -581,6 +590,16 @@ def run_fit(
     finally:
         if not ok and created is not None:
             shutil.rmtree(created, ignore_errors=True)
+
+
+def _warn(echo, text: str) -> None:
+    """``text`` on stderr through ``echo`` (click.echo takes ``err``; print does not)."""
+    try:
+        echo(text, err=True)
+    except TypeError:
+        import sys
+
+        print(text, file=sys.stderr)
 
 
 def _saved_info(run_dir: Path) -> dict[str, Any] | None:
@@ -636,6 +655,14 @@ def _train(
     val_key = "accuracy" if meta.likelihood.is_classification else "rmse"
 
     def checkpoint(g: int, loss: float) -> None:
+        if not math.isfinite(loss):  # a skipped step never replaces a good checkpoint; the next finite one writes
+            state["due"] = True
+            _warn(
+                echo,
+                f"Warning: step {g}: the loss is {loss} (step skipped); checkpoint not written, the last one is "
+                f"step {state['last_ckpt']}.",
+            )
+            return
         save_checkpoint(
             work / CHECKPOINT_DIR,
             step=g,
@@ -643,8 +670,10 @@ def _train(
             generator=generator,
             config=cfg,
             extra=finite_json({**info, "loss": loss, "val": state["val"]}),
+            keep=cfg.get("keep_checkpoints") or 1,
         )
         state["last_ckpt"] = g
+        state["due"] = False
 
     def callback(step: int, loss: float, batch) -> None:
         g = start + step + 1
@@ -670,7 +699,7 @@ def _train(
         with open(metrics_path, "a") as f:
             f.write(json.dumps(finite_json(record), allow_nan=False) + "\n")
         state["loss"] = loss
-        if g % ckpt_every == 0 or g == steps or stop.requested:
+        if g % ckpt_every == 0 or g == steps or stop.requested or state.get("due"):
             checkpoint(g, loss)
         if bar is not None:
             post = {"elbo": f"{-loss:.4g}", "loss/task": f"{per_task:.4g}"}

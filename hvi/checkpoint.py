@@ -8,6 +8,8 @@ A checkpoint is a directory::
     tensors-<step>-<tag>.safetensors     every tensor: the Pyro param store's
                                          *unconstrained* values, the optimizer's
                                          per-param state, RNG and task-sampler states
+    checkpoint-<step>.json               with ``save_checkpoint(..., keep=N)``, N > 1: the
+                                         newest N checkpoints (their tensor files are kept)
 
 Nothing is pickled and ``torch.load`` is never used: tensors go through
 ``safetensors``, everything else through JSON (tuples, int-keyed dicts and
@@ -19,7 +21,9 @@ Writes are atomic: the tensor file is written under a fresh name and
 ``os.replace``-d into place, then ``checkpoint.json`` (which names the tensor
 file and its checksum) is replaced atomically; only then are older tensor
 files removed. A reader therefore always sees a complete checkpoint, even if
-the writer is killed half-way.
+the writer is killed half-way. If the newest checkpoint is damaged later
+(truncated, failing its checksum), :func:`read_checkpoint` falls back to the
+newest good kept one with a warning.
 
 Example::
 
@@ -74,6 +78,7 @@ FORMAT = "hvi-checkpoint"
 FORMAT_VERSION = 1
 META_FILE = "checkpoint.json"
 _TENSOR_GLOB = "tensors-*.safetensors"
+_HISTORY_GLOB = "checkpoint-[0-9]*.json"
 
 PathLike = str | os.PathLike
 
@@ -316,8 +321,14 @@ def save_checkpoint(
     extra: Mapping[str, Any] | None = None,
     rng: bool = True,
     param_store: "ParamStoreDict | None" = None,
+    keep: int = 1,
 ) -> Path:
     """Writes the Pyro param store (and optionally optimizer, RNG and sampler state) atomically.
+
+    ``checkpoint.json`` names the newest checkpoint; with ``keep`` > 1 the
+    newest ``keep`` checkpoints stay as ``checkpoint-<step>.json`` and their
+    tensor files, which :func:`read_checkpoint` falls back to (with a
+    warning) when the newest one is damaged.
 
     Args:
         path_dir: The checkpoint directory (created if missing; an older
@@ -329,6 +340,7 @@ def save_checkpoint(
         extra: Anything else to keep (plain JSON), e.g. the last loss.
         rng: Also keep the torch/python/numpy (and CUDA) RNG states.
         param_store: The param store to save, all of its params (default: Pyro's global one).
+        keep: How many checkpoints to keep (the newest; >= 1; default 1).
 
     Returns:
         The checkpoint directory.
@@ -338,6 +350,8 @@ def save_checkpoint(
     """
     if not (isinstance(step, int) and step >= 0):
         raise ValueError(f"step={step!r} must be a non-negative int.")
+    if not (isinstance(keep, int) and not isinstance(keep, bool) and keep >= 1):
+        raise ValueError(f"keep={keep!r} must be an int >= 1.")
     path = Path(os.fspath(path_dir))
     path.mkdir(parents=True, exist_ok=True)
     state = (pyro.get_param_store() if param_store is None else param_store).get_state()
@@ -390,13 +404,33 @@ def save_checkpoint(
             os.unlink(tmp)
         raise
     meta["tensors"] = {"file": name, "sha256": _sha256(final), "bytes": final.stat().st_size}
-    _atomic_write_bytes(path / META_FILE, json.dumps(meta, indent=1, allow_nan=False).encode())
+    text = json.dumps(meta, indent=1, allow_nan=False).encode()
+    if keep > 1:
+        _atomic_write_bytes(path / f"checkpoint-{step:08d}.json", text)
+    _atomic_write_bytes(path / META_FILE, text)
     _fsync_dir(path)
+    history = _history(path)
+    for old in history[: max(0, len(history) - keep)] if keep > 1 else history:
+        with contextlib.suppress(OSError):
+            old.unlink()
+    used = {name} | {_tensor_file(p) for p in _history(path)}
     for old in path.glob(_TENSOR_GLOB):
-        if old.name != name:
+        if old.name not in used:
             with contextlib.suppress(OSError):
                 old.unlink()
     return path
+
+
+def _history(path: Path) -> list[Path]:
+    """The kept ``checkpoint-<step>.json`` files, oldest first."""
+    return sorted(path.glob(_HISTORY_GLOB))
+
+
+def _tensor_file(meta_path: Path) -> str | None:
+    try:
+        return json.loads(meta_path.read_text())["tensors"]["file"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
 
 
 # --------------------------------------------------------------------------- reading
@@ -438,19 +472,43 @@ class Checkpoint:
 def read_checkpoint(path_dir: PathLike, device: torch.device | str | None = None) -> Checkpoint:
     """Reads and verifies a checkpoint directory (format, checksum) without touching any state.
 
+    If the newest checkpoint (``checkpoint.json``) is damaged (not JSON,
+    truncated, its tensor file missing or failing the checksum) and older
+    ones were kept (``save_checkpoint(..., keep=N)``), the newest good one is
+    read instead, with a ``UserWarning`` naming both.
+
     Raises:
         FileNotFoundError: If there is no checkpoint at ``path_dir``.
         ValueError: If it is malformed, from an unknown format version, or its
-            tensor file fails the checksum.
+            tensor file fails the checksum (and no kept checkpoint is good).
     """
     path = Path(os.fspath(path_dir))
-    meta_path = path / META_FILE
+    try:
+        return _read_one(path, path / META_FILE, device)
+    except (ValueError, FileNotFoundError) as first:
+        for older in reversed(_history(path)):
+            try:
+                ckpt = _read_one(path, older, device)
+            except (ValueError, FileNotFoundError):
+                continue
+            import warnings
+
+            warnings.warn(
+                f"{first} Falling back to the newest good checkpoint, step {ckpt.step} ({older.name}).",
+                UserWarning,
+                stacklevel=2,
+            )
+            return ckpt
+        raise
+
+
+def _read_one(path: Path, meta_path: Path, device: torch.device | str | None) -> Checkpoint:
     if not meta_path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path} ({META_FILE} is missing).")
+        raise FileNotFoundError(f"no checkpoint at {path} ({meta_path.name} is missing).")
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"checkpoint {path} is corrupted: {META_FILE} is not valid JSON ({e}).") from None
+        raise ValueError(f"checkpoint {path} is corrupted: {meta_path.name} is not valid JSON ({e}).") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path} is not an hvi checkpoint (format tag missing).")
     version = meta.get("format_version")
@@ -465,7 +523,7 @@ def read_checkpoint(path_dir: PathLike, device: torch.device | str | None = None
         step = int(meta["step"])
         pinfo = meta["params"]
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"checkpoint {path} is corrupted: {META_FILE} lacks {e}.") from None
+        raise ValueError(f"checkpoint {path} is corrupted: {meta_path.name} lacks {e}.") from None
     if not tfile.is_file():
         raise ValueError(f"checkpoint {path} is corrupted: its tensor file {tfile.name} is missing.")
     actual = _sha256(tfile)
