@@ -184,9 +184,13 @@ def is_path(data: str) -> bool:
 
 
 def _normalise_data(cfg: dict[str, Any]) -> None:
+    """Data paths become absolute (``data`` itself, and a source's ``path`` argument) so a run works from anywhere."""
     data = cfg.get("data")
     if isinstance(data, str) and is_path(data):
         cfg["data"] = str(Path(data).expanduser().resolve())
+    args = cfg.get("data_args")
+    if isinstance(args, Mapping) and isinstance(args.get("path"), str):
+        cfg["data_args"] = {**args, "path": str(Path(args["path"]).expanduser().resolve())}
 
 
 def resolve(cli: Mapping[str, Any], toml: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:

@@ -240,14 +240,15 @@ def test_key_value_errors(runner, tmp_path, args, line, print_config):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_fit_on_a_file_without_a_toml_file(runner, tmp_path):
+def test_fit_on_a_file_without_a_toml_file(runner, tmp_path, monkeypatch):
     import json
 
     from tests.test_cli import TINY, tasks_file
 
     data = tasks_file(tmp_path / "tasks.nc")
     out = tmp_path / "run"
-    res = invoke(runner, ["fit", *TINY, "--data", "file", "--data-arg", f"path={data}", "--data-arg", "k_shot=5",
+    monkeypatch.chdir(tmp_path)  # a relative path is stored absolute
+    res = invoke(runner, ["fit", *TINY, "--data", "file", "--data-arg", "path=tasks.nc", "--data-arg", "k_shot=5",
                           "--out", str(out)])
     assert res.exit_code == 0, res.output
     saved = json.loads((out / "config.json").read_text())
