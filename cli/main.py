@@ -70,6 +70,9 @@ class HviGroup(click.Group):
         except click.Abort:
             click.echo("Aborted!", err=True)
             sys.exit(1)
+        except BrokenPipeError:  # the reader went away (`hvi models | head`): nothing to report
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no flush error at exit
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("Aborted!", err=True)
             sys.exit(130)
@@ -116,6 +119,8 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         try:
             return fn(*args, **kwargs)
+        except BrokenPipeError:
+            raise  # HviGroup.main ends quietly: the reader went away
         except EXPECTED as e:
             raise click.ClickException(_message(e)) from e
         except Interrupted as e:

@@ -441,3 +441,15 @@ def test_missing_or_broken_run_dir(runner, trained, tmp_path):
     raw[-3] ^= 0xFF
     tfile.write_bytes(bytes(raw))
     assert_error(invoke(runner, ["evaluate", str(broken)]), "corrupted")
+
+
+def test_a_closed_pipe_ends_the_listing_quietly():
+    """`hvi models | head -1`: the reader leaves early; no 'Error: Broken pipe' line."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        ["bash", "-c", f"'{sys.executable}' -m hvi.cli.main models | head -c 1 > /dev/null"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.stderr == "", proc.stderr
