@@ -46,6 +46,9 @@ class Diagnosis:
     k_samples: int
     classification: bool
     pareto: Any
+    lppd: float = math.nan
+    lppd_se: float = math.nan
+    num_points: int = 0
     coverage: Any = None
     pit_ks: float | None = None
     reliability: Any = None
@@ -158,9 +161,11 @@ def diagnose_run(
         chunk_tasks=eval_chunk_size(meta, k_samples),
     )
     classify = meta.likelihood.is_classification
+    lppd, lppd_se, _ = dg.heldout_lppd(idata)
     res = Diagnosis(
         run=str(run_path), data=str(cfg["data"]), split=split, num_tasks=n, inner_steps=steps,
         num_samples=num_samples, k_samples=k_samples, classification=classify, pareto=k,
+        lppd=lppd, lppd_se=lppd_se, num_points=int(batch.query_x.shape[0] * batch.query_x.shape[1]),
     )
     if classify:
         res.reliability = dg.reliability(idata, bins=15)
@@ -301,6 +306,10 @@ def format_report(res: Diagnosis) -> str:
     if bad:
         more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
         lines.append(f"  bad tasks: {', '.join(map(str, bad[:10]))}{more}")
+    lines.append(
+        f"held-out lppd        {res.lppd:.1f} ± {res.lppd_se:.1f} over {res.num_points} query points "
+        f"({res.lppd / max(res.num_points, 1):.3f} per point)"
+    )
     if res.coverage is not None:
         cov = "   ".join(f"{round(lv * 100)}% {v:.3f}" for lv, v in zip(res.coverage.levels, res.coverage.observed))
         lines.append(f"interval coverage    {cov}")

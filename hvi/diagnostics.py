@@ -84,6 +84,7 @@ __all__ = [
     "Coverage",
     "ParetoK",
     "Reliability",
+    "heldout_lppd",
     "interval_coverage",
     "log_importance_ratios",
     "pareto_k",
@@ -292,9 +293,10 @@ def to_inference_data(
                 model = poutine.condition(meta.model, data=theta_draws)
                 with pyro.plate("draws", S, dim=-3):
                     gtr = poutine.trace(guide).get_trace(sub, inner_steps=inner_steps, predict=True)
-                    mtr = poutine.trace(poutine.replay(model, gtr)).get_trace(
-                        sub, inner_steps=inner_steps, predict=True
-                    )
+                    if Nq:  # the model's predictive path needs query points
+                        mtr = poutine.trace(poutine.replay(model, gtr)).get_trace(
+                            sub, inner_steps=inner_steps, predict=True
+                        )
                 if Nq:
                     y_site = mtr.nodes["y"]
                     f = mtr.nodes["f"]["value"]
@@ -303,10 +305,12 @@ def to_inference_data(
                     ll = y_site["fn"].log_prob(sub.query_y)
                     lls.append(ll.expand(S, *sub.query_y.shape[:2]))
                 per: dict[str, list[Tensor]] = {k: [] for k in PHI_SUMMARIES}
+                theta = {n: gtr.nodes[n]["value"] for n in meta.sites}  # θ's draws or params, as the guide saw them
                 for w, shape in meta.net.shapes.items():
-                    q, p = gtr.nodes[f"phi.{w}"]["fn"], mtr.nodes[f"phi.{w}"]["fn"]
-                    phi = gtr.nodes[f"phi.{w}"]["value"]
+                    q, phi = gtr.nodes[f"phi.{w}"]["fn"], gtr.nodes[f"phi.{w}"]["value"]
                     k, lead = len(shape), (S, sub.batch_size)
+                    p = meta.prior.local(w, theta, event_ndim=k)  # p(φ | θ), as in the model
+                    p = p.expand(torch.broadcast_shapes(p.batch_shape, q.batch_shape + q.event_shape)).to_event(k)
                     # (S | 1, B, 1, *w) → (S, B)
                     per["phi_shift"].append(_rms(q.mean - p.mean, k).reshape(-1, sub.batch_size).expand(lead))
                     per["phi_scale"].append(_mean(q.stddev, k).reshape(-1, sub.batch_size).expand(lead))
@@ -621,6 +625,25 @@ def _observed(idata) -> tuple[np.ndarray, np.ndarray]:
 def _is_classification(idata) -> bool:
     _observed(idata)
     return "class" in idata.posterior_predictive["f"].dims
+
+
+def heldout_lppd(idata) -> tuple[float, float, np.ndarray]:
+    """Log pointwise predictive density of the query points: ``(total, standard error, per point)``.
+
+    lppd_ij = log (1/S) Σ_s p(y_ij | φ_s), from ``log_likelihood.y``. The query
+    points are held out (q(φ_i) was adapted to the support set only), so this
+    is already an out-of-sample estimate of the expected log predictive
+    density; PSIS-LOO (``az.loo``) would remove each point's influence on a
+    posterior it never had, and its k̂ and elpd_loo are then not meaningful.
+    The standard error is √n · sd of the pointwise values, as ``az.loo`` reports.
+    """
+    if "log_likelihood" not in idata.groups():
+        raise ValueError("the InferenceData has no log_likelihood group (no query points).")
+    ll = idata.log_likelihood["y"].values
+    ll = ll.reshape((-1,) + ll.shape[2:])
+    m = ll.max(0)
+    point = m + np.log(np.exp(ll - m).mean(0))
+    return float(point.sum()), float(math.sqrt(point.size) * point.std()), point
 
 
 @dataclasses.dataclass(frozen=True)

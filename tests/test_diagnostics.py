@@ -220,6 +220,11 @@ def test_log_likelihood_is_the_direct_computation():
     sigma = pyro.param("likelihood.noise").detach()
     direct = torch.distributions.Normal(f, sigma).log_prob(batch.query_y.squeeze(-1))
     np.testing.assert_allclose(idata.log_likelihood["y"].values[0], direct.numpy(), rtol=1e-12)
+    # The held-out lppd: log of the mean predictive density over the draws, per query point.
+    total, se, point = dg.heldout_lppd(idata)
+    expected = torch.logsumexp(direct, 0) - math.log(20)
+    np.testing.assert_allclose(point, expected.numpy(), rtol=1e-12)
+    assert total == pytest.approx(float(expected.sum())) and se == pytest.approx(float(expected.std(unbiased=False)) * math.sqrt(15))
 
 
 def test_seed_repeats_and_leaves_the_callers_stream_alone():
@@ -280,6 +285,14 @@ def test_hierarchical_prior_reads_mu_and_tau_with_real_draws(tmp_path):
     table = az.summary(idata, var_names=["mu", "tau", "phi_scale"])
     assert {"mu", "tau", "phi_scale[0, w]"} <= set(table.index)
     assert table.loc["tau", "mean"] > 0
+
+
+def test_without_query_points_only_the_posterior_is_built():
+    """All data in the support set (eight-schools style): no predictive groups, θ and q(φ_i) as usual."""
+    meta, batch = hierarchical_meta(), conjugate_batch(M=5, Ns=6, Nq=0)
+    idata = dg.to_inference_data(meta, batch, num_samples=40, elbo_trace=[-1.0])
+    assert set(idata.groups()) == {"posterior", "sample_stats"}
+    assert idata.posterior["phi_kl"].shape == (1, 40, 5, 1) and idata.posterior["tau"].shape == (1, 40)
 
 
 def test_netcdf_round_trip(tmp_path):
@@ -432,6 +445,7 @@ def test_diagnose_writes_idata_and_plots(tiny_run, tmp_path):
     text = res.stdout
     assert "4 test tasks of 'sinusoid'" in text and "Pareto k̂ of q(φ_i)" in text
     assert "interval coverage" in text and "50%" in text and "95%" in text
+    assert "held-out lppd" in text and "over 40 query points" in text
     assert "ELBO trace           5 steps" in text and f"wrote {out}" in text
     assert sorted(p.name for p in plots.iterdir()) == ["elbo.png", "loo_pit.png", "pareto_k.png", "ppc.png"]
     for p in plots.iterdir():
