@@ -57,6 +57,7 @@ back to its Pyro site.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -192,13 +193,13 @@ def _slice(batch: TaskBatch, s: slice) -> TaskBatch:
     )
 
 
-def _seeded(batch: TaskBatch, seed: int):
-    """Forks torch's RNG (and the batch device's) and seeds it."""
+@contextlib.contextmanager
+def _seeded(batch: TaskBatch, seed: int) -> Iterator[None]:
+    """Forks torch's RNG (and the batch device's) and seeds it: the caller's stream is untouched."""
     devices = [batch.support_x.device.index or 0] if batch.support_x.device.type == "cuda" else []
-    ctx = torch.random.fork_rng(devices=devices)
-    ctx.__enter__()
-    torch.manual_seed(seed)
-    return ctx
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -277,48 +278,44 @@ def to_inference_data(
 
     ys, fs, lls, summaries = [], [], [], {k: [] for k in PHI_SUMMARIES}
     theta_draws: dict[str, Tensor] = {}
-    ctx = _seeded(batch, seed)
-    try:
-        with torch.no_grad(), pyro.validation_enabled(False):
-            if normal:
-                # θ ~ q(θ) once, shared by every chunk of tasks.
-                with pyro.plate("draws", S, dim=-3):
-                    tr = poutine.trace(guide_globals).get_trace(meta)
-                theta_draws = {
-                    n: tr.nodes[n]["value"] for n, s in meta.sites.items() if s.latent
-                }
-            for s in _chunks(B, chunk_tasks):
-                sub = _slice(batch, s)
-                guide = poutine.condition(meta.guide, data=theta_draws)
-                model = poutine.condition(meta.model, data=theta_draws)
-                with pyro.plate("draws", S, dim=-3):
-                    gtr = poutine.trace(guide).get_trace(sub, inner_steps=inner_steps, predict=True)
-                    if Nq:  # the model's predictive path needs query points
-                        mtr = poutine.trace(poutine.replay(model, gtr)).get_trace(
-                            sub, inner_steps=inner_steps, predict=True
-                        )
-                if Nq:
-                    y_site = mtr.nodes["y"]
-                    f = mtr.nodes["f"]["value"]
-                    ys.append(y_site["value"].expand((S,) + y_site["value"].shape[-(sub.query_y.dim()):]))
-                    fs.append(f.expand((S,) + f.shape[1:]))
-                    ll = y_site["fn"].log_prob(sub.query_y)
-                    lls.append(ll.expand(S, *sub.query_y.shape[:2]))
-                per: dict[str, list[Tensor]] = {k: [] for k in PHI_SUMMARIES}
-                theta = {n: gtr.nodes[n]["value"] for n in meta.sites}  # θ's draws or params, as the guide saw them
-                for w, shape in meta.net.shapes.items():
-                    q, phi = gtr.nodes[f"phi.{w}"]["fn"], gtr.nodes[f"phi.{w}"]["value"]
-                    k, lead = len(shape), (S, sub.batch_size)
-                    p = meta.prior.local(w, theta, event_ndim=k)  # p(φ | θ), as in the model
-                    p = p.expand(torch.broadcast_shapes(p.batch_shape, q.batch_shape + q.event_shape)).to_event(k)
-                    # (S | 1, B, 1, *w) → (S, B)
-                    per["phi_shift"].append(_rms(q.mean - p.mean, k).reshape(-1, sub.batch_size).expand(lead))
-                    per["phi_scale"].append(_mean(q.stddev, k).reshape(-1, sub.batch_size).expand(lead))
-                    per["phi_kl"].append(_kl(q, p, phi).reshape(-1, sub.batch_size).expand(lead))
-                for key, v in per.items():
-                    summaries[key].append(torch.stack(v, -1))  # (S, b, layer)
-    finally:
-        ctx.__exit__(None, None, None)
+    with _seeded(batch, seed), torch.no_grad(), pyro.validation_enabled(False):
+        if normal:
+            # θ ~ q(θ) once, shared by every chunk of tasks.
+            with pyro.plate("draws", S, dim=-3):
+                tr = poutine.trace(guide_globals).get_trace(meta)
+            theta_draws = {
+                n: tr.nodes[n]["value"] for n, s in meta.sites.items() if s.latent
+            }
+        for s in _chunks(B, chunk_tasks):
+            sub = _slice(batch, s)
+            guide = poutine.condition(meta.guide, data=theta_draws)
+            model = poutine.condition(meta.model, data=theta_draws)
+            with pyro.plate("draws", S, dim=-3):
+                gtr = poutine.trace(guide).get_trace(sub, inner_steps=inner_steps, predict=True)
+                if Nq:  # the model's predictive path needs query points
+                    mtr = poutine.trace(poutine.replay(model, gtr)).get_trace(
+                        sub, inner_steps=inner_steps, predict=True
+                    )
+            if Nq:
+                y_site = mtr.nodes["y"]
+                f = mtr.nodes["f"]["value"]
+                ys.append(y_site["value"].expand((S,) + y_site["value"].shape[-(sub.query_y.dim()):]))
+                fs.append(f.expand((S,) + f.shape[1:]))
+                ll = y_site["fn"].log_prob(sub.query_y)
+                lls.append(ll.expand(S, *sub.query_y.shape[:2]))
+            per: dict[str, list[Tensor]] = {k: [] for k in PHI_SUMMARIES}
+            theta = {n: gtr.nodes[n]["value"] for n in meta.sites}  # θ's draws or params, as the guide saw them
+            for w, shape in meta.net.shapes.items():
+                q, phi = gtr.nodes[f"phi.{w}"]["fn"], gtr.nodes[f"phi.{w}"]["value"]
+                k, lead = len(shape), (S, sub.batch_size)
+                p = meta.prior.local(w, theta, event_ndim=k)  # p(φ | θ), as in the model
+                p = p.expand(torch.broadcast_shapes(p.batch_shape, q.batch_shape + q.event_shape)).to_event(k)
+                # (S | 1, B, 1, *w) → (S, B)
+                per["phi_shift"].append(_rms(q.mean - p.mean, k).reshape(-1, sub.batch_size).expand(lead))
+                per["phi_scale"].append(_mean(q.stddev, k).reshape(-1, sub.batch_size).expand(lead))
+                per["phi_kl"].append(_kl(q, p, phi).reshape(-1, sub.batch_size).expand(lead))
+            for key, v in per.items():
+                summaries[key].append(torch.stack(v, -1))  # (S, b, layer)
 
     # ---- posterior
     draws = S if normal else 1
@@ -509,46 +506,42 @@ def log_importance_ratios(
     per_draw = max(1, meta.net.num_weights) * 4 * max(1, batch.batch_size if chunk_tasks is None else chunk_tasks)
     draw_chunk = int(max(1, min(num_samples, _BUDGET // per_draw)))
     out = []
-    ctx = _seeded(batch, seed)
-    try:
-        with torch.no_grad(), pyro.validation_enabled(False):
-            fixed: dict[str, Tensor] = {}
-            if meta.q_theta == "normal":
-                with poutine.block():
-                    guide_globals(meta)  # creates q(θ)'s params if this param store has none yet
-                for n, site in meta.sites.items():
-                    if site.latent:
-                        fixed[n] = biject_to(site.constraint)(pyro.param(f"q_theta.{n}.loc").detach())
-            for s in _chunks(batch.batch_size, chunk_tasks):
-                sub = _slice(batch, s)
-                tr = poutine.trace(poutine.condition(meta.guide, data=fixed)).get_trace(sub, inner_steps=inner_steps)
-                lam = tr.nodes["_RETURN"]["value"]["lambda"]
-                theta = {
-                    n: tr.nodes[n]["value"] if n in tr.nodes else pyro.param(n).detach()
-                    for n in meta.sites
-                }
-                lik = {
-                    k: pad_site(theta[f"likelihood.{k}"], site.shape, event_dim)
-                    for k, site in meta.likelihood.global_sites().items()
-                }
-                chunks = []
-                for d in _chunks(num_samples, draw_chunk):
-                    n_d = d.stop - d.start
-                    log_r: Tensor | float = 0.0
-                    phi = {}
-                    for w, shape in meta.net.shapes.items():
-                        q = meta.prior.family.dist(lam[w])  # batch (B, *w)
-                        v = q.rsample((n_d,))  # (n, B, *w)
-                        p = meta.prior.local(w, theta, event_ndim=len(shape))
-                        dims = tuple(range(2, v.dim()))
-                        log_r = log_r + p.log_prob(v).sum(dims) - q.log_prob(v).sum(dims)
-                        phi[w] = v.unsqueeze(2)  # (n, B, 1, *w), the data plate's dim
-                    f, _ = forward(meta, phi, sub.support_x)
-                    ll = meta.likelihood.dist(f, lik, sub.support_noise, event_dim).log_prob(sub.support_y)
-                    chunks.append(log_r + ll.sum(-1) / beta)
-                out.append(torch.cat(chunks, 0).T)  # (b, S)
-    finally:
-        ctx.__exit__(None, None, None)
+    with _seeded(batch, seed), torch.no_grad(), pyro.validation_enabled(False):
+        fixed: dict[str, Tensor] = {}
+        if meta.q_theta == "normal":
+            with poutine.block():
+                guide_globals(meta)  # creates q(θ)'s params if this param store has none yet
+            for n, site in meta.sites.items():
+                if site.latent:
+                    fixed[n] = biject_to(site.constraint)(pyro.param(f"q_theta.{n}.loc").detach())
+        for s in _chunks(batch.batch_size, chunk_tasks):
+            sub = _slice(batch, s)
+            tr = poutine.trace(poutine.condition(meta.guide, data=fixed)).get_trace(sub, inner_steps=inner_steps)
+            lam = tr.nodes["_RETURN"]["value"]["lambda"]
+            theta = {
+                n: tr.nodes[n]["value"] if n in tr.nodes else pyro.param(n).detach()
+                for n in meta.sites
+            }
+            lik = {
+                k: pad_site(theta[f"likelihood.{k}"], site.shape, event_dim)
+                for k, site in meta.likelihood.global_sites().items()
+            }
+            chunks = []
+            for d in _chunks(num_samples, draw_chunk):
+                n_d = d.stop - d.start
+                log_r: Tensor | float = 0.0
+                phi = {}
+                for w, shape in meta.net.shapes.items():
+                    q = meta.prior.family.dist(lam[w])  # batch (B, *w)
+                    v = q.rsample((n_d,))  # (n, B, *w)
+                    p = meta.prior.local(w, theta, event_ndim=len(shape))
+                    dims = tuple(range(2, v.dim()))
+                    log_r = log_r + p.log_prob(v).sum(dims) - q.log_prob(v).sum(dims)
+                    phi[w] = v.unsqueeze(2)  # (n, B, 1, *w), the data plate's dim
+                f, _ = forward(meta, phi, sub.support_x)
+                ll = meta.likelihood.dist(f, lik, sub.support_noise, event_dim).log_prob(sub.support_y)
+                chunks.append(log_r + ll.sum(-1) / beta)
+            out.append(torch.cat(chunks, 0).T)  # (b, S)
     return torch.cat(out, 0)
 
 
