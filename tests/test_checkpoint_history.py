@@ -14,12 +14,8 @@ from hvi.cli.main import cli
 
 
 @pytest.fixture(autouse=True)
-def _fresh_store():
-    threads = torch.get_num_threads()
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-    torch.set_num_threads(threads)
+def _fresh_store(fresh_store):
+    """Every test here starts from an empty param store (tests/conftest.py)."""
 
 
 def _save(path, step, keep):

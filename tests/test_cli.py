@@ -22,12 +22,8 @@ VAL = ["--val-every", "2"]
 
 
 @pytest.fixture(autouse=True)
-def _fresh_store():
-    threads = torch.get_num_threads()  # the CLI sets torch's thread count; keep other tests unaffected
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-    torch.set_num_threads(threads)
+def _fresh_store(fresh_store):
+    """Every test here starts from an empty param store (tests/conftest.py)."""
 
 
 @pytest.fixture()

@@ -17,12 +17,8 @@ TINY = ["--model", "mlp", "--steps", "2", "--task-batch", "2", "--inner-steps", 
 
 
 @pytest.fixture(autouse=True)
-def _fresh_store():
-    threads = torch.get_num_threads()
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-    torch.set_num_threads(threads)
+def _fresh_store(fresh_store):
+    """Every test here starts from an empty param store (tests/conftest.py)."""
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pyro
 import pytest
 import torch
 import xarray as xr
@@ -19,12 +18,8 @@ TINY = ["--model", "mlp", "--steps", "3", "--task-batch", "2", "--inner-steps", 
 
 
 @pytest.fixture(autouse=True)
-def _fresh_store():
-    threads = torch.get_num_threads()
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-    torch.set_num_threads(threads)
+def _fresh_store(fresh_store):
+    """Every test here starts from an empty param store (tests/conftest.py)."""
 
 
 def invoke(args):

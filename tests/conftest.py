@@ -1,0 +1,17 @@
+"""Fixtures shared by the CLI and checkpoint tests."""
+
+from __future__ import annotations
+
+import pyro
+import pytest
+import torch
+
+
+@pytest.fixture()
+def fresh_store():
+    """An empty Pyro param store, and torch's thread count restored afterwards (the CLI sets it)."""
+    threads = torch.get_num_threads()
+    pyro.clear_param_store()
+    yield
+    pyro.clear_param_store()
+    torch.set_num_threads(threads)
