@@ -430,17 +430,6 @@ def predict_files(
 
 
 def _slice(batch, a: int, b: int):
-    def cut(t):
-        return None if t is None else t[a:b]
-
-    return dataclasses.replace(
-        batch,
-        support_x=cut(batch.support_x),
-        support_y=cut(batch.support_y),
-        query_x=cut(batch.query_x),
-        query_y=cut(batch.query_y),
-        task_index=cut(batch.task_index) - a,
-        num_tasks=min(b, batch.batch_size) - a,
-        support_noise=cut(batch.support_noise),
-        query_noise=cut(batch.query_noise),
-    )
+    """Tasks a..b as a batch of their own (task indices and count relative to the slice)."""
+    sub = batch.tasks(slice(a, b))
+    return dataclasses.replace(sub, task_index=sub.task_index - a, num_tasks=min(b, batch.batch_size) - a)

@@ -346,29 +346,13 @@ def _probe(meta, source, cfg: Mapping[str, Any], device: torch.device) -> None:
         validate_batch(batch, meta.likelihood)
         try:
             with pyro.validation_enabled(False):
-                predict(meta, _take(batch, 1), inner_steps=0, num_samples=1)
+                predict(meta, batch.tasks(slice(0, 1)), inner_steps=0, num_samples=1)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(
                 f"model {cfg['model']!r} cannot run on data {cfg['data']!r} (x {tuple(source.x_shape)}, "
                 f"y {tuple(source.y_shape)}): {first}; set matching model_args in --config."
             ) from None
-
-
-def _take(batch, n: int):
-    def cut(t):
-        return None if t is None else t[:n]
-
-    return dataclasses.replace(
-        batch,
-        support_x=cut(batch.support_x),
-        support_y=cut(batch.support_y),
-        query_x=cut(batch.query_x),
-        query_y=cut(batch.query_y),
-        task_index=cut(batch.task_index),
-        support_noise=cut(batch.support_noise),
-        query_noise=cut(batch.query_noise),
-    )
 
 
 def _make_optimizer(cfg: Mapping[str, Any]):

@@ -177,22 +177,6 @@ def _chunks(n: int, size: int | None) -> Iterator[slice]:
         yield slice(a, min(a + size, n))
 
 
-def _slice(batch: TaskBatch, s: slice) -> TaskBatch:
-    def cut(t: Tensor | None) -> Tensor | None:
-        return None if t is None else t[s]
-
-    return dataclasses.replace(
-        batch,
-        support_x=cut(batch.support_x),
-        support_y=cut(batch.support_y),
-        query_x=cut(batch.query_x),
-        query_y=cut(batch.query_y),
-        task_index=cut(batch.task_index),
-        support_noise=cut(batch.support_noise),
-        query_noise=cut(batch.query_noise),
-    )
-
-
 @contextlib.contextmanager
 def _seeded(batch: TaskBatch, seed: int) -> Iterator[None]:
     """Forks torch's RNG (and the batch device's) and seeds it: the caller's stream is untouched."""
@@ -287,7 +271,7 @@ def to_inference_data(
                 n: tr.nodes[n]["value"] for n, s in meta.sites.items() if s.latent
             }
         for s in _chunks(B, chunk_tasks):
-            sub = _slice(batch, s)
+            sub = batch.tasks(s)
             guide = poutine.condition(meta.guide, data=theta_draws)
             model = poutine.condition(meta.model, data=theta_draws)
             with pyro.plate("draws", S, dim=-3):
@@ -515,7 +499,7 @@ def log_importance_ratios(
                 if site.latent:
                     fixed[n] = biject_to(site.constraint)(pyro.param(f"q_theta.{n}.loc").detach())
         for s in _chunks(batch.batch_size, chunk_tasks):
-            sub = _slice(batch, s)
+            sub = batch.tasks(s)
             tr = poutine.trace(poutine.condition(meta.guide, data=fixed)).get_trace(sub, inner_steps=inner_steps)
             lam = tr.nodes["_RETURN"]["value"]["lambda"]
             theta = {

@@ -93,6 +93,17 @@ class TaskBatch:
             },
         )
 
+    def tasks(self, index: slice) -> "TaskBatch":
+        """The tasks ``index`` of this batch (a view; ``num_tasks`` and ``task_index`` unchanged)."""
+        return dataclasses.replace(
+            self,
+            **{
+                f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
+                for f in dataclasses.fields(self)
+                if f.name != "num_tasks"
+            },
+        )
+
     def joined(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """Support and query concatenated along the example axis: ``(x, y, noise)``."""
         x = torch.cat([self.support_x, self.query_x], dim=1)

@@ -578,3 +578,14 @@ def test_inv_softplus_gradients_and_transforms():
     g = torch.func.grad(lambda t: inv_softplus(t).sum())(x.detach())
     assert torch.allclose(g, 1 / -torch.expm1(-x.detach()), rtol=1e-14)
     assert torch.func.vmap(inv_softplus)(x.detach().reshape(4, 5)).shape == (4, 5)
+
+
+def test_task_batch_tasks_selects_every_tensor_and_keeps_the_population():
+    b = regression_batch(B=4, M=9)
+    noisy = hvi.TaskBatch(b.support_x, b.support_y, b.query_x, b.query_y, b.task_index, 9,
+                          b.support_y * 0 + 0.1, b.query_y * 0 + 0.2)
+    sub = noisy.tasks(slice(1, 3))
+    assert sub.batch_size == 2 and sub.num_tasks == 9
+    for name in ("support_x", "support_y", "query_x", "query_y", "task_index", "support_noise", "query_noise"):
+        assert torch.equal(getattr(sub, name), getattr(noisy, name)[1:3]), name
+    assert b.tasks(slice(0, 1)).support_noise is None
