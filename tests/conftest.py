@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyro
 import pytest
 import torch
+from click.testing import CliRunner
 
 
 @pytest.fixture()
@@ -15,3 +16,9 @@ def fresh_store():
     yield
     pyro.clear_param_store()
     torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def runner():
+    """A click test runner (stdout and stderr kept apart)."""
+    return CliRunner()

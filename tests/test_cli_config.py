@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from click.testing import CliRunner
 
+from cli_checks import assert_error
 from hvi.cli.main import cli
 
 
@@ -13,24 +13,8 @@ def _fresh_store(fresh_store):
     """Every test here starts from an empty param store (tests/conftest.py)."""
 
 
-@pytest.fixture()
-def runner():
-    return CliRunner()
-
-
 def invoke(runner, args):
     return runner.invoke(cli, args, catch_exceptions=False, prog_name="hvi")
-
-
-def assert_error(res, *fragments):
-    """Non-zero exit, exactly one line 'Error: ...' on stderr, no traceback."""
-    assert res.exit_code != 0, res.output
-    assert "Traceback" not in res.output
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("Error: "), lines[0]
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 # --------------------------------------------------------------------------- listings
