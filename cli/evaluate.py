@@ -60,13 +60,6 @@ def _ci(values: Tensor) -> dict[str, float]:
     return {"value": m, "ci_low": lo, "ci_high": hi}
 
 
-def _point_metrics(pred: Tensor, y: Tensor) -> dict[str, Tensor]:
-    err = (pred - y).reshape(y.shape[0], -1)
-    mae = err.abs().mean(1)
-    # The CRPS of a point forecast is its absolute error.
-    return {"rmse": err.pow(2).mean(1).sqrt(), "mae": mae, "crps": mae}
-
-
 def _skill(model_rmse: Tensor, ref_rmse: Tensor, seed: int, draws: int = 2000) -> dict[str, float]:
     """1 - mean RMSE_model / mean RMSE_ref with a paired bootstrap 95% CI over tasks."""
     m, r = model_rmse.double().cpu(), ref_rmse.double().cpu()
@@ -97,7 +90,7 @@ def evaluate_run(
     not meta-learned, adapted per task with the same inner steps) and, when
     the source offers them, ``persistence``/``climatology`` (with a skill score).
     """
-    from hvi.metrics import classification_metrics, regression_metrics
+    from hvi.metrics import classification_metrics, point_metrics, regression_metrics
     from hvi.predict import predict
 
     run = load_run(run_dir, device)
@@ -152,8 +145,10 @@ def evaluate_run(
         for k, v in metrics.items():
             per[name].setdefault(k, []).append(v.detach())
 
-    def score(pred, y) -> dict[str, Tensor]:
-        return classification_metrics(pred, y) if classify else regression_metrics(pred, y)
+    def score(pred, y, mask) -> dict[str, Tensor]:
+        if classify:
+            return classification_metrics(pred, y, mask=mask)
+        return regression_metrics(pred, y, mask=mask)
 
     bar = None
     if progress:
@@ -167,13 +162,13 @@ def evaluate_run(
             for start in range(0, n, chunk):
                 idx = torch.arange(start, min(start + chunk, n))
                 batch = source.get_tasks(split, idx).to(run.device)
-                y = batch.query_y
-                add("model", score(predict(meta, batch, inner_steps=steps, num_samples=num_samples), y))
-                add("prior", score(predict(meta, batch, inner_steps=0, num_samples=num_samples), y))
+                y, mask = batch.query_y, batch.query_mask
+                add("model", score(predict(meta, batch, inner_steps=steps, num_samples=num_samples), y, mask))
+                add("prior", score(predict(meta, batch, inner_steps=0, num_samples=num_samples), y, mask))
                 with store.scope(scratch_state):
-                    add("scratch", score(predict(scratch_meta, batch, inner_steps=steps, num_samples=num_samples), y))
+                    add("scratch", score(predict(scratch_meta, batch, inner_steps=steps, num_samples=num_samples), y, mask))
                 for b in baselines:
-                    add(b, _point_metrics(getattr(source, b)(batch).to(y.dtype), y))
+                    add(b, point_metrics(getattr(source, b)(batch).to(y.dtype), y, mask))
                 if bar is not None:
                     bar.update(len(idx))
     finally:

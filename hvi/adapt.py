@@ -52,7 +52,7 @@ from torch.distributions import Normal
 
 from hvi import distributions as hvi_distributions
 from hvi import natural
-from hvi.families import NormalFamily, inv_softplus
+from hvi.families import GuideFamily, NormalFamily, inv_softplus
 from hvi.functional import FunctionalNet
 from hvi.likelihoods import Likelihood
 from hvi.noise import TaskNoise
@@ -198,6 +198,8 @@ class InnerLoop:
         likelihood: The likelihood.
         config: Inner-loop settings.
         y_event_dim: Number of per-example target dims (``len(y_shape)``).
+        family: q(φ)'s family (default: the prior's), e.g.
+            :class:`~hvi.families.PointMassFamily` for MAML-style methods.
     """
 
     def __init__(
@@ -207,10 +209,11 @@ class InnerLoop:
         likelihood: Likelihood,
         config: InnerConfig,
         y_event_dim: int,
+        family: GuideFamily | None = None,
     ) -> None:
         self.net = net
         self.prior = prior
-        self.family = prior.family
+        self.family = prior.family if family is None else family
         if config.update == "natural" and not isinstance(self.family, NormalFamily):
             raise ValueError(
                 f"update='natural' needs the diagonal Normal family, but the prior uses "
@@ -267,6 +270,7 @@ class InnerLoop:
         eps: Tensor | TaskNoise,
         steps: int,
         particle_dims: Mapping[str, int | None] | None = None,
+        mask: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Flat λ for a batch of tasks (and θ particles).
 
@@ -283,6 +287,8 @@ class InnerLoop:
             steps: Number of inner steps.
             particle_dims: Which sites carry a leading particle dim (0) and
                 which do not (None). None: no particles.
+            mask: Which support targets are observed, bool shaped like ``y``;
+                None: all. Unobserved targets add nothing to the objective.
 
         Returns:
             λ as ``{key: (B, D)}``, or ``(P, B, D)`` with particles; per-weight
@@ -316,8 +322,8 @@ class InnerLoop:
                 lrs[n][k] = next(it)
             at = (slice(None),) * task_dim + (c,)
             e = eps.chunk(c) if isinstance(eps, TaskNoise) else eps[at]
-            lam = self._run(th, lk, lrs, x[c], y[c], None if noise is None else noise[c], e,
-                            steps, lead, needs_graph)
+            lam = self._run(th, lk, lrs, x[c], y[c], None if noise is None else noise[c],
+                            None if mask is None else mask[c], e, steps, lead, needs_graph)
             return tuple(lam[k] for k in keys)
 
         chunks = num_task_chunks(x.shape[0], x.device, self.config.parallel_tasks)
@@ -371,7 +377,7 @@ class InnerLoop:
         alpha = {k: self._flat_lr(lr, k, ref) for k in lam}
         return {k: v.expand(lead + (B, self.size)) for k, v in lam.items()}, alpha, closed_form, kl_terms
 
-    def _support_loglik(self, lik, x, y, noise, lead, S, per_point=False):
+    def _support_loglik(self, lik, x, y, noise, mask, lead, S, per_point=False):
         """ℓ as a function of weights ``phi`` (*lead, B, S, D): Σ over tasks, draws and examples.
 
         With ``per_point`` the sum is over examples only: ``(*lead, B, S)``.
@@ -385,11 +391,12 @@ class InnerLoop:
         x_all = fold(x)
         y_b = y.unsqueeze(1)
         noise_b = None if noise is None else noise.unsqueeze(1)
+        mask_b = None if mask is None else mask.unsqueeze(1)
 
         def loglik(phi: Tensor) -> Tensor:
             out = self.net.batched(self.split(phi.reshape(-1, D)), x_all)
             out = out.reshape(lead + (B, S) + out.shape[1:])
-            lp = self.likelihood.dist(out, lik, noise_b, self.y_event_dim).log_prob(y_b)
+            lp = self.likelihood.observe(out, lik, noise_b, self.y_event_dim, mask_b).log_prob(y_b)
             return lp.sum(-1) if per_point else lp.sum()
 
         return loglik
@@ -404,10 +411,10 @@ class InnerLoop:
 
         return noise_at
 
-    def _run(self, theta, lik, lr, x, y, noise, eps, steps, lead, needs_graph) -> dict[str, Tensor]:
+    def _run(self, theta, lik, lr, x, y, noise, mask, eps, steps, lead, needs_graph) -> dict[str, Tensor]:
         cfg = self.config
         if cfg.update == "natural":
-            return self._run_natural(theta, lik, lr, x, y, noise, eps, steps, lead, needs_graph)
+            return self._run_natural(theta, lik, lr, x, y, noise, mask, eps, steps, lead, needs_graph)
         B, Ns = x.shape[0], x.shape[1]
         S, beta = cfg.num_samples, cfg.kl_weight
         second_order = needs_graph and not cfg.first_order
@@ -416,7 +423,7 @@ class InnerLoop:
             lik = {k: v.detach() for k, v in lik.items()}
         c = beta / Ns  # weight of the closed-form KL gradient
         closed_kl = closed_form and beta > 0
-        loglik = self._support_loglik(lik, x, y, noise, lead, S)
+        loglik = self._support_loglik(lik, x, y, noise, mask, lead, S)
 
         def objective(phi: Tensor, src: Mapping[str, Tensor]) -> Tensor:
             """The support objective at weights ``phi`` (*lead, B, S, D) drawn from q(λ = ``src``)."""
@@ -497,7 +504,7 @@ class InnerLoop:
             ll = line(pts)
             return (2 * ll[..., 0] - ll[..., 1] - ll[..., 2]) / delta.squeeze(-1).square()
 
-    def _run_natural(self, theta, lik, lr, x, y, noise, eps, steps, lead, needs_graph) -> dict[str, Tensor]:
+    def _run_natural(self, theta, lik, lr, x, y, noise, mask, eps, steps, lead, needs_graph) -> dict[str, Tensor]:
         """λ^(K) by natural-gradient steps in q's mean m and precision s (see :mod:`hvi.natural`).
 
         Second order differentiates through every step. First order treats each
@@ -511,8 +518,8 @@ class InnerLoop:
         if not second_order:
             lik = {k: v.detach() for k, v in lik.items()}
         prior = self._prior_terms(kl_terms, closed_form, lead, B)
-        loglik = self._support_loglik(lik, x, y, noise, lead, 2 * cfg.num_samples)
-        line = self._support_loglik(lik, x, y, noise, lead, 3, per_point=True) if cfg.line_search else None
+        loglik = self._support_loglik(lik, x, y, noise, mask, lead, 2 * cfg.num_samples)
+        line = self._support_loglik(lik, x, y, noise, mask, lead, 3, per_point=True) if cfg.line_search else None
         noise_at = self._noise_reader(eps)
         m0, s0 = lam0["loc"], F.softplus(lam0["rho"]).pow(-2)
         m, s = (m0, s0) if second_order else (m0.detach(), s0.detach())

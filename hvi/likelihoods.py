@@ -61,6 +61,35 @@ class Likelihood(ABC):
             (so ``(..., N)``) and event shape ``y_shape``.
         """
 
+    def observe(
+        self,
+        output: Tensor,
+        params: Mapping[str, Tensor],
+        noise: Tensor | None,
+        event_dim: int,
+        mask: Tensor | None = None,
+    ) -> dist.Distribution:
+        """:meth:`dist`, with the unobserved targets (``mask == False``) left out of ``log_prob``.
+
+        ``mask`` is a bool tensor right-aligned with the targets (``(..., N,
+        *y_shape)``); masked entries contribute exactly 0 to the log-density
+        and nothing to its gradients (their target values must still be
+        finite: fill missing values with 0). Per-element masking needs
+        :meth:`dist` to return an ``Independent`` over ``event_dim`` dims (or
+        ``event_dim == 0``), as the built-in likelihoods do.
+        """
+        d = self.dist(output, params, noise, event_dim)
+        if mask is None:
+            return d
+        if event_dim == 0:
+            return d.mask(mask)
+        if isinstance(d, torch.distributions.Independent) and d.reinterpreted_batch_ndims == event_dim:
+            return d.base_dist.mask(mask).to_event(event_dim)
+        raise TypeError(
+            f"{type(self).__name__}.dist returned {type(d).__name__}, which cannot be masked per target "
+            f"element; return base.to_event({event_dim}) from dist() or drop support_mask/query_mask."
+        )
+
     def check_targets(self, name: str, y: Tensor) -> None:
         """Raises ``ValueError`` if targets ``y`` (argument ``name``) do not fit."""
         if not y.is_floating_point():

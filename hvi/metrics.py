@@ -13,13 +13,17 @@ from torch import Tensor
 
 from hvi.predict import Prediction
 
-__all__ = ["regression_metrics", "classification_metrics", "gaussian_crps", "mean_ci"]
+__all__ = ["point_metrics", "regression_metrics", "classification_metrics", "gaussian_crps", "mean_ci"]
 
 _SQRT2 = math.sqrt(2.0)
 
 
-def _per_task(v: Tensor) -> Tensor:
-    return v.reshape(v.shape[0], -1).mean(1)
+def _per_task(v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean of ``v`` over each task's entries (its observed ones when ``mask`` is given)."""
+    if mask is None:
+        return v.reshape(v.shape[0], -1).mean(1)
+    m = mask.expand_as(v).reshape(v.shape[0], -1).to(v.dtype)
+    return (v.reshape(v.shape[0], -1) * m).sum(1) / m.sum(1)
 
 
 def gaussian_crps(mean: Tensor, std: Tensor, y: Tensor) -> Tensor:
@@ -30,45 +34,65 @@ def gaussian_crps(mean: Tensor, std: Tensor, y: Tensor) -> Tensor:
     return std * (z * (2 * cdf - 1) + 2 * pdf - 1 / math.sqrt(math.pi))
 
 
+def point_metrics(pred: Tensor, y: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
+    """RMSE, MAE and CRPS per task of a point forecast ``pred`` (its CRPS is its absolute error)."""
+    err = pred - y
+    mae = _per_task(err.abs(), mask)
+    return {"rmse": _per_task(err**2, mask).sqrt(), "mae": mae, "crps": mae}
+
+
 def regression_metrics(
-    pred: Prediction, y: Tensor, levels: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
+    pred: Prediction,
+    y: Tensor,
+    levels: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95),
+    mask: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """RMSE, Gaussian NLL, CRPS and central-interval coverage per task.
 
-    The predictive is moment-matched to a Normal(mean, std²).
+    The predictive is moment-matched to a Normal(mean, std²). With ``mask``
+    (bool, shaped like ``y``) only the observed targets are scored. A point
+    prediction (``pred.std`` None: MAML, first-order MAML, Reptile) has no
+    predictive distribution: its NLL, CRPS and coverages are NaN (n/a).
     """
-    assert pred.std is not None
     err = pred.mean - y
+    if pred.std is None:
+        na = torch.full_like(_per_task(err, mask), math.nan)
+        return {"rmse": _per_task(err**2, mask).sqrt(), "mae": _per_task(err.abs(), mask), "nll": na, "crps": na,
+                **{f"coverage_{round(level * 100)}": na for level in levels}}
     out = {
-        "rmse": _per_task(err**2).sqrt(),
-        "mae": _per_task(err.abs()),
-        "nll": _per_task(0.5 * (err / pred.std) ** 2 + torch.log(pred.std) + 0.5 * math.log(2 * math.pi)),
-        "crps": _per_task(gaussian_crps(pred.mean, pred.std, y)),
+        "rmse": _per_task(err**2, mask).sqrt(),
+        "mae": _per_task(err.abs(), mask),
+        "nll": _per_task(0.5 * (err / pred.std) ** 2 + torch.log(pred.std) + 0.5 * math.log(2 * math.pi), mask),
+        "crps": _per_task(gaussian_crps(pred.mean, pred.std, y), mask),
     }
     for level in levels:
         z = _SQRT2 * torch.special.erfinv(torch.tensor(level, dtype=y.dtype, device=y.device))
         inside = (err.abs() <= z * pred.std).to(y.dtype)
-        out[f"coverage_{round(level * 100)}"] = _per_task(inside)
+        out[f"coverage_{round(level * 100)}"] = _per_task(inside, mask)
     return out
 
 
-def classification_metrics(pred: Prediction, y: Tensor, bins: int = 10) -> dict[str, Tensor]:
-    """Accuracy, NLL and expected calibration error (equal-width confidence bins) per task."""
+def classification_metrics(
+    pred: Prediction, y: Tensor, bins: int = 10, mask: Tensor | None = None
+) -> dict[str, Tensor]:
+    """Accuracy, NLL and expected calibration error (equal-width confidence bins) per task.
+
+    With ``mask`` (bool, shaped like ``y``) only the observed labels are scored.
+    """
     assert pred.probs is not None
     p = pred.probs.clamp_min(1e-12)
     correct = (pred.mean == y).to(p.dtype)
     nll = -torch.log(p.gather(-1, y.unsqueeze(-1)).squeeze(-1))
     conf = p.max(-1).values
     edges = torch.linspace(0, 1, bins + 1, device=p.device, dtype=p.dtype)
-    which = torch.bucketize(conf, edges[1:-1])
+    which = torch.bucketize(conf, edges[1:-1]).reshape(p.shape[0], -1)
+    seen = torch.ones_like(which, dtype=p.dtype) if mask is None else mask.reshape(p.shape[0], -1).to(p.dtype)
+    gaps = (conf - correct).reshape(p.shape[0], -1) * seen
+    n = seen.sum(1)
     ece = torch.zeros(p.shape[0], dtype=p.dtype, device=p.device)
-    n = conf.shape[1]
     for b in range(bins):
-        m = (which == b).to(p.dtype)
-        cnt = m.sum(1)
-        gap = ((conf - correct) * m).sum(1).abs()
-        ece = ece + torch.where(cnt > 0, gap / n, torch.zeros_like(gap))
-    return {"accuracy": _per_task(correct), "nll": _per_task(nll), "ece": ece}
+        ece = ece + (gaps * (which == b)).sum(1).abs() / n
+    return {"accuracy": _per_task(correct, mask), "nll": _per_task(nll, mask), "ece": ece}
 
 
 def mean_ci(values: Tensor, z: float = 1.959964) -> tuple[float, float, float]:

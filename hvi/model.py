@@ -91,11 +91,11 @@ def model(
                 p = p.expand(torch.broadcast_shapes(p.batch_shape, shape)).to_event(len(shape))
                 phi[name] = pyro.sample(f"phi.{name}", p)
         if predictive:
-            x, y, noise = batch.query_x, None, batch.query_noise
+            x, y, noise, mask = batch.query_x, None, batch.query_noise, None
         elif meta.objective == "query":
-            x, y, noise = batch.query_x, batch.query_y, batch.query_noise
+            x, y, noise, mask = batch.query_x, batch.query_y, batch.query_noise, batch.query_mask
         else:
-            x, y, noise = batch.joined()
+            (x, y, noise), mask = batch.joined(), batch.joined_mask()
         out, lead_ndim = forward(meta, phi, x)
         # One host sync per call: weights from a diverged inner loop can be finite
         # while the network's outputs overflow; name it (hvi.SVI skips such a step).
@@ -109,7 +109,7 @@ def model(
             k: pad_site(theta[f"likelihood.{k}"], s.shape, event_dim)
             for k, s in meta.likelihood.global_sites().items()
         }
-        likelihood = meta.likelihood.dist(out, lik, noise, event_dim)
+        likelihood = meta.likelihood.observe(out, lik, noise, event_dim, mask)
         with pyro.plate("data", x.shape[1], dim=-1):
             if predictive:
                 f = pyro.deterministic("f", out, event_dim=out.dim() - lead_ndim - 2)

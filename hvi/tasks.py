@@ -11,7 +11,10 @@ query set of ``Nq`` examples::
 ``(C, H, W)`` for image-to-image regression; classification targets are int64
 class labels with ``y_shape == ()``. Optional ``support_noise``/``query_noise``
 carry a known per-observation noise standard deviation (same shape as ``y``)
-for Gaussian likelihoods with known noise.
+for Gaussian likelihoods with known noise. Optional ``support_mask``/``query_mask``
+(bool, same shape as ``y``) say which targets were observed: ``False`` entries
+(night pixels of a solar map, missing values of a file) are left out of every
+likelihood term, the inner loop's and the outer ELBO's, and of the metrics.
 
 ``num_tasks`` (M) is the size of the population the batch was drawn from; the
 model scales each task's ELBO term by ``M / B`` (see README, "Scaling").
@@ -26,6 +29,9 @@ import torch
 from torch import Tensor
 
 __all__ = ["TaskBatch"]
+
+#: Fields that must be tensors (``query_y`` may be None on the predictive path).
+_REQUIRED = frozenset({"support_x", "support_y", "query_x"})
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,10 @@ class TaskBatch:
         num_tasks: Size ``M`` of the task population. Defaults to ``B``.
         support_noise: Optional known noise std of each support target.
         query_noise: Optional known noise std of each query target.
+        support_mask: Optional bool tensor shaped like ``support_y``: which
+            support targets are observed (``True``). None: all of them.
+        query_mask: Optional bool tensor shaped like ``query_y``, the same for
+            the query targets.
     """
 
     support_x: Tensor
@@ -52,8 +62,20 @@ class TaskBatch:
     num_tasks: int | None = None
     support_noise: Tensor | None = None
     query_noise: Tensor | None = None
+    support_mask: Tensor | None = None
+    query_mask: Tensor | None = None
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "num_tasks":
+                if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                    raise TypeError(f"num_tasks must be an int or None, got {v!r} ({type(v).__name__}).")
+            elif not (isinstance(v, Tensor) or (v is None and f.name not in _REQUIRED)):
+                raise TypeError(
+                    f"TaskBatch field {f.name} must be a torch.Tensor, got {type(v).__name__}; "
+                    "convert it with torch.as_tensor(...)."
+                )
         B = self.support_x.shape[0] if self.support_x.dim() > 0 else 0
         if self.task_index is None:
             object.__setattr__(
@@ -112,3 +134,13 @@ class TaskBatch:
         if self.support_noise is not None and self.query_noise is not None:
             noise = torch.cat([self.support_noise, self.query_noise], dim=1)
         return x, y, noise
+
+    def joined_mask(self) -> Tensor | None:
+        """The observed-target mask of :meth:`joined`'s ``y``; None when every target is observed."""
+        if self.support_mask is None and self.query_mask is None:
+            return None
+
+        def full(mask: Tensor | None, y: Tensor) -> Tensor:
+            return torch.ones_like(y, dtype=torch.bool) if mask is None else mask
+
+        return torch.cat([full(self.support_mask, self.support_y), full(self.query_mask, self.query_y)], dim=1)

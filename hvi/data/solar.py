@@ -189,6 +189,11 @@ class SolarSource(TaskSource):
             and does not depend on it. Defaults to 0.
         path: Another netCDF file built by ``scripts/build_solar.py``; defaults
             to the shipped one.
+        mask_night: Mark night pixels of the targets as unobserved
+            (``support_mask``/``query_mask`` = daylight), so that neither the
+            likelihood nor the metrics score them (their kt is 0 by
+            construction, which any forecast given the clear-sky channel gets
+            right). ``False`` scores every pixel. Defaults to True.
 
     Raises:
         ValueError: If an argument is out of range or a split would have no task.
@@ -210,6 +215,7 @@ class SolarSource(TaskSource):
         kt_max: float = 1.5,
         seed: int = 0,
         path: str | None = None,
+        mask_night: bool = True,
     ) -> None:
         self.k_shot = check_int("k_shot", k_shot, 1, "pass e.g. k_shot=5")
         self.k_query = check_int("k_query", k_query, 0, "pass e.g. k_query=5")
@@ -225,6 +231,9 @@ class SolarSource(TaskSource):
         if not 0 < zenith_max <= 90 or not kt_max > 0:
             raise ValueError(f"need 0 < zenith_max <= 90 and kt_max > 0, got {zenith_max}, {kt_max}.")
         self.zenith_max, self.kt_max = float(zenith_max), float(kt_max)
+        if not isinstance(mask_night, bool):
+            raise ValueError(f"mask_night={mask_night!r} must be true or false.")
+        self.mask_night = mask_night
         data = load_solar(path)
         self.data = data
         self.sites: list[str] = list(data["site"])
@@ -326,9 +335,12 @@ class SolarSource(TaskSource):
         x = self._x[split].index_select(0, index)
         y = self._y[split].index_select(0, index)
         ns = self.k_shot
+        day = x[:, :, 2:3] > 0 if self.mask_night else None
         return TaskBatch(
             support_x=x[:, :ns], support_y=y[:, :ns], query_x=x[:, ns:], query_y=y[:, ns:],
             task_index=index, num_tasks=m,
+            support_mask=None if day is None else day[:, :ns],
+            query_mask=None if day is None else day[:, ns:],
         )
 
     def task_info(self, split: Split) -> list[dict]:
