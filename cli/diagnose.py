@@ -25,7 +25,7 @@ from hvi.cli.evaluate import load_run
 from hvi.cli.registry import build_source
 from hvi.cli.run import METRICS_FILE, eval_chunk_size
 
-__all__ = ["Diagnosis", "diagnose_run", "format_report", "read_elbo_trace"]
+__all__ = ["Diagnosis", "diagnose_run", "format_report", "read_elbo_trace", "read_metrics_trace"]
 
 #: Default predictive draws per task (fewer than evaluate's 100 would make coverage noisy).
 DEFAULT_SAMPLES = 100
@@ -58,8 +58,14 @@ class Diagnosis:
     plots: list[Path] = dataclasses.field(default_factory=list)
 
 
-def read_elbo_trace(run_dir: Path) -> np.ndarray | None:
-    """The ELBO per step from ``metrics.jsonl`` (NaN for a skipped or missing step), or None without one."""
+def read_metrics_trace(run_dir: Path) -> dict[str, np.ndarray] | None:
+    """The ELBO per step and its parts from ``metrics.jsonl``, or None without one.
+
+    Keys ``elbo`` and, when the run recorded them (runs since the parts were
+    added), ``ell``, ``local_kl``, ``global_kl``; NaN for a skipped or missing step.
+    """
+    from hvi.elbo_parts import PARTS
+
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return None
@@ -69,16 +75,25 @@ def read_elbo_trace(run_dir: Path) -> np.ndarray | None:
             continue
         try:
             row = json.loads(line)
-            rows[int(row["step"])] = row.get("elbo")
+            rows[int(row["step"])] = row
         except (ValueError, KeyError, TypeError):
             raise ValueError(f"{path} has a line that is not a metrics record; the run directory is damaged.") from None
     if not rows:
         return None
-    elbo = np.full(max(rows), np.nan)
-    for step, v in rows.items():
-        if step >= 1 and v is not None:
-            elbo[step - 1] = float(v)
-    return elbo
+    keys = ["elbo"] + [k for k in PARTS if any(k in r for r in rows.values())]
+    out = {k: np.full(max(rows), np.nan) for k in keys}
+    for step, row in rows.items():
+        for k in keys:
+            v = row.get(k)
+            if step >= 1 and v is not None:
+                out[k][step - 1] = float(v)
+    return out
+
+
+def read_elbo_trace(run_dir: Path) -> np.ndarray | None:
+    """The ELBO per step from ``metrics.jsonl`` (NaN for a skipped or missing step), or None without one."""
+    trace = read_metrics_trace(run_dir)
+    return None if trace is None else trace["elbo"]
 
 
 def _check_out(out: Path) -> None:
@@ -149,11 +164,12 @@ def diagnose_run(
     batch = source.get_tasks(split, torch.arange(n)).to(run.device)
     if batch.query_x.shape[1] == 0:
         raise ValueError(f"the {split} tasks of {cfg['data']!r} have no query points to check predictions on.")
-    elbo = read_elbo_trace(run_path)
+    trace = read_metrics_trace(run_path)
+    elbo = None if trace is None else trace["elbo"]
     chunk = eval_chunk_size(meta, num_samples)
 
     idata = dg.to_inference_data(
-        meta, batch, num_samples=num_samples, inner_steps=steps, seed=seed, elbo_trace=elbo, chunk_tasks=chunk
+        meta, batch, num_samples=num_samples, inner_steps=steps, seed=seed, elbo_trace=trace, chunk_tasks=chunk
     )
     idata.posterior.attrs["run"] = str(run_path)
     k = dg.pareto_k(

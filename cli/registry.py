@@ -165,7 +165,10 @@ def resolve_device(name: str) -> torch.device:
 
     if not isinstance(name, str) or not DEVICE_RE.fullmatch(name):
         raise ValueError(f"--device {name!r} is not understood; use cpu, cuda or cuda:N (N = 0, 1, ...).")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:  # an index beyond what torch parses, e.g. cuda:99999999999999999999
+        raise ValueError(f"--device {name!r} is not understood; use cpu, cuda or cuda:N (N = 0, 1, ...).") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu.")

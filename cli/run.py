@@ -414,7 +414,7 @@ def resolved_config(
     keys that may change overridden. The likelihood and the model arguments
     that follow from the data's shapes are added when the data is read.
     """
-    toml = load_toml(config_path) if config_path else {}
+    toml = load_toml(config_path) if config_path is not None else {}
     if resume:
         if out is None:
             raise ValueError("--resume needs --out RUN_DIR (the run to continue).")
@@ -443,7 +443,7 @@ def run_fit(
     from hvi.checkpoint import expected_params, load_checkpoint, save_checkpoint
     from hvi.fit import fit
 
-    toml = load_toml(config_path) if config_path else {}
+    toml = load_toml(config_path) if config_path is not None else {}
     model_name = cli_opts.get("model") or toml.get("model")
     if out is None:
         if resume:

@@ -150,8 +150,8 @@ class InnerConfig:
                 )
         if not (isinstance(self.num_samples, int) and self.num_samples >= 1):
             raise ValueError(f"inner num_samples={self.num_samples!r} must be an integer >= 1.")
-        if not self.kl_weight >= 0:
-            raise ValueError(f"kl_weight={self.kl_weight} must be >= 0.")
+        if not 0 <= self.kl_weight < math.inf:
+            raise ValueError(f"kl_weight={self.kl_weight} must be >= 0 and finite.")
         if self.update == "natural" and not self.kl_weight > 0:
             raise ValueError(
                 f"kl_weight={self.kl_weight} leaves the natural-gradient step without a prior "

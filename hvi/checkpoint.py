@@ -540,29 +540,34 @@ def _read_one(path: Path, meta_path: Path, device: torch.device | str | None) ->
     except (SafetensorError, OSError) as e:
         raise ValueError(f"checkpoint {path} is corrupted: cannot read {tfile.name} ({e}).") from None
     dev = torch.device(device) if device is not None else None
-    params: dict[str, Tensor] = {}
-    cons: dict[str, constraints.Constraint] = {}
-    for name, info in pinfo.items():
-        key = f"param/{name}"
-        if key not in tensors:
-            raise ValueError(f"checkpoint {path} is corrupted: tensor of param {name!r} is missing.")
-        t = tensors[key]
-        if list(t.shape) != list(info["shape"]):
-            raise ValueError(f"checkpoint {path} is corrupted: param {name!r} has inconsistent shapes.")
-        params[name] = t if dev is None else t.to(dev)
-        cons[name] = constraint_from_json(info["constraint"])
-    opt = meta.get("optimizer")
-    return Checkpoint(
-        path=path,
-        step=step,
-        params=params,
-        constraints=cons,
-        config=meta.get("config") or {},
-        extra=meta.get("extra") or {},
-        optimizer_state=None if opt is None else _decode(opt["state"], tensors),
-        rng_state=None if meta.get("rng") is None else _decode(meta["rng"], tensors),
-        generator_state=None if meta.get("generator") is None else _decode(meta["generator"], tensors),
-    )
+    try:
+        params: dict[str, Tensor] = {}
+        cons: dict[str, constraints.Constraint] = {}
+        for name, info in pinfo.items():
+            key = f"param/{name}"
+            if key not in tensors:
+                raise ValueError(f"checkpoint {path} is corrupted: tensor of param {name!r} is missing.")
+            t = tensors[key]
+            if list(t.shape) != list(info["shape"]):
+                raise ValueError(f"checkpoint {path} is corrupted: param {name!r} has inconsistent shapes.")
+            params[name] = t if dev is None else t.to(dev)
+            cons[name] = constraint_from_json(info["constraint"])
+        opt = meta.get("optimizer")
+        return Checkpoint(
+            path=path,
+            step=step,
+            params=params,
+            constraints=cons,
+            config=meta.get("config") or {},
+            extra=meta.get("extra") or {},
+            optimizer_state=None if opt is None else _decode(opt["state"], tensors),
+            rng_state=None if meta.get("rng") is None else _decode(meta["rng"], tensors),
+            generator_state=None if meta.get("generator") is None else _decode(meta["generator"], tensors),
+        )
+    except (KeyError, TypeError, AttributeError, IndexError) as e:  # a hand-edited or damaged checkpoint.json
+        raise ValueError(
+            f"checkpoint {path} is corrupted: {meta_path.name} has a malformed entry ({type(e).__name__}: {e})."
+        ) from None
 
 
 def expected_params(meta: "MetaModel") -> dict[str, tuple[int, ...]]:

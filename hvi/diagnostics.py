@@ -28,7 +28,11 @@ Markov chain, so ``r_hat`` is NaN):
 * ``observed_data``: the query targets ``y``.
 * ``log_likelihood``: ``y``, log p(y_ij | f_φ(x_ij)) per query point (dims
   ``task``, ``point``).
-* ``sample_stats`` (when an ELBO trace is given): ``elbo`` per training step (dim ``step``).
+* ``sample_stats``: with an ELBO trace, ``elbo`` per training step (dim
+  ``step``) and, from a run's metrics.jsonl, its parts ``ell``, ``local_kl``
+  and ``global_kl`` (ELBO = ell − local_kl − global_kl, :mod:`hvi.elbo_parts`);
+  ``inner_elbo``, the support objective L_S of each held-out task after
+  0, 1, ..., K inner steps (dims ``task``, ``inner_step``; :func:`inner_objective`).
 
 A target of shape ``(1,)`` (one number per point) is stored without its
 trailing dim, so that ``y`` and its log-likelihood share their dims (which
@@ -61,7 +65,7 @@ import contextlib
 import dataclasses
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -71,6 +75,7 @@ import torch
 from torch import Tensor
 from torch.distributions import biject_to, kl_divergence
 
+from hvi.elbo_parts import PARTS as ELBO_PARTS
 from hvi.guide import guide_globals
 from hvi.meta import MetaModel
 from hvi.model import forward
@@ -86,6 +91,7 @@ __all__ = [
     "ParetoK",
     "Reliability",
     "heldout_lppd",
+    "inner_objective",
     "interval_coverage",
     "log_importance_ratios",
     "pareto_k",
@@ -108,6 +114,8 @@ K_GOOD, K_OK = 0.5, 0.7
 PHI_SUMMARIES = ("phi_shift", "phi_scale", "phi_kl")
 #: Bytes of weight draws held at once (tasks × draws × weights × 4).
 _BUDGET = 2.5e8
+#: Draws per task and inner step of the inner objective trace (``sample_stats.inner_elbo``).
+INNER_DRAWS = 16
 
 
 # --------------------------------------------------------------------------- names
@@ -219,6 +227,7 @@ def to_inference_data(
     elbo_trace: Sequence[float] | Any | None = None,
     chunk_tasks: int | None = None,
     max_whole: int = MAX_WHOLE,
+    inner_draws: int = INNER_DRAWS,
 ) -> "arviz.InferenceData":
     """An ``arviz.InferenceData`` of a trained model on held-out tasks (groups: module docstring).
 
@@ -239,9 +248,15 @@ def to_inference_data(
         seed: Seed of the draws (torch's RNG is forked, the caller's is untouched).
         elbo_trace: The ELBO per training step (``FitResult.elbo``, or a
             :class:`~hvi.FitResult`, whose losses are negated), stored as
-            ``sample_stats.elbo``; NaN marks a skipped step.
+            ``sample_stats.elbo``; NaN marks a skipped step. A mapping
+            ``{"elbo": ..., "ell": ..., "local_kl": ..., "global_kl": ...}``
+            (:func:`read_metrics_trace` of a run's metrics.jsonl) stores the
+            ELBO's parts next to it (:mod:`hvi.elbo_parts`).
         chunk_tasks: Adapt this many tasks at a time (default: all).
         max_whole: Networks with more weights get per-layer summaries of θ.
+        inner_draws: Draws per task and inner step for ``sample_stats.inner_elbo``,
+            the support objective after 0, 1, ..., K inner steps
+            (:func:`inner_objective`); 0 leaves it out.
 
     Returns:
         The InferenceData; its groups carry the attributes ``hvi_version``,
@@ -385,13 +400,31 @@ def to_inference_data(
     if constant:
         groups["constant_data"] = constant
 
-    # ---- ELBO trace
+    # ---- ELBO trace and its parts; the inner objective per inner step
+    stats: dict[str, np.ndarray] = {}
     if elbo_trace is not None:
-        elbo = getattr(elbo_trace, "elbo", elbo_trace)
-        elbo = np.asarray([np.nan if v is None else float(v) for v in elbo], dtype=np.float64)
-        groups["sample_stats"] = {"elbo": elbo[None, None]}
-        dims["elbo"] = ["step"]
-        coords["step"] = np.arange(1, elbo.size + 1)
+        trace = dict(elbo_trace) if isinstance(elbo_trace, Mapping) else {"elbo": getattr(elbo_trace, "elbo", elbo_trace)}
+        if "elbo" not in trace:
+            raise ValueError(f"elbo_trace has keys {sorted(trace)}; it needs 'elbo' (and optionally {ELBO_PARTS}).")
+        n_steps = len(trace["elbo"])
+        for key in ("elbo", *ELBO_PARTS):
+            if key not in trace:
+                continue
+            v = np.asarray([np.nan if x is None else float(x) for x in trace[key]], dtype=np.float64)
+            if v.size != n_steps:
+                raise ValueError(f"elbo_trace[{key!r}] has {v.size} steps, elbo has {n_steps}.")
+            stats[key] = v[None, None]
+            dims[key] = ["step"]
+        coords["step"] = np.arange(1, n_steps + 1)
+    if inner_draws:
+        k_inner = meta.inner.steps if inner_steps is None else int(inner_steps)
+        stats["inner_elbo"] = inner_objective(
+            meta, batch, inner_steps=k_inner, num_samples=inner_draws, seed=seed, chunk_tasks=chunk_tasks
+        )[None, None]
+        dims["inner_elbo"] = ["task", "inner_step"]
+        coords["inner_step"] = np.arange(k_inner + 1)
+    if stats:
+        groups["sample_stats"] = stats
 
     idata = az.from_dict(**groups, dims=dims, coords=coords)
     if Nq:
@@ -527,6 +560,42 @@ def log_importance_ratios(
                 chunks.append(log_r + ll.sum(-1) / beta)
             out.append(torch.cat(chunks, 0).T)  # (b, S)
     return torch.cat(out, 0)
+
+
+def inner_objective(
+    meta: MetaModel,
+    batch: TaskBatch,
+    *,
+    inner_steps: int | None = None,
+    num_samples: int = INNER_DRAWS,
+    seed: int = 0,
+    chunk_tasks: int | None = None,
+) -> np.ndarray:
+    """The support objective L_S(λ^(m)) of each task after m = 0, 1, ..., K inner steps: ``(B, K + 1)``.
+
+    L_S(λ) = (E_q[log p(D_i^S | φ)] − β·KL(q(φ; λ) ‖ p(φ | θ))) / Ns, the
+    objective the inner loop ascends (:mod:`hvi.adapt`), in nats per support
+    example. Estimated with ``num_samples`` draws φ_s ~ q(φ; λ^(m)) as
+    β·mean_s log r_s / Ns (:func:`log_importance_ratios`), an estimator whose
+    variance vanishes as q approaches the exact conditional posterior; then
+    Ns·L_S is log p(D_i^S | θ) (β = 1). Every m adapts afresh with the same
+    seed, and the inner loop's noise is drawn step by step from per-task
+    streams seeded once, so the K + 1 values are the points of one trajectory.
+    θ is taken as in :func:`pareto_k`. Cost: K(K + 1)/2 inner steps and K + 1
+    evaluations of ``num_samples`` draws per task.
+    """
+    if not (isinstance(num_samples, int) and num_samples >= 2):
+        raise ValueError(f"num_samples={num_samples!r} must be an integer >= 2.")
+    k = meta.inner.steps if inner_steps is None else int(inner_steps)
+    if k < 0:
+        raise ValueError(f"inner_steps={k} must be >= 0.")
+    ns = max(1, batch.support_x.shape[1])
+    out = [
+        log_importance_ratios(meta, batch, num_samples=num_samples, inner_steps=m, seed=seed, chunk_tasks=chunk_tasks)
+        .mean(1).mul(meta.kl_weight / ns)
+        for m in range(k + 1)
+    ]
+    return _np(torch.stack(out, 1))
 
 
 def pareto_k(

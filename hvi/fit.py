@@ -19,7 +19,7 @@ from hvi.data.base import TaskSource
 from hvi.meta import MetaModel
 from hvi.svi import SVI
 from hvi.tasks import TaskBatch
-from hvi.validation import validate_batch
+from hvi.validation import validate_for_model
 
 __all__ = ["FitResult", "fit", "make_elbo", "subsample", "TaskSampler"]
 
@@ -166,6 +166,15 @@ def fit(
         raise ValueError(f"steps={steps!r} must be a non-negative integer.")
     if not (isinstance(max_skips, int) and max_skips >= 1):
         raise ValueError(f"max_skips={max_skips!r} must be an integer >= 1.")
+    if clip_norm is not None and not (
+        isinstance(clip_norm, (int, float)) and not isinstance(clip_norm, bool) and 0 < clip_norm < math.inf
+    ):
+        raise ValueError(f"clip_norm={clip_norm!r} must be a positive finite number (or None: no clipping).")
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device={device!r} is not understood; use 'cpu', 'cuda' or 'cuda:N'.") from None
     if not resume:
         pyro.clear_param_store()
     if seed is not None:
@@ -193,7 +202,7 @@ def fit(
         batch = sample(generator)
         if device is not None:
             batch = batch.to(device)
-        validate_batch(batch, meta.likelihood)
+        validate_for_model(batch, meta)
         loss = svi.step(batch)
         if math.isfinite(loss):
             in_a_row = 0

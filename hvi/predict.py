@@ -18,7 +18,7 @@ from torch import Tensor
 
 from hvi.meta import MetaModel
 from hvi.tasks import TaskBatch
-from hvi.validation import validate_batch
+from hvi.validation import validate_for_model
 
 __all__ = ["Prediction", "predict"]
 
@@ -69,7 +69,7 @@ def predict(
     """
     if not (isinstance(num_samples, int) and num_samples >= 1):
         raise ValueError(f"num_samples={num_samples!r} must be an integer >= 1.")
-    validate_batch(batch, meta.likelihood, query_targets=False)
+    validate_for_model(batch, meta, query_targets=False)
     # Draws share a particle plate (dim -3), as in pyro.infer.Predictive(parallel=True).
     # The model's predictive path also draws replicated targets at "y"; the summaries
     # below are exact in f and σ², so that draw is skipped (conditioned on a placeholder):

@@ -42,6 +42,8 @@ class MLP(nn.Module):
             raise ValueError(
                 f"mlp: unknown activation {activation!r}; choices: {', '.join(sorted(ACTIVATIONS))}."
             )
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+            raise ValueError(f"mlp: hidden must be a list of layer widths such as [40, 40], got {hidden!r}.")
         sizes = [in_features, *hidden, out_features]
         for val in sizes:
             if not isinstance(val, int) or isinstance(val, bool) or val < 1:
@@ -79,4 +81,6 @@ def mlp(in_features: int = 1, out_features: int = 1, hidden: tuple[int, ...] = (
         ValueError: If ``activation`` is unknown (the message lists the
             choices) or a size is not a positive integer.
     """
+    if isinstance(hidden, (str, bytes)):
+        raise ValueError(f"mlp: hidden must be a list of layer widths such as [40, 40], got {hidden!r}.")
     return MLP(in_features, out_features, tuple(hidden), activation)

@@ -241,7 +241,7 @@ EDITS = {
     ),
     "wrong model_args": (
         lambda c: c["model_args"].update(hidden="x"),
-        "Error: mlp: layer sizes must be positive ints, got [1, 'x', 1]",
+        "Error: mlp: hidden must be a list of layer widths such as [40, 40], got 'x'.",
     ),
 }
 

@@ -22,6 +22,8 @@ from torch import nn
 import hvi
 from hvi import diagnostics as dg
 from hvi.cli.main import cli
+from hvi.elbo_parts import trace_parts
+from hvi.fit import make_elbo
 from hvi.priors import GaussianPrior
 
 matplotlib.use("Agg")
@@ -339,6 +341,84 @@ def test_arviz_functions_run_on_it(tmp_path):
     plt.close("all")
 
 
+# --------------------------------------------------------------------------- sample_stats: ELBO parts, inner objective
+
+
+@pytest.mark.parametrize(("kind", "q_theta", "particles"), [
+    ("trace", "delta", 1), ("trace", "normal", 1), ("trace", "normal", 3), ("meanfield", "normal", 2),
+])
+def test_elbo_parts_add_up_to_the_training_steps_elbo(kind, q_theta, particles):
+    meta = hierarchical_meta() if q_theta == "normal" else conjugate_meta()
+    batch = conjugate_batch(M=6, Ns=8, Nq=4)
+    elbo_fn = make_elbo(kind, particles)
+    seen = []
+    res = hvi.fit(meta, batch, steps=3, task_batch=3, elbo=elbo_fn, lr=1e-2,
+                  callback=lambda step, loss, b: seen.append((loss, dict(elbo_fn.last_parts))))
+    assert [loss for loss, _ in seen] == list(res.losses)
+    for loss, parts in seen:
+        # ELBO = ell − local_kl − global_kl, from the step's own traces: exact up to rounding.
+        assert parts["ell"] - parts["local_kl"] - parts["global_kl"] == pytest.approx(-loss, rel=1e-12, abs=1e-9)
+        assert parts["ell"] < 0 and parts["local_kl"] > 0
+        # A Normal q(θ) over μ and τ has a KL to the hyperprior; conjugate_meta's θ are params (no term).
+        assert (parts["global_kl"] != 0) == (q_theta == "normal")
+
+
+def test_elbo_parts_are_the_traces_log_densities():
+    """ell is the observed sites' log-likelihood, local_kl the phi sites' log q − log p (M/B and β applied)."""
+    meta, batch = conjugate_meta(), conjugate_batch(M=6, Ns=8, Nq=4)
+    elbo_fn = make_elbo()
+    pyro.set_rng_seed(3)
+    with torch.no_grad():
+        guide_tr = pyro.poutine.trace(meta.guide).get_trace(batch)
+        model_tr = pyro.poutine.trace(pyro.poutine.replay(meta.model, guide_tr)).get_trace(batch)
+    model_tr.compute_log_prob()
+    guide_tr.compute_log_prob()
+    parts = trace_parts(model_tr, guide_tr)
+    y = model_tr.nodes["y"]
+    mu, phi = model_tr.nodes["phi.w"]["fn"], guide_tr.nodes["phi.w"]["value"].detach()
+    direct_ell = float(dist.Normal(phi, SIGMA).log_prob(batch.query_y).sum())
+    direct_kl = float((guide_tr.nodes["phi.w"]["fn"].log_prob(phi) - mu.log_prob(phi)).sum().detach())
+    assert y["is_observed"] and parts["ell"] == pytest.approx(direct_ell, rel=1e-12)
+    assert parts["local_kl"] == pytest.approx(direct_kl, rel=1e-12) and parts["global_kl"] == 0.0
+    assert elbo_fn.last_parts is None  # nothing recorded before a step
+
+
+def test_inner_objective_reaches_the_log_evidence_in_one_exact_step():
+    """Conjugate model, natural step at α = 1: after one step q(φ_i) is exact and Ns·L_S = log p(D_i^S | θ)."""
+    batch = conjugate_batch(M=4, Ns=20)
+    meta = conjugate_meta(steps=2, lr=1.0)
+    trace = dg.inner_objective(meta, batch, num_samples=16)
+    assert trace.shape == (4, 3)
+    mu = pyro.param("theta.w.loc").detach()
+    evidence = []
+    for i in range(4):
+        total = 0.0
+        for d in range(D):
+            y = batch.support_y[i, :, d]
+            cov = SIGMA**2 * torch.eye(20, dtype=DT) + TAU**2 * torch.ones(20, 20, dtype=DT)
+            total += float(dist.MultivariateNormal(mu[d].expand(20), cov).log_prob(y))
+        evidence.append(total / 20)
+    np.testing.assert_allclose(trace[:, 1], evidence, rtol=1e-10)
+    np.testing.assert_allclose(trace[:, 2], evidence, rtol=1e-10)  # a second exact step stays there
+    assert (trace[:, 0] < trace[:, 1] - 0.5).all()  # the prior (0 steps) is far below
+
+    idata = dg.to_inference_data(meta, batch, num_samples=10, inner_draws=16)
+    inner = idata.sample_stats["inner_elbo"]
+    assert inner.dims == ("chain", "draw", "task", "inner_step") and list(inner["inner_step"].values) == [0, 1, 2]
+    np.testing.assert_allclose(inner.values[0, 0], trace, rtol=1e-12)
+    assert "sample_stats" not in dg.to_inference_data(meta, batch, num_samples=10, inner_draws=0).groups()
+
+
+def test_elbo_trace_mapping_stores_the_parts():
+    meta, batch = sine_meta(), sine_batch(B=2)
+    trace = {"elbo": [-3.0, None], "ell": [-2.0, None], "local_kl": [0.5, None], "global_kl": [0.5, None]}
+    stats = dg.to_inference_data(meta, batch, num_samples=5, elbo_trace=trace, inner_draws=0).sample_stats
+    assert set(stats.data_vars) == {"elbo", "ell", "local_kl", "global_kl"}
+    np.testing.assert_array_equal(stats["local_kl"].values.reshape(-1), [0.5, np.nan])
+    with pytest.raises(ValueError, match="has 1 steps, elbo has 2"):
+        dg.to_inference_data(meta, batch, num_samples=5, elbo_trace={**trace, "ell": [1.0]}, inner_draws=0)
+
+
 # --------------------------------------------------------------------------- Pareto k̂
 
 
@@ -458,7 +538,11 @@ def test_diagnose_writes_idata_and_plots(tiny_run, tmp_path):
     assert {"loc_mean", "loc_rms", "scale_mean", "scale_rms", "noise"} <= set(idata.posterior.data_vars)
     # The stored ELBO trace is metrics.jsonl's.
     rows = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
-    np.testing.assert_array_equal(idata.sample_stats["elbo"].values.reshape(-1), [r["elbo"] for r in rows])
+    for key in ("elbo", "ell", "local_kl", "global_kl"):
+        np.testing.assert_array_equal(idata.sample_stats[key].values.reshape(-1), [r[key] for r in rows])
+    for r in rows:  # metrics.jsonl's parts add up to its ELBO (the step's own traces)
+        assert r["ell"] - r["local_kl"] - r["global_kl"] == pytest.approx(r["elbo"], rel=1e-12)
+    assert idata.sample_stats["inner_elbo"].shape == (1, 1, 4, 2)  # K = 1: after 0 and 1 inner steps
     assert json.loads(idata.posterior.attrs["hvi_config"])["inner"]["steps"] == 1
 
     # The default --out is RUN_DIR/idata.nc.
