@@ -4,7 +4,8 @@ Run directory (``--out RUN_DIR``)::
 
     RUN_DIR/
       config.json      the resolved configuration (every key of run.toml)
-      metrics.jsonl    one JSON object per training step (loss, ELBO, loss per
+      metrics.jsonl    one JSON object per training step (loss, ELBO and its
+                       parts ell, local_kl, global_kl (hvi.elbo_parts), loss per
                        task, ``skipped`` (1 when a non-finite step was not
                        applied), tasks/s; ``val`` metrics every val_every steps)
       checkpoint/      the latest training state (hvi.checkpoint: params,
@@ -659,6 +660,11 @@ def _train(
         state["last_ckpt"] = g
         state["due"] = False
 
+    from hvi.elbo_parts import PARTS as ELBO_PARTS
+    from hvi.fit import make_elbo
+
+    elbo_fn = make_elbo()  # the default Trace_ELBO, which keeps its estimate's parts
+
     def callback(step: int, loss: float, batch) -> None:
         g = start + step + 1
         now = time.perf_counter()
@@ -671,6 +677,8 @@ def _train(
             "step": g,
             "loss": loss,
             "elbo": -loss,
+            # ELBO = ell - local_kl - global_kl, from the step's own traces (hvi.elbo_parts)
+            **(elbo_fn.last_parts if elbo_fn.last_parts and math.isfinite(loss) else dict.fromkeys(ELBO_PARTS)),
             "loss_per_task": per_task,
             # 1: not applied, its loss or a gradient was not finite (hvi.SVI); sum for the count
             "skipped": int(not math.isfinite(loss)),
@@ -707,6 +715,7 @@ def _train(
                 steps=steps - start,
                 task_batch=cfg["task_batch"],
                 optimizer=optimizer,
+                elbo=elbo_fn,
                 seed=None if start > 0 else cfg["seed"],
                 device=device,
                 resume=start > 0,

@@ -11,7 +11,6 @@ from typing import Any, Literal
 
 import pyro
 import torch
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.optim import PyroOptim
 from torch import Tensor
 
@@ -55,12 +54,18 @@ class FitResult:
 def make_elbo(kind: Literal["trace", "meanfield"] = "trace", num_particles: int = 1):
     """The Pyro ELBO: ``Trace_ELBO`` or ``TraceMeanField_ELBO`` (analytic KL where known).
 
+    After each step its ``last_parts`` holds the estimate's expected
+    log-likelihood and local and global KL (:mod:`hvi.elbo_parts`).
+
     Particles are vectorized: the guide's inner loop runs once per θ particle,
     batched with vmap, and once in total when q(θ) is a point mass.
     """
     if not (isinstance(num_particles, int) and num_particles >= 1):
         raise ValueError(f"num_particles={num_particles!r} must be an integer >= 1.")
-    kinds = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
+    from hvi.elbo_parts import PartsMeanFieldELBO, PartsTraceELBO
+
+    # Trace_ELBO / TraceMeanField_ELBO that also keep their estimate's parts (hvi.elbo_parts).
+    kinds = {"trace": PartsTraceELBO, "meanfield": PartsMeanFieldELBO}
     if kind not in kinds:
         raise ValueError(f"elbo={kind!r} is not understood; use 'trace' or 'meanfield'.")
     return kinds[kind](
@@ -117,7 +122,7 @@ def fit(
     optimizer: PyroOptim | None = None,
     lr: float = 1e-3,
     clip_norm: float | None = None,
-    elbo: Literal["trace", "meanfield"] = "trace",
+    elbo: Literal["trace", "meanfield"] | pyro.infer.ELBO = "trace",
     num_particles: int = 1,
     seed: int | None = 0,
     device: torch.device | str | None = None,
@@ -139,7 +144,9 @@ def fit(
         optimizer: Any Pyro optimizer; default ``pyro.optim.Adam({"lr": lr})``.
         lr: Learning rate of the default optimizer (default 1e-3).
         clip_norm: Clip each parameter's gradient norm to this (default None).
-        elbo: ``"trace"`` (``Trace_ELBO``, default) or ``"meanfield"``.
+        elbo: ``"trace"`` (``Trace_ELBO``, default) or ``"meanfield"``, or an
+            ELBO instance (e.g. ``make_elbo()``, whose ``last_parts`` a
+            callback can read); ``num_particles`` is then the instance's.
         num_particles: ELBO particles, vectorized (default 1).
         seed: Seeds Pyro/PyTorch and the task sampler (default 0); None leaves RNGs alone.
         device: Moves each batch there (default: leave as is).
@@ -188,7 +195,8 @@ def fit(
             raise ValueError(f"lr={lr} must be positive.")
         clip = {} if clip_norm is None else {"clip_norm": float(clip_norm)}
         optimizer = pyro.optim.Adam({"lr": lr}, clip)
-    svi = SVI(meta.model, meta.guide, optimizer, loss=make_elbo(elbo, num_particles))
+    loss_fn = elbo if isinstance(elbo, pyro.infer.ELBO) else make_elbo(elbo, num_particles)
+    svi = SVI(meta.model, meta.guide, optimizer, loss=loss_fn)
     losses: list[float] = []
     skipped: list[int] = []
     in_a_row = 0
@@ -231,8 +239,8 @@ def fit(
             "task_batch": task_batch,
             "lr": lr,
             "clip_norm": clip_norm,
-            "elbo": elbo,
-            "num_particles": num_particles,
+            "elbo": elbo if isinstance(elbo, str) else type(elbo).__name__,
+            "num_particles": loss_fn.num_particles,
             "seed": seed,
             "max_skips": max_skips,
         },
