@@ -57,6 +57,7 @@ KEYS: dict[str, tuple[str, bool]] = {
     "prior_args": (_DICT, False),
     "likelihood": (_STR, True),
     "likelihood_args": (_DICT, False),
+    "method": (_STR, False),
     "q_theta": (_STR, False),
     "objective": (_STR, False),
     "inner_steps": (_INT, False),
@@ -96,6 +97,7 @@ _KIND_TEXT = {_INT: "an integer", _FLOAT: "a finite number", _BOOL: "true or fal
 DEVICE_RE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
 _CHOICES = {
+    "method": ("abml", "maml", "fomaml", "reptile"),  # hvi.methods.METHODS (not imported: no torch here)
     "inner_update": ("natural", "gradient"),
     "q_theta": ("delta", "normal"),
     "objective": ("query", "support+query"),
@@ -215,7 +217,9 @@ def resolve(cli: Mapping[str, Any], toml: Mapping[str, Any]) -> tuple[dict[str, 
     load_registries()
     if model not in list_models():
         raise ValueError(f"unknown model {model!r}; registered models: {', '.join(list_models())} (see 'hvi models').")
-    cfg = defaults_for(model)
+    method = given.get("method", toml.get("method", "abml"))
+    check_value("method", method, "--config" if "method" not in given else "the command line")
+    cfg = defaults_for(model, method)
     default_data = cfg.get("data")
     if given.get("data", toml.get("data", default_data)) != default_data:
         cfg["data_args"] = {}  # a different source does not inherit the default source's arguments

@@ -27,6 +27,7 @@ COMMON: dict[str, Any] = {
     "prior_args": {},
     "likelihood": None,  # None: the data source's (gaussian / categorical)
     "likelihood_args": {},
+    "method": "abml",
     "q_theta": "delta",
     "objective": "query",
     "inner_steps": 5,
@@ -113,12 +114,27 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def defaults_for(model: str) -> dict[str, Any]:
-    """The defaults of ``model``: :data:`COMMON` updated by its row (deep-copied)."""
+def defaults_for(model: str, method: str = "abml") -> dict[str, Any]:
+    """The defaults of ``model``: :data:`COMMON` updated by its row (deep-copied), for ``method``.
+
+    The deterministic methods (``maml``, ``fomaml``, ``reptile``; see
+    :mod:`hvi.methods`) take plain gradient steps: a row tuned for the
+    natural step gets ``inner_update = "gradient"`` and MAML's ``inner_lr =
+    0.01`` (a row already on gradient steps keeps its tuned ``inner_lr``);
+    ``first_order`` is false for maml and true for the others; Reptile's
+    ``lr`` is its outer step size ε of plain SGD, 0.1.
+    """
     import copy
 
     out = copy.deepcopy(COMMON)
     row = copy.deepcopy(MODEL_DEFAULTS.get(model, {}))
     out.update(row)
     out.setdefault("data", None)
+    if method != "abml":
+        out["method"] = method
+        if out["inner_update"] == "natural":
+            out["inner_update"], out["inner_lr"] = "gradient", 0.01
+        out["first_order"] = method != "maml"
+        if method == "reptile":
+            out["lr"] = 0.1
     return out

@@ -146,6 +146,11 @@ def diagnose_run(
         _check_plots(plots_path)
 
     run = load_run(run_path, device)
+    if run.meta.method != "abml":
+        raise ValueError(
+            f"run {run_path} was trained with method={run.meta.method!r}, whose point predictions have no "
+            "posterior to diagnose; score it with 'hvi evaluate'."
+        )
     if out is not None:
         _check_out(out_path)
     cfg = run.cfg

@@ -214,6 +214,8 @@ def _fmt(d: Mapping[str, float] | None) -> str:
     if d is None:
         return "-"
     v, lo, hi = d["value"], d["ci_low"], d["ci_high"]
+    if v is None or math.isnan(v):  # no predictive distribution (a point prediction: maml, fomaml, reptile)
+        return "n/a"
     if math.isnan(lo):
         return f"{v:.4f}"
     return f"{v:.4f} ± {(hi - lo) / 2:.4f}"

@@ -258,6 +258,7 @@ def _key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, .
 @click.option("--out", "out", metavar="RUN_DIR", help="Run directory (default: runs/MODEL).")
 @click.option("--steps", type=int, metavar="N", help=_d("Total SVI steps", "steps"))
 @click.option("--task-batch", "task_batch", type=int, metavar="B", help=_d("Tasks per step", "task_batch"))
+@click.option("--method", "method", metavar="abml|maml|fomaml|reptile", help=_d("Meta-learning method: ABML (Bayesian), or the deterministic MAML, first-order MAML or Reptile on the same inner loop (docs/methods.md)", "method"))
 @click.option("--inner-steps", "inner_steps", type=int, metavar="K", help=_d("Inner steps on each support set", "inner_steps"))
 @click.option("--inner-update", "inner_update", type=click.Choice(["natural", "gradient"]), help=_d("Inner update: natural-gradient (Bayesian learning rule) or plain gradient ascent", "inner_update"))
 @click.option("--inner-lr", "inner_lr", type=float, metavar="A", help=_d("Inner step size: a fraction of a full natural step in (0, 1], or per support example for gradient ascent", "inner_lr"))

@@ -236,4 +236,5 @@ def build_meta(cfg: Mapping[str, Any], device: torch.device, seed: int | None = 
         q_theta=cfg["q_theta"],
         inner=inner,
         objective=cfg["objective"],
+        method=cfg.get("method", "abml"),
     )

@@ -133,7 +133,7 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
 
 
 #: Keys added after runs were first written, with the value those older runs used.
-_BEFORE_THE_KEY = {"inner_update": "gradient"}
+_BEFORE_THE_KEY = {"inner_update": "gradient", "method": "abml"}
 
 
 def check_run_config(cfg: Mapping[str, Any], path: Path) -> dict[str, Any]:
@@ -357,6 +357,9 @@ def _probe(meta, source, cfg: Mapping[str, Any], device: torch.device) -> None:
 
 
 def _make_optimizer(cfg: Mapping[str, Any]):
+    if cfg.get("method") == "reptile":  # θ + ε·(φ̄_K − θ): plain SGD at ε = lr (hvi.methods)
+        clip = {} if cfg.get("clip_norm") is None else {"clip_norm": cfg["clip_norm"]}
+        return pyro.optim.SGD({"lr": cfg["lr"]}, clip)
     if cfg.get("clip_norm") is None:
         return pyro.optim.Adam({"lr": cfg["lr"]})
     return pyro.optim.ClippedAdam({"lr": cfg["lr"], "clip_norm": cfg["clip_norm"]})

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from hvi.distributions import ReparamNormal
 
-__all__ = ["GuideFamily", "NormalFamily", "inv_softplus"]
+__all__ = ["GuideFamily", "NormalFamily", "PointMassFamily", "inv_softplus"]
 
 
 class _InvSoftplus(torch.autograd.Function):
@@ -100,3 +100,25 @@ class NormalFamily(GuideFamily):
     def is_valid(self, lam: Mapping[str, Tensor]) -> Tensor:
         # A very negative ρ is finite, but softplus(ρ) underflows to a zero scale.
         return super().is_valid(lam) & (F.softplus(lam["rho"]) > 0).all()
+
+
+class PointMassFamily(GuideFamily):
+    """A point mass q(φ; λ) = δ(φ − loc): the deterministic family of MAML-style methods.
+
+    Starts at the prior's mean (θ for a Normal prior); a draw is ``loc`` itself
+    whatever the noise, so the inner loop's steps are plain gradient steps on
+    the support log-likelihood. Used by ``MetaModel(method="maml" | "fomaml" |
+    "reptile")`` (see :mod:`hvi.methods`).
+    """
+
+    param_names = ("loc",)
+
+    def init(self, prior: dist.Distribution) -> dict[str, Tensor]:
+        return {"loc": prior.mean}
+
+    def dist(self, lam: Mapping[str, Tensor]) -> dist.Distribution:
+        return dist.Delta(lam["loc"])
+
+    def sample(self, lam: Mapping[str, Tensor], eps: Tensor) -> Tensor:
+        loc = lam["loc"]
+        return loc.expand(torch.broadcast_shapes(loc.shape, eps.shape))

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from hvi.data.base import TaskSource
 from hvi.meta import MetaModel
+from hvi.methods import outer_loss
 from hvi.svi import SVI
 from hvi.tasks import TaskBatch
 from hvi.validation import validate_for_model
@@ -132,7 +133,7 @@ def fit(
     progress: bool = False,
     max_skips: int = 10,
 ) -> FitResult:
-    """Meta-trains ``meta`` by SVI on the ELBO.
+    """Meta-trains ``meta`` by SVI on the ELBO (or on its method's outer loss, see :mod:`hvi.methods`).
 
     Args:
         meta: The model.
@@ -141,7 +142,8 @@ def fit(
             tasks of it drawn without replacement), or ``f(generator) -> TaskBatch``.
         steps: Number of SVI steps (default 1000).
         task_batch: Tasks per step B (default: 8 for a source, all for a batch).
-        optimizer: Any Pyro optimizer; default ``pyro.optim.Adam({"lr": lr})``.
+        optimizer: Any Pyro optimizer; default ``pyro.optim.Adam({"lr": lr})``
+            (``pyro.optim.SGD`` for ``meta.method == "reptile"``: ``lr`` is Reptile's ε).
         lr: Learning rate of the default optimizer (default 1e-3).
         clip_norm: Clip each parameter's gradient norm to this (default None).
         elbo: ``"trace"`` (``Trace_ELBO``, default) or ``"meanfield"``, or an
@@ -194,9 +196,11 @@ def fit(
         if not lr > 0:
             raise ValueError(f"lr={lr} must be positive.")
         clip = {} if clip_norm is None else {"clip_norm": float(clip_norm)}
-        optimizer = pyro.optim.Adam({"lr": lr}, clip)
+        # Reptile's outer update is θ + ε·(φ̄_K − θ): plain SGD at ε = lr on its pseudo-gradient.
+        optimizer = (pyro.optim.SGD if meta.method == "reptile" else pyro.optim.Adam)({"lr": lr}, clip)
     loss_fn = elbo if isinstance(elbo, pyro.infer.ELBO) else make_elbo(elbo, num_particles)
-    svi = SVI(meta.model, meta.guide, optimizer, loss=loss_fn)
+    # meta.method other than "abml": the same loop on that method's outer loss (hvi.methods).
+    svi = SVI(meta.model, meta.guide, optimizer, loss=loss_fn if meta.method == "abml" else outer_loss(meta))
     losses: list[float] = []
     skipped: list[int] = []
     in_a_row = 0

@@ -88,7 +88,7 @@ def guide_globals(meta: "MetaModel") -> tuple[dict[str, Tensor], dict[str, int |
 def inner_lrs(meta: "MetaModel") -> dict[str, dict[str, Tensor | float]]:
     """α per weight and λ key: constants, or positive params when learned."""
     cfg = meta.inner
-    keys = meta.prior.family.param_names
+    keys = meta.family.param_names
     init = {k: cfg.lr_for(k) for k in keys}
     if not cfg.learn_lr:
         return {n: dict(init) for n in meta.net.shapes}
@@ -153,13 +153,13 @@ def guide(
 
     # One device sync per guide call, after the loop (never inside it): a
     # diverged inner loop is reported as such, not as a downstream shape error.
-    if not bool(meta.prior.family.is_valid(flat)):
+    if not bool(meta.family.is_valid(flat)):
         raise FloatingPointError(
             f"the inner loop diverged (non-finite λ or a zero scale after {steps} steps); lower the inner lr "
             "(InnerConfig.lr / --inner-lr), raise the prior scale, or use fewer inner steps."
         )
     lam = loop.unflatten(flat)
-    family = meta.prior.family
+    family = meta.family
     with pyro.plate("tasks", batch.num_tasks, subsample=batch.task_index, dim=-2):
         with poutine.scale(scale=meta.kl_weight):
             for name, shape in meta.net.shapes.items():

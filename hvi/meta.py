@@ -8,9 +8,11 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from hvi.adapt import InnerConfig, InnerLoop
+from hvi.families import GuideFamily, PointMassFamily
 from hvi.functional import FunctionalNet
 from hvi.guide import guide as _guide
 from hvi.likelihoods import Likelihood, get_likelihood
+from hvi.methods import Method, is_deterministic, method_inner_config
 from hvi.model import model as _model
 from hvi.priors.base import HierarchicalPrior, get_prior
 from hvi.sites import GlobalSite
@@ -35,6 +37,14 @@ class MetaModel:
         objective: ``"query"`` (outer ELBO on the query set, default) or
             ``"support+query"``.
         q_theta_init_scale: Initial std of a Normal q(θ) (default 0.01).
+        method: ``"abml"`` (default: the Bayesian model above), or one of the
+            deterministic baselines on the same inner loop: ``"maml"``,
+            ``"fomaml"`` (first-order MAML) or ``"reptile"``. Those adapt a
+            point mass q(φ_i) = δ(φ_i) by plain gradient steps (``inner``
+            must then have ``update="gradient"``; None gives α = 0.01) without
+            a KL term, and :func:`hvi.fit` trains them on their own outer
+            update (see :mod:`hvi.methods`). Their predictions are point
+            predictions.
 
     Call :meth:`model` and :meth:`guide` with a :class:`~hvi.TaskBatch`; they
     are the Pyro model and guide (``pyro.infer.SVI(m.model, m.guide, ...)``).
@@ -50,6 +60,7 @@ class MetaModel:
         inner: InnerConfig | None = None,
         objective: Literal["query", "support+query"] = "query",
         q_theta_init_scale: float = 0.01,
+        method: Method = "abml",
     ) -> None:
         if q_theta not in ("delta", "normal"):
             raise ValueError(f"q_theta={q_theta!r} is not understood; use 'delta' or 'normal'.")
@@ -57,11 +68,17 @@ class MetaModel:
             raise ValueError(f"objective={objective!r} is not understood; use 'query' or 'support+query'.")
         if not q_theta_init_scale > 0:
             raise ValueError(f"q_theta_init_scale={q_theta_init_scale} must be positive.")
-        self.inner = inner if inner is not None else InnerConfig()
+        self.inner = method_inner_config(method, inner)
+        #: The meta-learning method (see :mod:`hvi.methods`).
+        self.method: str = method
+        if is_deterministic(method) and q_theta != "delta":
+            raise ValueError(f"method={method!r} learns a point θ; use q_theta='delta' (or method='abml').")
         self.net = FunctionalNet(net, parallel_tasks=self.inner.parallel_tasks)
         self.prior = get_prior(prior).bind(self.net.init_weights)
+        #: q(φ_i)'s family: the prior's, or a point mass for the deterministic methods.
+        self.family: GuideFamily = PointMassFamily() if is_deterministic(method) else self.prior.family
         self.likelihood = get_likelihood(likelihood)
-        if not self.inner.kl_weight > 0:
+        if method == "abml" and not self.inner.kl_weight > 0:
             raise ValueError(
                 f"kl_weight={self.inner.kl_weight} must be > 0 for the variational objective; "
                 "use a small value such as 1e-3 to down-weight the KL."
@@ -85,14 +102,19 @@ class MetaModel:
 
     @property
     def kl_weight(self) -> float:
-        """β: the weight of KL(q(φ_i) ‖ p(φ_i | θ)), inner and outer."""
-        return self.inner.kl_weight
+        """β: the weight of KL(q(φ_i) ‖ p(φ_i | θ)), inner and outer.
+
+        The deterministic methods have no KL (their inner loop runs with
+        ``kl_weight=0``); 1.0 here only scales the φ sites of their Pyro
+        program, which no outer loss of theirs reads (Pyro needs a scale > 0).
+        """
+        return self.inner.kl_weight if self.method == "abml" else 1.0
 
     def inner_loop(self, y_event_dim: int) -> InnerLoop:
         """The inner loop for targets with ``y_event_dim`` per-example dims."""
         if y_event_dim not in self._loops:
             self._loops[y_event_dim] = InnerLoop(
-                self.net, self.prior, self.likelihood, self.inner, y_event_dim
+                self.net, self.prior, self.likelihood, self.inner, y_event_dim, family=self.family
             )
         return self._loops[y_event_dim]
 
@@ -107,6 +129,7 @@ class MetaModel:
     def config(self) -> dict[str, Any]:
         """The settings that define this model, JSON-serialisable."""
         return {
+            "method": self.method,
             "q_theta": self.q_theta,
             "objective": self.objective,
             "q_theta_init_scale": self.q_theta_init_scale,

@@ -33,7 +33,9 @@ class Prediction:
     Attributes:
         mean: Predictive mean ``(B, Nq, *y_shape)``; for classification the
             most probable class ``(B, Nq)``.
-        std: Predictive std (regression) or None.
+        std: Predictive std (regression) or None; None too for the point
+            predictions of a deterministic method (``meta.method`` "maml",
+            "fomaml", "reptile"), which have no predictive distribution.
         probs: Class probabilities ``(B, Nq, C)`` (classification) or None.
         samples: Network outputs per weight draw ``(S, B, Nq, *out_shape)``.
         noise_std: Observation std σ (root mean over draws), shaped like ``mean``
@@ -66,9 +68,14 @@ def predict(
     Returns:
         A :class:`Prediction`. With ``q_theta="normal"`` each draw also
         samples θ from q(θ) and adapts to it, so θ's uncertainty is included.
+        A deterministic method gives the point prediction f_{φ_K}(x^Q) (one
+        draw whatever ``num_samples``) with ``std = None``.
     """
     if not (isinstance(num_samples, int) and num_samples >= 1):
         raise ValueError(f"num_samples={num_samples!r} must be an integer >= 1.")
+    point = meta.method != "abml"
+    if point:  # q(φ) is a point mass: every draw is the same
+        num_samples = 1
     validate_for_model(batch, meta, query_targets=False)
     # Draws share a particle plate (dim -3), as in pyro.infer.Predictive(parallel=True).
     # The model's predictive path also draws replicated targets at "y"; the summaries
@@ -85,6 +92,8 @@ def predict(
         return Prediction(probs.argmax(-1), None, probs, f)
     obs_var = model_trace.nodes["obs_var"]["value"].expand_as(f)
     mean = f.mean(0)
+    if point:
+        return Prediction(mean, None, None, f, None)
     # Law of total variance over the weight draws.
     std = (f.var(0, unbiased=False) + obs_var.mean(0)).sqrt()
     return Prediction(mean, std, None, f, obs_var.mean(0).sqrt())
