@@ -280,9 +280,9 @@ def validation_metrics(meta, batches, num_samples: int, seed: int, device: torch
         for b in batches:
             pred = predict(meta, b, num_samples=num_samples)
             if meta.likelihood.is_classification:
-                m = classification_metrics(pred, b.query_y)
+                m = classification_metrics(pred, b.query_y, mask=b.query_mask)
             else:
-                m = regression_metrics(pred, b.query_y)
+                m = regression_metrics(pred, b.query_y, mask=b.query_mask)
                 m = {k: m[k] for k in ("rmse", "nll", "crps", "coverage_90")}
             for k, v in m.items():
                 per.setdefault(k, []).append(v)

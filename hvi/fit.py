@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -86,15 +87,8 @@ def subsample(batch: TaskBatch, size: int, generator: torch.Generator) -> TaskBa
     def take(t: Tensor | None) -> Tensor | None:
         return None if t is None else t.index_select(0, pick)
 
-    return TaskBatch(
-        take(batch.support_x),
-        take(batch.support_y),
-        take(batch.query_x),
-        take(batch.query_y),
-        take(batch.task_index),
-        batch.num_tasks,
-        take(batch.support_noise),
-        take(batch.query_noise),
+    return dataclasses.replace(
+        batch, **{f.name: take(getattr(batch, f.name)) for f in dataclasses.fields(batch) if f.name != "num_tasks"}
     )
 
 

@@ -4,7 +4,9 @@ q(θ) covers the *latent* global sites (those with a hyperprior):
 
 * ``q_theta="delta"``: a point mass at a learned value (MAP / empirical Bayes);
 * ``q_theta="normal"``: a diagonal Normal on the unconstrained space
-  (full hierarchical VI; the ELBO then holds −KL(q(θ) ‖ p(θ))).
+  (full hierarchical VI; the ELBO then holds −KL(q(θ) ‖ p(θ)));
+* ``q_theta="flow"``: a spline flow over all latent sites jointly
+  (:mod:`hvi.flows`), for skewed or correlated group-level posteriors.
 
 Global sites without a hyperprior are ``pyro.param``s shared with the model.
 Then, inside the same task plate as the model, λ_i = adapt(θ, D_i^S) for the
@@ -14,7 +16,8 @@ Normal under vectorized particles), and φ_i ~ q(φ_i; λ_i) with ``poutine.scal
 Parameter names in the param store:
 
 * ``theta.<weight>.<site>``, ``likelihood.<site>``: point-estimated θ;
-* ``q_theta.<site>`` (delta) or ``q_theta.<site>.loc`` / ``.scale`` (normal);
+* ``q_theta.<site>`` (delta) or ``q_theta.<site>.loc`` / ``.scale`` (normal),
+  ``q_theta.flow$$$<parameter>`` (flow);
 * ``inner_lr.<weight>.<loc|rho>``: learned inner step sizes (``learn_lr``).
 """
 
@@ -56,11 +59,16 @@ def guide_globals(meta: "MetaModel") -> tuple[dict[str, Tensor], dict[str, int |
     """Samples θ from q(θ); returns values for the inner loop and their particle dims."""
     values: dict[str, Tensor] = {}
     particle_dims: dict[str, int | None] = {}
+    draws = pyro.module("q_theta.flow", meta.flow).sample_sites() if meta.flow is not None else {}
     for name, site in meta.sites.items():
         k = len(site.shape)
         if not site.latent:
             values[name] = pyro.param(name, site.fresh_init, constraint=site.constraint)
             particle_dims[name] = None
+        elif name in draws:
+            flat = _plate_prefix_to_particles(draws[name], k)
+            values[name] = draws[name] if flat is None else flat
+            particle_dims[name] = None if flat is None else 0
         elif meta.q_theta == "delta":
             v = pyro.param(f"q_theta.{name}", site.fresh_init, constraint=site.constraint)
             pyro.sample(name, dist.Delta(v, event_dim=k))
@@ -149,6 +157,7 @@ def guide(
         eps,
         steps,
         particle_dims=dims,
+        mask=batch.support_mask,
     )
 
     # One device sync per guide call, after the loop (never inside it): a

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from hvi.adapt import InnerConfig, InnerLoop
 from hvi.families import GuideFamily, PointMassFamily
+from hvi.flows import GlobalFlow
 from hvi.functional import FunctionalNet
 from hvi.guide import guide as _guide
 from hvi.likelihoods import Likelihood, get_likelihood
@@ -31,8 +32,11 @@ class MetaModel:
             (default ``"gaussian"``).
         likelihood: A :class:`~hvi.likelihoods.Likelihood` or a registered
             name (default ``"gaussian"``: learned noise).
-        q_theta: ``"delta"`` (point mass / empirical Bayes, default) or
-            ``"normal"`` (diagonal Normal over latent θ; needs a hyperprior).
+        q_theta: ``"delta"`` (point mass / empirical Bayes, default),
+            ``"normal"`` (diagonal Normal over latent θ; needs a hyperprior)
+            or ``"flow"`` (a spline normalizing flow over all latent global
+            sites jointly, for skewed or correlated group-level posteriors of
+            small hierarchical models; see :mod:`hvi.flows`).
         inner: Inner-loop settings (default :class:`~hvi.adapt.InnerConfig`).
         objective: ``"query"`` (outer ELBO on the query set, default) or
             ``"support+query"``.
@@ -56,14 +60,14 @@ class MetaModel:
         prior: HierarchicalPrior | str = "gaussian",
         likelihood: Likelihood | str = "gaussian",
         *,
-        q_theta: Literal["delta", "normal"] = "delta",
+        q_theta: Literal["delta", "normal", "flow"] = "delta",
         inner: InnerConfig | None = None,
         objective: Literal["query", "support+query"] = "query",
         q_theta_init_scale: float = 0.01,
         method: Method = "abml",
     ) -> None:
-        if q_theta not in ("delta", "normal"):
-            raise ValueError(f"q_theta={q_theta!r} is not understood; use 'delta' or 'normal'.")
+        if q_theta not in ("delta", "normal", "flow"):
+            raise ValueError(f"q_theta={q_theta!r} is not understood; use 'delta', 'normal' or 'flow'.")
         if objective not in ("query", "support+query"):
             raise ValueError(f"objective={objective!r} is not understood; use 'query' or 'support+query'.")
         if not q_theta_init_scale > 0:
@@ -93,11 +97,15 @@ class MetaModel:
             n: dataclasses.replace(s, init=s.init.to(device=ref.device, dtype=ref.dtype))
             for n, s in sites.items()
         }
-        if q_theta == "normal" and not any(s.latent for s in self.sites.values()):
+        if q_theta != "delta" and not any(s.latent for s in self.sites.values()):
             raise ValueError(
-                "q_theta='normal' needs latent global sites, but the prior has no hyperprior; "
+                f"q_theta={q_theta!r} needs latent global sites, but the prior has no hyperprior; "
                 "use a prior with a hyperprior (e.g. GaussianPrior(hyperprior=True)) or q_theta='delta'."
             )
+        #: q(θ) as a flow over the latent sites (``q_theta="flow"``), else None.
+        self.flow: GlobalFlow | None = None
+        if q_theta == "flow":
+            self.flow = GlobalFlow({n: s for n, s in self.sites.items() if s.latent}, self.q_theta_init_scale)
         self._loops: dict[int, InnerLoop] = {}
 
     @property
