@@ -79,6 +79,8 @@ FORMAT_VERSION = 1
 META_FILE = "checkpoint.json"
 _TENSOR_GLOB = "tensors-*.safetensors"
 _HISTORY_GLOB = "checkpoint-[0-9]*.json"
+#: Prefixes of the writes' temporary files (``.<final name>.<random>.tmp``); a killed writer leaves one behind.
+_TEMP_PREFIXES = (".tensors-", ".checkpoint")
 
 PathLike = str | os.PathLike
 
@@ -418,6 +420,10 @@ def save_checkpoint(
         if old.name not in used:
             with contextlib.suppress(OSError):
                 old.unlink()
+    for torn in path.glob(".*.tmp"):  # left by a writer killed mid-file (never read)
+        if torn.name.startswith(_TEMP_PREFIXES):
+            with contextlib.suppress(OSError):
+                torn.unlink()
     return path
 
 
