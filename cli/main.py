@@ -167,7 +167,9 @@ def _version() -> str:
     help="Import this Python module first (repeatable), e.g. one that registers priors, models or data sources; "
     "found on PYTHONPATH or in the current directory. Installed packages can use the entry-point group hvi.plugins.",
 )
-def cli(imports: tuple[str, ...]) -> None:
+@click.option("-v", "--verbose", count=True, help="Say more on stderr: -v what each step does (data, resume point, checkpoints), -vv also the resolved configuration.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr: no warnings, progress bars or status lines (results still go to stdout).")
+def cli(imports: tuple[str, ...], verbose: int, quiet: bool) -> None:
     """Bayesian meta-learning by hierarchical variational inference (θ → φ_i → D_i).
 
     \b
@@ -179,9 +181,12 @@ def cli(imports: tuple[str, ...]) -> None:
       hvi diagnose runs/sine --plots runs/sine/plots
       hvi models; hvi priors; hvi sources
       hvi --import mypriors fit --model mlp --prior mine
+      hvi -v fit --model mlp --steps 50; hvi -q evaluate runs/sine --json
     """
+    from hvi.cli.log import setup
     from hvi.cli.plugins import import_modules
 
+    setup(verbose, quiet)
     import_modules(imports)
 
 
@@ -292,9 +297,13 @@ def fit_cmd(config_path, out, resume, progress, print_config, **opts) -> None:
         cfg = resolved_config(opts, config_path=config_path, out=out, resume=resume)
         click.echo(dump_toml(cfg, header=PRINT_CONFIG_HEADER), nl=False)
         return
+    from hvi.cli.log import is_quiet
+
     summary = run_fit(
-        opts, config_path=config_path, out=out, resume=resume, progress=progress, echo=click.echo
+        opts, config_path=config_path, out=out, resume=resume, progress=progress and not is_quiet(), echo=click.echo
     )
+    if is_quiet():
+        return
     val = ""
     if summary.val:
         val = " val " + " ".join(f"{k}={v:.4g}" for k, v in summary.val.items())
@@ -338,6 +347,7 @@ Examples:
 @_errors
 def evaluate_cmd(run_dir, data, as_json, num_samples, inner_steps, split, max_tasks, device, seed, progress) -> None:
     from hvi.cli.evaluate import evaluate_run, format_table
+    from hvi.cli.log import is_quiet
 
     res = evaluate_run(
         run_dir,
@@ -348,7 +358,7 @@ def evaluate_cmd(run_dir, data, as_json, num_samples, inner_steps, split, max_ta
         max_tasks=max_tasks,
         device=device,
         seed=seed,
-        progress=progress and not as_json,
+        progress=progress and not as_json and not is_quiet(),
     )
     if as_json:
         from hvi.cli.run import finite_json
@@ -397,7 +407,10 @@ def predict_cmd(run_dir, support, query, out, num_samples, inner_steps, device, 
         run_dir, support, query, out, inner_steps=inner_steps, num_samples=num_samples, device=device, seed=seed,
         draws=draws, quantiles=quantiles,
     )
-    click.echo(f"wrote {path}")
+    from hvi.cli.log import is_quiet
+
+    if not is_quiet():
+        click.echo(f"wrote {path}")
 
 
 # --------------------------------------------------------------------------- diagnose

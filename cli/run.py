@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
@@ -49,6 +50,8 @@ import torch
 
 from hvi.cli.config import finalize, load_toml, resolve, resolve_resume
 from hvi.cli.registry import build_meta, build_source, configure_process, infer_model_args, resolve_device
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "run_fit",
@@ -545,6 +548,7 @@ def run_fit(
             for w in caught:  # a damaged newest checkpoint: the fallback is said on stderr, once
                 _warn(echo, f"Warning: {w.message}")
             start = ckpt.step
+            log.info("resuming %s from its checkpoint at step %d (%s)", out_dir, start, ckpt.path)
             if start >= steps:
                 raise ValueError(
                     f"run {out_dir} already has {start} steps (>= --steps {steps}); pass a larger --steps to "
@@ -552,6 +556,12 @@ def run_fit(
                 )
             _truncate_metrics(work / METRICS_FILE, start)
         _write_json_atomic(work / CONFIG_FILE, cfg)
+        log.info(
+            "training %s on %s: x %s, y %s, %s likelihood, train/val/test tasks %s; %s, steps %d..%d, in %s",
+            cfg["model"], cfg["data"], tuple(info["x_shape"]), tuple(info["y_shape"]), info["likelihood"],
+            "/".join(str(info["num_tasks"][k]) for k in ("train", "val", "test")), device, start + 1, steps, work,
+        )
+        log.debug("configuration: %s", json.dumps(finite_json(cfg), sort_keys=True))
         summary = _train(
             meta, source, cfg, info, work, device, optimizer, generator, start, ckpt, progress, echo, fit,
             save_checkpoint,
@@ -566,6 +576,7 @@ def run_fit(
             rng=False,
         )
         _finalize_dir(work, out_dir)
+        log.info("run complete: %s", out_dir)
         ok = True
         summary.run_dir = out_dir
         return summary
@@ -581,13 +592,8 @@ def run_fit(
 
 
 def _warn(echo, text: str) -> None:
-    """``text`` on stderr through ``echo`` (click.echo takes ``err``; print does not)."""
-    try:
-        echo(text, err=True)
-    except TypeError:
-        import sys
-
-        print(text, file=sys.stderr)
+    """A warning through the ``hvi`` logger (the CLI's handler prints it as ``Warning: ...``; ``hvi -q`` hides it)."""
+    log.warning(text.removeprefix("Warning: "))
 
 
 def _saved_info(run_dir: Path) -> dict[str, Any] | None:
@@ -661,6 +667,7 @@ def _train(
             keep=cfg.get("keep_checkpoints") or 1,
         )
         state["last_ckpt"] = g
+        log.info("step %d: checkpoint written (loss %.6g)", g, loss)
         state["due"] = False
 
     from hvi.elbo_parts import PARTS as ELBO_PARTS
