@@ -181,6 +181,11 @@ def evaluate_run(
     def table(name: str) -> dict[str, dict[str, float]]:
         return {k: _ci(cat[name][k]) for k in order if k in cat[name]}
 
+    def per_task(name: str) -> dict[str, dict[str, float]]:
+        """Each task's metric values, keyed by its index in the split (as a string: JSON keys)."""
+        cols = {k: cat[name][k].detach().double().cpu().tolist() for k in order if k in cat[name]}
+        return {str(i): {k: v[i] for k, v in cols.items()} for i in range(n)}
+
     from hvi import __version__
 
     out: dict[str, Any] = {
@@ -203,11 +208,31 @@ def evaluate_run(
     }
     for b in baselines:
         out["baselines"][b] = {"description": f"the source's {b} forecast", "metrics": table(b)}
+    out["per_task"] = per_task("model")
+    for name, entry in out["baselines"].items():
+        entry["per_task"] = per_task(name)
     if baselines:
         out["skill"] = {
             b: _skill(cat["model"]["rmse"], cat[b]["rmse"], seed) for b in baselines
         }
     return out
+
+
+#: The file of a run directory that ``hvi evaluate`` writes its result to.
+EVALUATION_FILE = "evaluation.json"
+
+
+def write_evaluation(res: Mapping[str, Any]) -> Path:
+    """Writes :func:`evaluate_run`'s result as strict JSON (NaN as null) to ``<run>/evaluation.json``, atomically.
+
+    Raises:
+        OSError: If the run directory cannot be written (the old file, if any, is kept).
+    """
+    from hvi.cli.run import _write_json_atomic, finite_json
+
+    path = Path(res["run"]) / EVALUATION_FILE
+    _write_json_atomic(path, finite_json(dict(res)))
+    return path
 
 
 def _fmt(d: Mapping[str, float] | None) -> str:

@@ -207,6 +207,7 @@ Run directory:
   metrics.jsonl   one JSON object per step (loss, elbo, loss_per_task, tasks_per_s, val)
   checkpoint/     latest training state (resume from here)
   model/          final model (read by evaluate / predict)
+  evaluation.json the last 'hvi evaluate' result, with per-task values
 
 \b
 Examples:
@@ -325,6 +326,10 @@ non-meta-learned network trained per task from scratch with the same inner
 steps, and the source's persistence/climatology forecasts where it has them
 (with the skill score 1 - RMSE/RMSE_persistence).
 
+The result, with each task's values (per_task, keyed by the task's index in
+the split), is also written to RUN_DIR/evaluation.json (atomically; the last
+evaluation); --json prints the same object.
+
 \b
 Examples:
   hvi evaluate runs/bayes_unet
@@ -336,7 +341,7 @@ Examples:
 @cli.command("evaluate", help=_EVAL_HELP, context_settings=CONTEXT)
 @click.argument("run_dir", metavar="RUN_DIR")
 @click.option("--data", metavar="SOURCE_OR_PATH", help="Evaluate on other data of the same shape (default: the run's).")
-@click.option("--json", "as_json", is_flag=True, help="Print one strict JSON object (NaN as null) instead of the table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one strict JSON object (NaN as null; per-task values under per_task) instead of the table.")
 @click.option("--num-samples", "num_samples", type=click.IntRange(min=1), help="Predictive weight samples per task (default: the run's eval_samples, 100 for most models).")
 @click.option("--inner-steps", "inner_steps", type=click.IntRange(min=0), help="Adaptation steps at test time (default: the training value).")
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True, help="Which tasks.")
@@ -366,6 +371,14 @@ def evaluate_cmd(run_dir, data, as_json, num_samples, inner_steps, split, max_ta
         click.echo(json.dumps(finite_json(res), allow_nan=False))
     else:
         click.echo(format_table(res))
+    import logging
+
+    from hvi.cli.evaluate import write_evaluation
+
+    try:
+        logging.getLogger("hvi.cli").info("wrote %s", write_evaluation(res))
+    except OSError as e:  # the result is printed; a read-only run directory only loses the copy
+        logging.getLogger("hvi.cli").warning(f"could not write {res['run']}/evaluation.json: {e}")
 
 
 # --------------------------------------------------------------------------- predict

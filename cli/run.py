@@ -12,6 +12,7 @@ Run directory (``--out RUN_DIR``)::
                        optimizer, RNG and task-sampler state), every
                        checkpoint_every steps and at the end
       model/           the final model (params + config), what evaluate/predict read
+      evaluation.json  the last ``hvi evaluate`` result (written by it; removed when the run is extended)
 
 Life cycle:
 
@@ -531,6 +532,7 @@ def run_fit(
         if copy_from is not None:
             shutil.copytree(copy_from, work, dirs_exist_ok=True)
             shutil.rmtree(work / MODEL_DIR, ignore_errors=True)
+            (work / "evaluation.json").unlink(missing_ok=True)  # evaluated the shorter run, not this one
         optimizer = _make_optimizer(cfg)
         generator = torch.Generator()
         generator.manual_seed(cfg["seed"])

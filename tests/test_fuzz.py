@@ -635,7 +635,9 @@ def _config_edits(n: int) -> list[tuple[str, str, str]]:
     from hvi.cli.config import MUTABLE_ON_RESUME
 
     rng = random.Random(SEED + 5)
-    required = [k for k in KEYS if k not in MUTABLE_ON_RESUME and k != "inner_update"]
+    from hvi.cli.run import _BEFORE_THE_KEY  # keys older runs lack: a missing one gets its old value
+
+    required = [k for k in KEYS if k not in MUTABLE_ON_RESUME and k not in _BEFORE_THE_KEY]
     cases = []
     for key in rng.sample(required, 8):
         cases.append(("delete", key, ""))
