@@ -226,7 +226,8 @@ def test_support_query_prediction_round_trip(tmp_path):
     probs = torch.softmax(torch.randn(5, 7, 3), -1)
     out = write_prediction(tmp_path / "cls.nc", probs.argmax(-1), probs=probs)
     ds = xr.load_dataset(out)
-    assert ds["probs"].dims == ("task", "sample", "class") and ds["mean"].dtype == np.int64
+    assert ds["probs"].dims == ("task", "sample", "class") and ds["label"].dtype == np.int64
+    assert "mean" not in ds and np.array_equal(ds["label"].values, probs.argmax(-1).numpy())
     with pytest.raises(ValueError, match="directory .* does not exist"):
         write_prediction(tmp_path / "nodir" / "p.nc", mean, std)
     with pytest.raises(ValueError, match="std has shape"):

@@ -2,8 +2,9 @@
 
 File layout
 -----------
-A task file is an xarray dataset (netCDF ``.nc`` read with the h5netcdf or
-netCDF4 engine, or a ``.zarr`` store, which needs ``pip install zarr``):
+A task file is an xarray dataset (netCDF ``.nc``, whose engine xarray picks
+from the file: netCDF-4 with h5netcdf or netCDF4, netCDF-3 with scipy; or a
+``.zarr`` store, which needs ``pip install zarr``):
 
 ==============  ======================  =============================================
 variable        dims                    meaning
@@ -43,8 +44,8 @@ Example::
 For ``hvi predict`` a *support* file holds ``x`` and ``y`` (every sample is
 support) and a *query* file holds ``x`` and optionally ``y`` over the same
 tasks (:func:`read_support_query`); predictions are written with
-:func:`write_prediction` as ``mean``/``std`` (and ``probs`` for classes) with
-dims ``(task, sample, ...)``; ``hvi predict`` writes its own layout, which keeps
+:func:`write_prediction` as ``mean``/``std`` (regression) or ``label``/``probs``
+(classes) with dims ``(task, sample, ...)``; ``hvi predict`` writes its own layout, which keeps
 the inputs' coordinates and attributes (:func:`hvi.cli.evaluate.predict_files`).
 """
 
@@ -95,17 +96,31 @@ def _open_dataset(path: PathLike) -> Any:
             raise ValueError(
                 f"cannot read {p} as a zarr store ({_first_line(err)}); pass a valid .zarr store."
             ) from None
-    errors = []
-    for engine in ("h5netcdf", "netcdf4"):
-        try:
-            with xr.open_dataset(p, engine=engine) as ds:
-                return ds.load()
-        except Exception as err:  # noqa: BLE001
-            errors.append(f"{engine}: {_first_line(err)}")
-    raise ValueError(
-        f"cannot read {p} as netCDF ({'; '.join(errors)}); "
-        "pass a netCDF-4 .nc file or a .zarr store."
-    )
+    try:
+        with open(p, "rb") as f:
+            magic = f.read(8)
+    except OSError as err:
+        raise ValueError(f"cannot read {p}: {err}.") from None
+    if magic[:3] == b"CDF" and not _scipy_available():
+        raise ValueError(
+            f"{p} is a netCDF-3 file, which xarray reads with scipy; pip install scipy "
+            f"(or convert it to netCDF-4: nccopy -k nc4 {p.name} new.nc)."
+        )
+    try:  # xarray picks the engine from the file's signature (netCDF-4/HDF5, netCDF-3, ...)
+        with xr.open_dataset(p) as ds:
+            return ds.load()
+    except Exception as err:  # noqa: BLE001 - any reader failure is a user-facing file problem
+        raise ValueError(
+            f"cannot read {p} as netCDF ({_first_line(err)}); pass a netCDF file (netCDF-4 needs h5netcdf or "
+            "netCDF4, netCDF-3 scipy) or a .zarr store."
+        ) from None
+
+
+def _scipy_available() -> bool:
+    """Whether scipy, xarray's netCDF-3 engine, can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("scipy") is not None
 
 
 def _first_line(err: BaseException) -> str:
@@ -656,11 +671,13 @@ def write_prediction(
     """Writes predictions to a netCDF file atomically (temp file, then ``os.replace``).
 
     The temporary file is created in the directory of ``path``, so the final
-    rename is atomic and readers never see a half-written file.
+    rename is atomic and readers never see a half-written file. Regression
+    predictions are written as ``mean`` (and ``std``); class predictions
+    (integer ``mean``, or ``probs`` given) as ``label`` (and ``probs``).
 
     Args:
         path: Output ``.nc`` path; its directory must exist.
-        mean: Predictive mean (or predicted class), shape ``(task, sample, *y_shape)``.
+        mean: Predictive mean, or the predicted class labels (integers), shape ``(task, sample, *y_shape)``.
         std: Predictive std, same shape as ``mean``. Defaults to None (not written).
         probs: Class probabilities ``(task, sample, C)``. Defaults to None.
         attrs: Global attributes (numbers and strings; other values are stored
@@ -671,7 +688,8 @@ def write_prediction(
         The written path.
 
     Raises:
-        ValueError: If the shapes disagree or the directory does not exist.
+        ValueError: If the shapes disagree, std is given with class labels, or
+            the directory does not exist.
     """
     import xarray as xr
 
@@ -679,14 +697,22 @@ def write_prediction(
     if m.ndim < 2:
         raise ValueError(f"mean has shape {m.shape}; expected (task, sample, ...).")
     dims = ("task", "sample", *_dims("y", m.ndim - 2, y_dims))
-    data = {"mean": (dims, m if m.dtype.kind in "iu" else m.astype(np.float32))}
+    labels = m.dtype.kind in "iu" or probs is not None
+    if labels:
+        if std is not None:
+            raise ValueError("std was given with class labels (integer mean or probs); pass std for regression only.")
+        if m.dtype.kind not in "iu":
+            raise ValueError(f"mean holds {m.dtype} values but probs were given; pass the class labels (integers).")
+        data = {"label": (dims, m.astype(np.int64), {"long_name": "most probable class"})}
+    else:
+        data = {"mean": (dims, m.astype(np.float32), {"long_name": "predictive mean"})}
     if std is not None:
         s = _as_numpy(std)
         if s.shape != m.shape:
             raise ValueError(
                 f"std has shape {s.shape} but mean has {m.shape}; pass matching arrays."
             )
-        data["std"] = (dims, s.astype(np.float32))
+        data["std"] = (dims, s.astype(np.float32), {"long_name": "predictive standard deviation"})
     if probs is not None:
         pr = _as_numpy(probs)
         if pr.ndim != 3 or pr.shape[:2] != m.shape[:2]:
@@ -694,7 +720,8 @@ def write_prediction(
                 f"probs has shape {pr.shape}; "
                 f"expected (task, sample, classes) = {m.shape[:2]} + (C,)."
             )
-        data["probs"] = (("task", "sample", "class"), pr.astype(np.float32))
+        data["probs"] = (("task", "sample", "class"), pr.astype(np.float32),
+                         {"long_name": "predictive class probabilities", "units": "1"})
     ds = xr.Dataset(data, attrs=_clean_attrs(attrs))
     return _write_atomic(ds, path)
 
