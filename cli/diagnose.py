@@ -200,7 +200,7 @@ def diagnose_run(
         finite = elbo[np.isfinite(elbo)]
         res.elbo_last = float(finite[-1]) if finite.size else None
 
-    figures = _figures(idata, k, res, seed) if plots_path is not None else {}
+    figures = _figures(idata, k, res, seed, meta=meta, batch=batch, source=source) if plots_path is not None else {}
     res.out, res.plots = _write(idata, out_path, figures, plots_path)
     return res
 
@@ -219,7 +219,13 @@ def _quiet_arviz():
         log.setLevel(level)
 
 
-def _figures(idata, k, res: Diagnosis, seed: int) -> dict[str, Any]:
+#: Labels of the image grid per data source: the input channel shown, its label, y's name and units.
+IMAGE_LABELS = {
+    "solar": {"x_channel": 1, "x_label": "input: kt of period p−1 [1]", "y_label": "clear-sky index kt", "units": "1"},
+}
+
+
+def _figures(idata, k, res: Diagnosis, seed: int, *, meta=None, batch=None, source=None) -> dict[str, Any]:
     """Name → matplotlib figure (headless)."""
     import matplotlib
 
@@ -262,10 +268,25 @@ def _figures(idata, k, res: Diagnosis, seed: int) -> dict[str, Any]:
     fig, ax = new()
     dg.plot_pareto_k(k, ax=ax)
     figs["pareto_k.png"] = fig
-    if "sample_stats" in idata.groups():
-        fig, ax = new()
-        dg.plot_elbo(idata, ax=ax)
+    stats = idata.sample_stats if "sample_stats" in idata.groups() else {}
+    panels = [p for p in ("elbo", "inner_elbo") if p in stats]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.2), layout="constrained", squeeze=False)
+        for ax, p in zip(axes[0], panels):
+            (dg.plot_elbo if p == "elbo" else dg.plot_inner_elbo)(idata, ax=ax)
         figs["elbo.png"] = fig
+    if "observed_data" in idata.groups() and idata.observed_data["y"].ndim >= 4:  # image targets
+        figs["images.png"] = dg.plot_image_grid(idata, **IMAGE_LABELS.get(res.data, {}))
+    shape = getattr(source, "image_shape", None)
+    if meta is not None and shape is not None and batch.query_x.shape[1] == shape[0] * shape[1]:
+        figs["reconstructions.png"] = dg.plot_reconstructions(
+            meta, batch, tuple(shape), inner_steps=res.inner_steps, units="scaled to [−1, 1]"
+        )
+    if any(v.startswith("phi.") for v in idata.posterior.data_vars):
+        with warnings.catch_warnings(), _quiet_arviz():
+            warnings.filterwarnings("ignore", message=".*alias_mapping.*")
+            axes = dg.plot_group_effects(idata)
+        figs["forest.png"] = np.ravel(axes)[0].figure
     return figs
 
 

@@ -20,6 +20,11 @@ Markov chain, so ``r_hat`` is NaN):
   tensor of E_q[φ_i] − E[φ | θ], how far adaptation moved the weights from
   the prior), ``phi_scale`` (mean std of q(φ_i)) and ``phi_kl``
   (KL(q(φ_i) ‖ p(φ_i | θ)) summed over the tensor; Monte Carlo where not analytic).
+  Small models (at most ``max_whole`` weights) with ``q_theta="normal"``
+  also get the draws of the group effects themselves, ``phi.<weight>``
+  (dims ``task`` and the weight's, none for a one-number weight), each drawn
+  from q(φ_i) adapted under that draw of θ: eight schools' ``phi.effect``
+  reads like a Stan summary's ``theta[j]`` (:func:`plot_group_effects`).
 * ``constant_data``: the query inputs ``x`` and, with ``q_theta="normal"``,
   the global sites that have no hyperprior (point estimates, not drawn).
 * ``posterior_predictive``: replicated query targets ``y`` and network outputs
@@ -97,8 +102,12 @@ __all__ = [
     "pareto_k",
     "pit",
     "plot_elbo",
+    "plot_group_effects",
+    "plot_image_grid",
+    "plot_inner_elbo",
     "plot_pareto_k",
     "plot_pit",
+    "plot_reconstructions",
     "plot_reliability",
     "readable_site_names",
     "reliability",
@@ -276,6 +285,7 @@ def to_inference_data(
     layers = list(meta.net.shapes)
 
     ys, fs, lls, summaries = [], [], [], {k: [] for k in PHI_SUMMARIES}
+    phi_draws: dict[str, list[Tensor]] = {}
     theta_draws: dict[str, Tensor] = {}
     with _seeded(batch, seed), torch.no_grad(), pyro.validation_enabled(False):
         if normal:
@@ -315,6 +325,10 @@ def to_inference_data(
                 per["phi_kl"].append(_kl(q, p, phi).reshape(-1, sub.batch_size).expand(lead))
             for key, v in per.items():
                 summaries[key].append(torch.stack(v, -1))  # (S, b, layer)
+            if normal and _whole(meta, max_whole):  # small models: the group effects φ_i themselves
+                for w, shape in meta.net.shapes.items():
+                    v = gtr.nodes[f"phi.{w}"]["value"].expand((S, sub.batch_size, 1) + tuple(shape))
+                    phi_draws.setdefault(w, []).append(v.reshape((S, sub.batch_size) + tuple(shape)))
 
     # ---- posterior
     draws = S if normal else 1
@@ -326,6 +340,11 @@ def to_inference_data(
         v = torch.cat(summaries[key], 1)  # (S, B, layer)
         posterior[key] = _np(v if normal else v.mean(0, keepdim=True))[None]
         dims[key] = ["task", "layer"]
+    for w, parts in phi_draws.items():  # φ_i ~ q(φ_i) given θ's draw: a weight of one number is (task,)
+        v = torch.cat(parts, 1)
+        v = v.reshape(S, B) if v[0, 0].numel() == 1 else v
+        posterior[f"phi.{w}"] = _np(v)[None]
+        dims[f"phi.{w}"] = ["task"] + [f"phi.{w}_dim_{i}" for i in range(v.dim() - 2)]
 
     def site_value(n: str) -> Tensor:
         """(draws, *site) of global site ``n``: q(θ)'s draws, or its point estimate as one draw."""
@@ -860,11 +879,198 @@ def plot_reliability(rel: Reliability, ax=None):
 
 
 def plot_elbo(idata, ax=None):
-    """The ELBO per training step from ``sample_stats.elbo`` (gaps: skipped steps)."""
+    """The ELBO per training step from ``sample_stats.elbo`` (gaps: skipped steps), with its parts when stored.
+
+    The parts are drawn as ``ell``, ``−local_kl`` and ``−global_kl`` (so the
+    ELBO is their sum) on a symmetric-log axis when the run recorded them.
+    """
     ax = _axes(ax)
-    elbo = idata.sample_stats["elbo"]
-    ax.plot(elbo["step"].values, elbo.values.reshape(-1), lw=1)
+    stats = idata.sample_stats
+    elbo = stats["elbo"]
+    step = elbo["step"].values
+    ax.plot(step, elbo.values.reshape(-1), lw=1.2, color="k", label="ELBO")
+    parts = [k for k in ELBO_PARTS if k in stats]
+    zero = [k for k in parts if np.all(np.nan_to_num(stats[k].values) == 0)]  # e.g. no latent θ: no global KL
+    parts = [k for k in parts if k not in zero]
+    if parts:
+        styles = {"ell": ("tab:blue", "E_q[log p(D | φ)]"), "local_kl": ("tab:orange", "−β·KL(q(φ_i) ‖ p(φ_i | θ))"),
+                  "global_kl": ("tab:green", "−KL(q(θ) ‖ p(θ))")}
+        for k in parts:
+            v = stats[k].values.reshape(-1)
+            color, label = styles[k]
+            ax.plot(step, v if k == "ell" else -v, lw=0.8, color=color, label=label)
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.legend(fontsize=7, loc="best")
     ax.set_xlabel("training step")
-    ax.set_ylabel("ELBO (nats, M/B and β applied)")
-    ax.set_title("ELBO trace", fontsize=10)
+    ax.set_ylabel("nats per step's batch (M/B and β applied)")
+    title = "ELBO trace" + (" = sum of its parts" if parts else "")
+    if zero:
+        title += "\n(" + ", ".join(zero) + " = 0 at every step: not drawn)"
+    ax.set_title(title, fontsize=10)
     return ax
+
+
+def plot_inner_elbo(idata, ax=None):
+    """The support objective after 0, 1, ..., K inner steps (``sample_stats.inner_elbo``): tasks and their median."""
+    ax = _axes(ax)
+    v = idata.sample_stats["inner_elbo"]
+    steps = v["inner_step"].values
+    per_task = v.values.reshape((-1,) + v.shape[-2:])[0]  # (task, inner_step)
+    ax.plot(steps, per_task.T, color="tab:blue", lw=0.6, alpha=0.35)
+    ax.plot(steps, np.median(per_task, 0), color="k", lw=2, marker="o", label=f"median of {per_task.shape[0]} tasks")
+    ax.set_xticks(steps)
+    ax.set_xlabel("inner step m (0: q(φ_i) = p(φ | θ))")
+    ax.set_ylabel("support ELBO L_S (nats per support example)")
+    ax.set_title("Inner-loop objective of the held-out tasks", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    return ax
+
+
+def plot_group_effects(idata, *, max_tasks: int = 8, **kwargs):
+    """``az.plot_forest`` of a small hierarchical model: θ's scalar latent draws and the group effects ``phi.*``.
+
+    Needs the ``phi.<weight>`` variables (:func:`to_inference_data` of a small
+    model with ``q_theta="normal"``). Shows the first ``max_tasks`` tasks; the
+    figure's height follows the number of rows. Keyword arguments go to
+    ``az.plot_forest``. Returns its axes.
+    """
+    import arviz as az
+
+    post = idata.posterior
+    phis = [v for v in post.data_vars if v.startswith("phi.")]
+    if not phis:
+        raise ValueError("the posterior has no group effects phi.<weight> (a small model with q_theta='normal').")
+    names = json.loads(post.attrs.get("site_names", "{}"))
+    theta = [v for v in names if v in post.data_vars and post[v].sizes.get("draw", 1) > 1 and post[v].ndim == 2]
+    tasks = post["task"].values[:max_tasks]
+    rows = len(theta) + sum(int(post[v].isel(chain=0, draw=0).size) // post.sizes["task"] for v in phis) * len(tasks)
+    kwargs.setdefault("combined", True)
+    kwargs.setdefault("hdi_prob", 0.94)
+    kwargs.setdefault("textsize", 8)
+    kwargs.setdefault("figsize", (6.4, 1.2 + 0.2 * rows))
+    axes = az.plot_forest(idata, var_names=theta + phis, coords={"task": tasks}, **kwargs)
+    ax = np.ravel(axes)[0]
+    ax.figure.set_layout_engine("constrained")
+    ax.set_title(f"Posterior of θ and the group effects ({int(kwargs['hdi_prob'] * 100)}% HDI, IQR thick)",
+                 fontsize=10)
+    ax.set_xlabel("value (the parameter's own units)")
+    return axes
+
+
+def plot_image_grid(idata, *, tasks: int = 4, point: int = 0, x_channel: int = 0, x_label: str | None = None,
+                    y_label: str = "y", units: str = ""):
+    """For image targets: input, truth, predictive mean and predictive std of a few held-out tasks.
+
+    One row per task (the first ``tasks``), query point ``point``; columns: the
+    input's channel ``x_channel``, the observed target, the mean and the
+    standard deviation of the replicated targets ``posterior_predictive.y``
+    (noise included). Truth and mean share one colour scale; each column has
+    its colour bar, labelled with ``units``. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    y = idata.observed_data["y"].values
+    if y.ndim < 4:
+        raise ValueError(f"image grids need image targets (task, point, [channel,] row, col); y has dims {y.shape}.")
+    rep = idata.posterior_predictive["y"].values
+    rep = rep.reshape((-1,) + rep.shape[2:])
+    x = idata.constant_data["x"].values if "constant_data" in idata.groups() and "x" in idata.constant_data else None
+    n = min(tasks, y.shape[0])
+    task_ids = idata.observed_data["task"].values
+
+    def image(a):  # (channel?, row, col) → (row, col): the first channel
+        return a.reshape((-1,) + a.shape[-2:])[0]
+
+    truth = [image(y[i, point]) for i in range(n)]
+    mean = [image(rep[:, i, point].mean(0)) for i in range(n)]
+    std = [image(rep[:, i, point].std(0)) for i in range(n)]
+    cols = ["input", "truth", "predictive mean", "predictive std"] if x is not None else [
+        "truth", "predictive mean", "predictive std"]
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.6 * len(cols) + 0.6, 1.9 * n + 0.6), layout="constrained",
+                             squeeze=False)
+    lo = float(min(a.min() for a in truth + mean))
+    hi = float(max(a.max() for a in truth + mean))
+    smax = float(max(a.max() for a in std))
+    u = f" [{units}]" if units else ""
+    for i in range(n):
+        row = []
+        if x is not None:
+            xi = x[i, point]
+            row.append((xi.reshape((-1,) + xi.shape[-2:])[x_channel], "viridis", None, None, x_label or f"x[{x_channel}]"))
+        row += [(truth[i], "viridis", lo, hi, f"{y_label}{u}"), (mean[i], "viridis", lo, hi, f"{y_label}{u}"),
+                (std[i], "magma", 0.0, smax, f"std of {y_label}{u}")]
+        for j, (img, cmap, vmin, vmax, label) in enumerate(row):
+            ax = axes[i, j]
+            im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+            cb = fig.colorbar(im, ax=ax, shrink=0.9)
+            cb.set_label(label, fontsize=7)
+            cb.ax.tick_params(labelsize=6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(cols[j], fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"task {task_ids[i]}", fontsize=8)
+    fig.suptitle(f"Held-out tasks, query point {point}: predictive from {rep.shape[0]} draws", fontsize=10)
+    return fig
+
+
+def plot_reconstructions(
+    meta: MetaModel,
+    batch: TaskBatch,
+    image_shape: tuple[int, int],
+    *,
+    inner_steps: int | None = None,
+    num_samples: int = 20,
+    tasks: int = 3,
+    units: str = "",
+    seed: int = 0,
+):
+    """Implicit-representation tasks (``siren``): the predictive mean image after 0, 1, ..., K inner steps.
+
+    Needs tasks whose query set is every pixel in raster order (``k_query=None``
+    of the pixel sources). One row per task: the truth with the support pixels
+    marked, then the reconstruction (predictive mean of ``num_samples`` draws,
+    :func:`hvi.predict`, torch's RNG seeded with ``seed`` for each) after each
+    number of inner steps, on the truth's colour scale. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from hvi.predict import predict
+
+    h, w = image_shape
+    if batch.query_x.shape[1] != h * w:
+        raise ValueError(f"reconstructions need all {h * w} pixels as query points; the tasks have {batch.query_x.shape[1]}.")
+    k = meta.inner.steps if inner_steps is None else int(inner_steps)
+    sub = batch.tasks(slice(0, min(tasks, batch.batch_size)))
+    recon = []
+    for m in range(k + 1):
+        with _seeded(sub, seed), torch.no_grad():  # the same draws for every m
+            recon.append(_np(predict(meta, sub, inner_steps=m, num_samples=num_samples).mean).reshape(sub.batch_size, h, w))
+    truth = _np(sub.query_y).reshape(sub.batch_size, h, w)
+    # Support pixels: where a support input equals a query input.
+    fig, axes = plt.subplots(sub.batch_size, k + 2, figsize=(1.9 * (k + 2) + 0.8, 2.0 * sub.batch_size + 0.5),
+                             layout="constrained", squeeze=False)
+    lo, hi = float(truth.min()), float(truth.max())
+    for i in range(sub.batch_size):
+        hit = (sub.support_x[i][:, None, :] == sub.query_x[i][None, :, :]).all(-1).any(0)
+        mask = _np(hit).reshape(h, w)
+        ax = axes[i, 0]
+        ax.imshow(truth[i], cmap="gray", vmin=lo, vmax=hi)
+        ys, xs = np.nonzero(mask)
+        ax.scatter(xs, ys, s=3, c="tab:red", marker="s", linewidths=0)
+        ax.set_title("truth, support in red" if i == 0 else "", fontsize=8)
+        ax.set_ylabel(f"task {int(sub.task_index[i])}", fontsize=8)
+        for m in range(k + 1):
+            ax = axes[i, m + 1]
+            im = ax.imshow(recon[m][i], cmap="gray", vmin=lo, vmax=hi)
+            if i == 0:
+                ax.set_title(f"after {m} inner step{'s' if m != 1 else ''}", fontsize=8)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    cb = fig.colorbar(im, ax=axes[:, -1].tolist(), shrink=0.8)
+    cb.set_label("intensity" + (f" [{units}]" if units else ""), fontsize=8)
+    rmse = [float(np.sqrt(((r - truth) ** 2).mean())) for r in recon]
+    fig.suptitle("Predictive mean after m inner steps; RMSE " + ", ".join(f"{v:.3f}" for v in rmse), fontsize=9)
+    return fig

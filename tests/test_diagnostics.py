@@ -289,6 +289,34 @@ def test_hierarchical_prior_reads_mu_and_tau_with_real_draws(tmp_path):
     assert table.loc["tau", "mean"] > 0
 
 
+def test_group_effects_are_drawn_under_each_theta_draw_and_plotted():
+    """Conjugate model, one exact step: φ_i's draw s is N(m_i(θ_s), v_i(θ_s)) given that draw's μ and τ."""
+    meta, batch = hierarchical_meta(), conjugate_batch(M=5, Ns=6, Nq=2)
+    S = 3000
+    post = dg.to_inference_data(meta, batch, num_samples=S, inner_draws=0).posterior
+    phi = post["phi.w"].values[0]  # (S, task, 2)
+    assert post["phi.w"].dims == ("chain", "draw", "task", "phi.w_dim_0") and phi.shape == (S, 5, D)
+    mu, tau = post["mu"].values[0][:, None, None], post["tau"].values[0][:, None, None]
+    ys = batch.support_y.numpy()  # (task, Ns, D)
+    prec = 1 / tau**2 + 6 / SIGMA**2
+    mean = (mu / tau**2 + ys.sum(1)[None] / SIGMA**2) / prec
+    z = (phi - mean) * np.sqrt(prec)
+    assert abs(z.mean()) < 0.03 and z.std() == pytest.approx(1.0, rel=0.02)
+    # Not paired with θ's draws, the spread would be wider: the pairing matters.
+    assert ((phi - mean[np.random.default_rng(0).permutation(S)]) * np.sqrt(prec)).std() > 1.04
+
+    idata = dg.to_inference_data(meta, batch, num_samples=200, inner_draws=0)
+    axes = dg.plot_group_effects(idata)
+    labels = [t.get_text() for t in np.ravel(axes)[0].get_yticklabels()]
+    # One row per scalar: μ, τ and each task's effects (labelled by their (task, dim) after the first).
+    assert labels[-2:] == ["tau", "mu"] and "phi.w[0, 0]" in labels and len(labels) == 2 + 5 * D
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    with pytest.raises(ValueError, match="no group effects"):
+        dg.plot_group_effects(dg.to_inference_data(sine_meta(), sine_batch(), num_samples=5, inner_draws=0))
+
+
 def test_without_query_points_only_the_posterior_is_built():
     """All data in the support set (eight-schools style): no predictive groups, θ and q(φ_i) as usual."""
     meta, batch = hierarchical_meta(), conjugate_batch(M=5, Ns=6, Nq=0)
@@ -417,6 +445,68 @@ def test_elbo_trace_mapping_stores_the_parts():
     np.testing.assert_array_equal(stats["local_kl"].values.reshape(-1), [0.5, np.nan])
     with pytest.raises(ValueError, match="has 1 steps, elbo has 2"):
         dg.to_inference_data(meta, batch, num_samples=5, elbo_trace={**trace, "ell": [1.0]}, inner_draws=0)
+
+
+def _texts(fig) -> list[str]:
+    out = [t.get_text() for t in fig.texts]
+    for ax in fig.axes:
+        out += [ax.get_title(), ax.get_ylabel(), ax.get_xlabel()]
+    return [t for t in out if t]
+
+
+def test_image_grid_shows_input_truth_mean_and_std_with_colour_bars():
+    import matplotlib.pyplot as plt
+
+    g = np.random.default_rng(0)
+    B, N, S = 3, 2, 40
+    y = g.uniform(0, 1, size=(B, N, 1, 4, 5))
+    rep = y[None] + g.normal(0, 0.1, size=(S,) + y.shape)
+    idata = az.from_dict(
+        posterior_predictive={"y": rep[None]}, observed_data={"y": y},
+        constant_data={"x": g.uniform(size=(B, N, 3, 4, 5))},
+        dims={"y": ["task", "point", "y_channel", "y_row", "y_col"], "x": ["task", "point", "c", "r", "k"]},
+        coords={"task": [7, 8, 9]},
+    )
+    fig = dg.plot_image_grid(idata, tasks=2, x_channel=1, x_label="input [1]", y_label="kt", units="1")
+    images = [ax for ax in fig.axes if ax.images]
+    assert len(images) == 2 * 4 and len(fig.axes) == 2 * 4 * 2  # every panel has its colour bar
+    texts = _texts(fig)
+    assert {"input", "truth", "predictive mean", "predictive std", "task 7", "task 8"} <= set(texts)
+    assert "kt [1]" in texts and "std of kt [1]" in texts and "input [1]" in texts
+    np.testing.assert_allclose(images[2].images[0].get_array(), rep[:, 0, 0, 0].mean(0))  # task 7's mean
+    np.testing.assert_allclose(images[3].images[0].get_array(), rep[:, 0, 0, 0].std(0))
+    np.testing.assert_allclose(images[0].images[0].get_array(), idata.constant_data["x"].values[0, 0, 1])
+    plt.close(fig)
+    with pytest.raises(ValueError, match="image targets"):
+        dg.plot_image_grid(dg.to_inference_data(sine_meta(), sine_batch(), num_samples=5, inner_draws=0))
+
+
+def test_reconstructions_after_each_inner_step():
+    import matplotlib.pyplot as plt
+
+    torch.manual_seed(0)
+    h, w = 3, 4
+    grid = torch.stack(torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij"), -1)
+    grid = grid.reshape(1, h * w, 2).expand(2, -1, -1).to(DT)
+    img = torch.sin(2 * grid[..., :1]) * torch.tensor([1.0, -1.0], dtype=DT).reshape(2, 1, 1)
+    batch = hvi.TaskBatch(grid[:, :6], img[:, :6], grid, img)
+    net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1)).to(DT)
+    meta = hvi.MetaModel(net, GaussianPrior(init_scale=0.5), hvi.Gaussian(noise=0.1), inner=hvi.InnerConfig(steps=2))
+    fig = dg.plot_reconstructions(meta, batch, (h, w), num_samples=10, tasks=2)
+    texts = _texts(fig)
+    assert {"truth, support in red", "after 0 inner steps", "after 1 inner step", "after 2 inner steps"} <= set(texts)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 2 * 4
+    # The panel after m steps is hvi.predict's mean after m steps.
+    torch.manual_seed(0)
+    with torch.no_grad():
+        want = hvi.predict(meta, batch, inner_steps=1, num_samples=10).mean[0].reshape(h, w)
+    np.testing.assert_allclose(panels[2].images[0].get_array(), want.numpy(), rtol=1e-10)
+    # The support pixels (the first 6 in raster order) are marked on the truth.
+    assert len(panels[0].collections[0].get_offsets()) == 6
+    plt.close(fig)
+    with pytest.raises(ValueError, match="all 20 pixels"):
+        dg.plot_reconstructions(meta, batch, (4, 5))
 
 
 # --------------------------------------------------------------------------- Pareto k̂
@@ -550,6 +640,20 @@ def test_diagnose_writes_idata_and_plots(tiny_run, tmp_path):
     assert res.exit_code == 0, res.output
     assert (tiny_run / "idata.nc").is_file()
     (tiny_run / "idata.nc").unlink()
+
+
+def test_diagnose_draws_a_forest_plot_of_a_small_hierarchical_model(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('q_theta = "normal"\n[model_args]\nhidden = [2]\n[prior_args]\nhyperprior = true\n')
+    run, plots = tmp_path / "hier", tmp_path / "plots"
+    assert _invoke(["fit", *TINY, "--config", str(cfg), "--out", str(run)]).exit_code == 0
+    res = _invoke(["diagnose", str(run), "--plots", str(plots), "--num-samples", "30", "--max-tasks", "3",
+                   "--k-samples", "100"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in plots.iterdir()) == [
+        "elbo.png", "forest.png", "loo_pit.png", "pareto_k.png", "ppc.png"]
+    post = az.from_netcdf(str(run / "idata.nc")).posterior
+    assert post["phi.layers.0.weight"].shape == (1, 30, 3, 2, 1) and post["phi.layers.1.bias"].shape == (1, 30, 3)
 
 
 def test_diagnose_errors_are_one_line_and_write_nothing(tiny_run, tmp_path):
