@@ -25,7 +25,7 @@ from hvi.cli.evaluate import load_run
 from hvi.cli.registry import build_source
 from hvi.cli.run import METRICS_FILE, eval_chunk_size
 
-__all__ = ["Diagnosis", "diagnose_run", "format_report", "read_elbo_trace", "read_metrics_trace"]
+__all__ = ["Diagnosis", "diagnose_run", "format_report", "read_elbo_trace", "read_metrics_trace", "run_source"]
 
 #: Default predictive draws per task (fewer than evaluate's 100 would make coverage noisy).
 DEFAULT_SAMPLES = 100
@@ -96,6 +96,40 @@ def read_elbo_trace(run_dir: Path) -> np.ndarray | None:
     return None if trace is None else trace["elbo"]
 
 
+def run_source(run, data: str | None = None):
+    """The task source to diagnose ``run`` on: the run's data, or ``data`` (a source name or a file).
+
+    Another source starts from its default data_args (the run's are kept when
+    ``data`` is the run's own source or file). The source must give inputs and
+    targets of the run's shapes and its kind of likelihood (regression or
+    classification); otherwise a one-line ``ValueError`` says so.
+    """
+    from hvi.cli.config import is_path
+
+    cfg = dict(run.cfg)
+    if data is not None:
+        if not str(data).strip():
+            raise ValueError("--data is empty; give a registered source (see 'hvi sources') or a .nc/.zarr file.")
+        new = str(Path(data).expanduser().resolve()) if is_path(data) else data
+        if is_path(data) and not Path(new).exists():
+            raise ValueError(f"--data {data}: no such file; give an existing .nc/.zarr file or a registered source.")
+        if new != cfg["data"]:
+            cfg["data_args"] = {}
+        cfg["data"] = new
+    source = build_source(cfg)
+    for key in ("x_shape", "y_shape"):
+        if key in run.info and list(getattr(source, key)) != list(run.info[key]):
+            raise ValueError(
+                f"data {cfg['data']!r} has {key} {tuple(getattr(source, key))} but the run was trained on "
+                f"{tuple(run.info[key])}; diagnose on data of the same shape."
+            )
+    if "likelihood" in run.info and source.likelihood != run.info["likelihood"]:
+        raise ValueError(
+            f"data {cfg['data']!r} is {source.likelihood} data but the run was trained on {run.info['likelihood']} data."
+        )
+    return cfg, source
+
+
 def _check_out(out: Path) -> None:
     if out.is_dir():
         raise ValueError(f"--out {out} is a directory; give a file name such as {out / 'idata.nc'}.")
@@ -122,6 +156,7 @@ def diagnose_run(
     seed: int = 0,
     device: str | None = None,
     k_samples: int = K_SAMPLES,
+    data: str | None = None,
 ) -> Diagnosis:
     """Builds the InferenceData of a run on its held-out tasks, runs the VI checks, writes the outputs.
 
@@ -129,7 +164,8 @@ def diagnose_run(
     into that directory: ``ppc.png``, ``loo_pit.png`` (scalar regression
     targets) or ``pit.png`` (other regression targets) or ``reliability.png``
     (classification), ``pareto_k.png`` and ``elbo.png`` (when the run has a
-    metrics.jsonl).
+    metrics.jsonl). ``data`` diagnoses on another source or file of the
+    run's shapes (:func:`run_source`) instead of the run's data.
     """
     from hvi import diagnostics as dg
 
@@ -158,7 +194,7 @@ def diagnose_run(
         num_samples = min(int(cfg.get("eval_samples") or DEFAULT_SAMPLES), DEFAULT_SAMPLES)
     if max_tasks is None:
         max_tasks = cfg.get("eval_tasks")
-    source = build_source(cfg)
+    cfg, source = run_source(run, data)
     n = source.num_tasks(split)
     if n == 0:
         raise ValueError(f"data {cfg['data']!r} has no {split} tasks; choose another --split.")

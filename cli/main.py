@@ -443,6 +443,7 @@ ECE (classification). Outputs are written atomically; errors leave none.
 Examples:
   hvi diagnose runs/sine --plots runs/sine/plots
   hvi diagnose runs/bayes_unet --out idata.nc --num-samples 50 --max-tasks 20
+  hvi diagnose runs/mine --data other_tasks.nc --plots plots
 """
 
 
@@ -450,6 +451,7 @@ Examples:
 @click.argument("run_dir", metavar="RUN_DIR")
 @click.option("--out", "out", metavar="FILE.nc", help="InferenceData netCDF file (default: RUN_DIR/idata.nc).")
 @click.option("--plots", "plots", metavar="DIR", help="Write PNG plots into this directory (created if missing).")
+@click.option("--data", metavar="SOURCE_OR_PATH", help="Diagnose on other data of the run's shapes: a source or a .nc/.zarr file (default: the run's).")
 @click.option("--num-samples", "num_samples", type=click.IntRange(min=1), help="Predictive draws per task (default: the run's eval_samples, at most 100).")
 @click.option("--max-tasks", "max_tasks", type=click.IntRange(min=1), help="Diagnose at most this many tasks (default: the run's eval_tasks; all for most models).")
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True, help="Which tasks.")
@@ -458,12 +460,12 @@ Examples:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the draws.")
 @click.option("--device", metavar="cpu|cuda", help="Where to run (default cpu).")
 @_errors
-def diagnose_cmd(run_dir, out, plots, num_samples, max_tasks, split, inner_steps, k_samples, seed, device) -> None:
+def diagnose_cmd(run_dir, out, plots, data, num_samples, max_tasks, split, inner_steps, k_samples, seed, device) -> None:
     from hvi.cli.diagnose import diagnose_run, format_report
 
     res = diagnose_run(
         run_dir, out=out, plots=plots, num_samples=num_samples, max_tasks=max_tasks, split=split,
-        inner_steps=inner_steps, k_samples=k_samples, seed=seed, device=device,
+        inner_steps=inner_steps, k_samples=k_samples, seed=seed, device=device, data=data,
     )
     click.echo(format_report(res))
 

@@ -680,6 +680,47 @@ def test_diagnose_errors_are_one_line_and_write_nothing(tiny_run, tmp_path):
     assert "idata.nc" not in {p.name for p in run.iterdir()}
 
 
+def test_diagnose_on_other_data(tiny_run, tmp_path):
+    from hvi.data.files import write_tasks
+
+    g = np.random.default_rng(1)
+    x = g.uniform(-5, 5, size=(10, 12, 1)).astype("float32")
+    support = np.arange(12)[None, :].repeat(10, 0) < 5
+    data = write_tasks(tmp_path / "other.nc", {"x": x, "y": 2 * np.sin(x), "is_support": support},
+                       split=["train"] * 3 + ["val"] + ["test"] * 6)
+    out = tmp_path / "idata.nc"
+    res = _invoke(["diagnose", str(tiny_run), "--data", str(data), "--out", str(out), "--num-samples", "10",
+                   "--k-samples", "100"])
+    assert res.exit_code == 0, res.output
+    assert f"6 test tasks of '{data.resolve()}'" in res.stdout
+    idata = az.from_netcdf(str(out))
+    source = hvi.data.files.FileSource(str(data))
+    want = source.get_tasks("test", torch.arange(6)).query_y.squeeze(-1).numpy()
+    np.testing.assert_array_equal(idata.observed_data["y"].values, want)
+    assert "idata.nc" not in {p.name for p in tiny_run.iterdir()}
+
+
+def test_diagnose_on_other_data_errors_are_one_line_and_write_nothing(tiny_run, tmp_path):
+    from hvi.data.files import write_tasks
+
+    g = np.random.default_rng(1)
+    x2 = g.uniform(size=(6, 8, 2)).astype("float32")
+    support = np.arange(8)[None, :].repeat(6, 0) < 4
+    wide = write_tasks(tmp_path / "wide.nc", {"x": x2, "y": x2[..., :1], "is_support": support},
+                       split=["train"] * 2 + ["val"] + ["test"] * 3)
+    out, plots = tmp_path / "idata.nc", tmp_path / "plots"
+    common = ["--out", str(out), "--plots", str(plots), "--num-samples", "5"]
+    for data, fragments in [
+        (str(tmp_path / "missing.nc"), ["missing.nc", "no such file"]),
+        ("nosuch", ["unknown data source 'nosuch'"]),
+        (str(wide), ["x_shape (2,)", "trained on (1,)", "same shape"]),
+        ("glyphs", ["x_shape (1, 28, 28)"]),
+        ("", ["--data is empty"]),
+    ]:
+        _assert_one_line_error(_invoke(["diagnose", str(tiny_run), "--data", data, *common]), *fragments)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wide.nc"]
+
+
 def test_diagnose_failing_while_writing_leaves_nothing(tiny_run, tmp_path, monkeypatch):
     import matplotlib.figure
 
