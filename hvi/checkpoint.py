@@ -581,7 +581,8 @@ def expected_params(meta: "MetaModel") -> dict[str, tuple[int, ...]]:
 
     Mirrors the naming of :mod:`hvi.guide`: ``theta.*``/``likelihood.*`` for
     point-estimated sites, ``q_theta.<site>`` (delta) or ``q_theta.<site>.loc``
-    and ``.scale`` (normal) for latent ones, ``inner_lr.<weight>.<key>`` when
+    and ``.scale`` (normal) for latent ones, ``q_theta.flow$$$<parameter>``
+    (flow), ``inner_lr.<weight>.<key>`` when
     the inner step sizes are learned.
     """
     out: dict[str, tuple[int, ...]] = {}
@@ -591,9 +592,12 @@ def expected_params(meta: "MetaModel") -> dict[str, tuple[int, ...]]:
             out[name] = shape
         elif meta.q_theta == "delta":
             out[f"q_theta.{name}"] = shape
-        else:
+        elif meta.q_theta == "normal":
             out[f"q_theta.{name}.loc"] = shape
             out[f"q_theta.{name}.scale"] = shape
+    if meta.flow is not None:  # pyro.module's names: "<module name>$$$<parameter>"
+        for n, p in meta.flow.named_parameters():
+            out[f"q_theta.flow$$${n}"] = tuple(p.shape)
     if meta.inner.learn_lr:
         for n in meta.net.shapes:
             for k in meta.prior.family.param_names:

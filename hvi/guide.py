@@ -59,7 +59,9 @@ def guide_globals(meta: "MetaModel") -> tuple[dict[str, Tensor], dict[str, int |
     """Samples θ from q(θ); returns values for the inner loop and their particle dims."""
     values: dict[str, Tensor] = {}
     particle_dims: dict[str, int | None] = {}
-    draws = pyro.module("q_theta.flow", meta.flow).sample_sites() if meta.flow is not None else {}
+    # update_module_params: values put into the param store (a loaded checkpoint) reach the module.
+    flow = None if meta.flow is None else pyro.module("q_theta.flow", meta.flow, update_module_params=True)
+    draws = {} if flow is None else flow.sample_sites()
     for name, site in meta.sites.items():
         k = len(site.shape)
         if not site.latent:

@@ -150,3 +150,19 @@ def test_exact_posterior_is_a_fixed_point(q_theta):
     # widens the mixture by ~1%; anything beyond 6% is a real error.
     close(phi.mean(0), mean, rel=0.02, floor=0.02)
     close(phi.std(0), sd, rel=0.06, floor=0.0)
+
+
+def test_flow_q_theta_matches_exact_posterior():
+    """A spline flow over μ holds the (Gaussian) exact p(μ | D) too, and its draws find it."""
+    batch = make_data()
+    ref = exact(batch)
+    prior = GaussianPrior(init_scale=TAU, learn_scale=False, hyperprior=True, loc_scale=S0)
+    meta = hvi.MetaModel(VectorNet(), prior, hvi.Gaussian(noise=SIGMA), q_theta="flow",
+                         inner=hvi.InnerConfig(steps=1, lr=1.0), objective="support+query", q_theta_init_scale=0.1)
+    optim = pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.05 ** (1 / 200)})
+    hvi.fit(meta, batch, steps=200, optimizer=optim, num_particles=4, seed=0)
+    with torch.no_grad(), pyro.plate("draws", 8000, dim=-3):
+        tr = poutine.trace(meta.guide).get_trace(batch)
+    mu = tr.nodes["theta.w.loc"]["value"].reshape(-1, D)
+    close(mu.mean(0), ref["mu_mean"], rel=0.03)
+    close(mu.std(0), ref["mu_sd"], rel=0.10, floor=0.0)
