@@ -4,6 +4,7 @@
     python benchmarks/results_table.py conjugate       # one natural vs gradient step
     python benchmarks/results_table.py solar           # hvi fit --model bayes_unet, evaluated
     python benchmarks/results_table.py nuts            # full hierarchical VI against NUTS
+    python benchmarks/results_table.py sinusoid_methods  # ABML vs MAML, FOMAML, Reptile, one budget
 
 Each table ends with the command and date that produced its numbers.
 """
@@ -102,9 +103,26 @@ def nuts() -> str:
             f"`{ref.get('command', 'python scripts/nuts_reference.py')}`; hvi: {cmds}.")
 
 
+def sinusoid_methods() -> str:
+    d = json.loads((RESULTS / "sinusoid_methods.json").read_text())
+    labels = {"abml": "ABML", "maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile"}
+    rows = ["| method | settings | 1 step | 5 steps | 10 steps | training |", "|---|---|---|---|---|---|"]
+    for name, r in d["methods"].items():
+        s = r["settings"]
+        cells = [f"{r['by_inner_steps'][k]['mse']:.3f} ± {r['by_inner_steps'][k]['mse_ci95']:.3f}" for k in ("1", "5", "10")]
+        beta = f", β = {s['kl_weight']:g}" if s.get("method", name) == "abml" else ""
+        setting = (f"{s['inner_update']} α = {s['inner_lr']:g}{beta}, K = {s['train_inner_steps']} in training, "
+                   f"outer {s['outer_optimizer']} {s['outer_lr']:g}")
+        rows.append(f"| {labels.get(name, name)} | {setting} | " + " | ".join(cells) + f" | {r['fit_seconds']:.0f} s |")
+    cfg = d["config"]
+    return ("\n".join(rows) + f"\n\nQuery MSE ± 95% CI over {cfg['test_tasks']} held-out tasks after 1, 5, 10 inner steps; "
+            f"every method {cfg['steps']} outer steps of {cfg['task_batch']} tasks, one CPU thread. "
+            f"From `{d['command']}` ({d['date']}).")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    tables = {"sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts}
+    tables = {"sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "sinusoid_methods": sinusoid_methods}
     if len(args) != 1 or args[0] not in tables:
         print(f"usage: results_table.py {{{','.join(tables)}}}", file=sys.stderr)
         return 2

@@ -360,6 +360,11 @@ def predict_files(
     classify = run.meta.likelihood.is_classification
     if classify and levels:
         raise ValueError("--quantiles needs a regression run; a classification run writes probs (and --samples).")
+    if run.meta.method != "abml" and not classify and (levels or draws):
+        raise ValueError(
+            f"the run was trained with method={run.meta.method!r}, whose point predictions have no predictive "
+            "distribution to draw --samples or --quantiles from; drop them (the file holds the mean)."
+        )
     batch, layout = read_support_query(support, query, layout=True)
     xs = list(batch.x_shape)
     if "x_shape" in run.info and xs != list(run.info["x_shape"]):
@@ -415,8 +420,9 @@ def predict_files(
                          {"long_name": f"predictive class probabilities of {what}", "units": "1"})
     else:
         data["mean"] = (yd, shaped(cat["mean"]).astype("float32"), {"long_name": f"predictive mean of {what}", **units})
-        data["std"] = (yd, shaped(cat["std"]).astype("float32"),
-                       {"long_name": f"predictive standard deviation of {what}", **units})
+        if "std" in cat:  # not for the point predictions of maml, fomaml, reptile
+            data["std"] = (yd, shaped(cat["std"]).astype("float32"),
+                           {"long_name": f"predictive standard deviation of {what}", **units})
     if "samples" in cat:
         dims = ("draw", "task", "sample") if classify else ("draw", *yd)
         arr = cat["samples"].astype("int64") if classify else shaped(cat["samples"]).astype("float32")

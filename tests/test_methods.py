@@ -224,6 +224,23 @@ def test_cli_fit_and_evaluate_a_deterministic_method(cli_env, tmp_path, method):
     assert res.exit_code == 0 and "n/a" in res.stdout, res.output
     res = runner.invoke(cli, ["diagnose", str(out), "--max-tasks", "2"])
     assert res.exit_code != 0 and "hvi evaluate" in res.stderr and "Traceback" not in res.output
+    if method != "maml":
+        return
+    import numpy as np
+    import xarray as xr
+
+    g = np.random.default_rng(1)
+    xs, xq = g.uniform(-5, 5, size=(2, 5, 1)).astype("float32"), g.uniform(-5, 5, size=(2, 3, 1)).astype("float32")
+    xr.Dataset({"x": (("task", "sample", "feature"), xs), "y": (("task", "sample"), np.sin(xs[..., 0]))}).to_netcdf(
+        tmp_path / "s.nc", engine="h5netcdf")
+    xr.Dataset({"x": (("task", "sample", "feature"), xq)}).to_netcdf(tmp_path / "q.nc", engine="h5netcdf")
+    files = ["predict", str(out), "--support", str(tmp_path / "s.nc"), "--query", str(tmp_path / "q.nc")]
+    res = runner.invoke(cli, [*files, "--out", str(tmp_path / "p.nc")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    with xr.open_dataset(tmp_path / "p.nc", engine="h5netcdf") as ds:
+        assert sorted(ds.data_vars) == ["mean"] and np.isfinite(ds["mean"].values).all()
+    res = runner.invoke(cli, [*files, "--out", str(tmp_path / "p2.nc"), "--quantiles", "0.5"])
+    assert res.exit_code != 0 and "point predictions" in res.stderr and not (tmp_path / "p2.nc").exists()
 
 
 def test_cli_bad_method_is_one_line_error(cli_env, tmp_path):
