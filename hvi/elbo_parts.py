@@ -114,6 +114,9 @@ class _Parts:
     def loss_and_grads(self, model, guide, *args, **kwargs):
         return self._record(super().loss_and_grads, model, guide, *args, **kwargs)
 
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        return self._record(super().differentiable_loss, model, guide, *args, **kwargs)
+
 
 class PartsTraceELBO(_Parts, Trace_ELBO):
     """``pyro.infer.Trace_ELBO`` that keeps the parts of its last estimate in ``last_parts``."""
