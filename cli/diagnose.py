@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,9 @@ __all__ = ["Diagnosis", "diagnose_run", "format_report", "read_elbo_trace", "rea
 
 #: Default predictive draws per task (fewer than evaluate's 100 would make coverage noisy).
 DEFAULT_SAMPLES = 100
-#: Draws per task for Pareto k̂ (the tail fit uses the largest min(S/5, 3√S)).
-K_SAMPLES = 1000
+#: Draws per task for Pareto k̂ (the tail fit uses the largest min(S/5, 3√S): 52 of 300).
+#: A few hundred suffice; the time grows in proportion (benchmarks/diagnose_speed.py).
+K_SAMPLES = 300
 #: Nominal levels of the central predictive intervals.
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 
@@ -56,6 +58,8 @@ class Diagnosis:
     elbo_last: float | None = None
     out: Path | None = None
     plots: list[Path] = dataclasses.field(default_factory=list)
+    #: Wall-clock seconds per phase: load, idata, pareto_k, checks, figures, write.
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def read_metrics_trace(run_dir: Path) -> dict[str, np.ndarray] | None:
@@ -181,6 +185,14 @@ def diagnose_run(
     if plots_path is not None:
         _check_plots(plots_path)
 
+    clock = [time.perf_counter()]
+    seconds: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        seconds[name] = now - clock[0]
+        clock[0] = now
+
     run = load_run(run_path, device)
     if run.meta.method != "abml":
         raise ValueError(
@@ -208,15 +220,18 @@ def diagnose_run(
     trace = read_metrics_trace(run_path)
     elbo = None if trace is None else trace["elbo"]
     chunk = eval_chunk_size(meta, num_samples)
+    lap("load")
 
     idata = dg.to_inference_data(
         meta, batch, num_samples=num_samples, inner_steps=steps, seed=seed, elbo_trace=trace, chunk_tasks=chunk
     )
     idata.posterior.attrs["run"] = str(run_path)
+    lap("idata")
     k = dg.pareto_k(
         meta, batch, num_samples=k_samples, inner_steps=steps, seed=seed,
         chunk_tasks=eval_chunk_size(meta, k_samples),
     )
+    lap("pareto_k")
     classify = meta.likelihood.is_classification
     lppd, lppd_se, _ = dg.heldout_lppd(idata)
     res = Diagnosis(
@@ -236,8 +251,12 @@ def diagnose_run(
         finite = elbo[np.isfinite(elbo)]
         res.elbo_last = float(finite[-1]) if finite.size else None
 
+    lap("checks")
     figures = _figures(idata, k, res, seed, meta=meta, batch=batch, source=source) if plots_path is not None else {}
+    lap("figures")
     res.out, res.plots = _write(idata, out_path, figures, plots_path)
+    lap("write")
+    res.seconds = seconds
     return res
 
 

@@ -456,7 +456,7 @@ Examples:
 @click.option("--max-tasks", "max_tasks", type=click.IntRange(min=1), help="Diagnose at most this many tasks (default: the run's eval_tasks; all for most models).")
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True, help="Which tasks.")
 @click.option("--inner-steps", "inner_steps", type=click.IntRange(min=0), help="Adaptation steps (default: the training value).")
-@click.option("--k-samples", "k_samples", type=click.IntRange(min=100), default=1000, show_default=True, help="Draws per task for Pareto k̂; its time grows in proportion (fewer: faster, noisier k̂).")
+@click.option("--k-samples", "k_samples", type=click.IntRange(min=100), default=300, show_default=True, help="Draws per task for Pareto k̂; its time grows in proportion (more: slower, less noisy k̂).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the draws.")
 @click.option("--device", metavar="cpu|cuda", help="Where to run (default cpu).")
 @_errors

@@ -314,9 +314,14 @@ def to_inference_data(
                 lls.append(ll.expand(S, *sub.query_y.shape[:2]))
             per: dict[str, list[Tensor]] = {k: [] for k in PHI_SUMMARIES}
             theta = {n: gtr.nodes[n]["value"] for n in meta.sites}  # θ's draws or params, as the guide saw them
+            lam = gtr.nodes["_RETURN"]["value"]["lambda"]  # (B, *w), or (S, B, *w) under θ's draws
             for w, shape in meta.net.shapes.items():
-                q, phi = gtr.nodes[f"phi.{w}"]["fn"], gtr.nodes[f"phi.{w}"]["value"]
                 k, lead = len(shape), (S, sub.batch_size)
+                # q(φ_i) from λ, not the site's fn, which the draws plate expands S-fold: with a
+                # point-mass θ every draw has the same q, and its summaries are computed once.
+                q = meta.prior.family.dist({key: v.unsqueeze(-k - 1) for key, v in lam[w].items()}).to_event(k)
+                phi = gtr.nodes[f"phi.{w}"]["value"]
+                phi = phi if normal else phi[:1]
                 p = meta.prior.local(w, theta, event_ndim=k)  # p(φ | θ), as in the model
                 p = p.expand(torch.broadcast_shapes(p.batch_shape, q.batch_shape + q.event_shape)).to_event(k)
                 # (S | 1, B, 1, *w) → (S, B)
