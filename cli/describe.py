@@ -64,14 +64,14 @@ def default_help(key: str) -> str:
 def model_lines(name: str, width: int = 0) -> list[str]:
     """``hvi models`` entry: the description, the ``hvi fit`` defaults row, the builder's arguments."""
     from hvi.models import describe_model
-    from hvi.models.registry import _builder
+    from hvi.models.registry import MODELS
 
     row = MODEL_DEFAULTS.get(name, {})
     lines = [f"{name.ljust(width)}  {describe_model(name)}"]
     pad = " " * (width + 2)
     fit = " ".join(f"{k}={value_text(v)}" for k, v in row.items())
     lines += _wrap(f"{pad}fit defaults: ", fit or "(the common ones)")
-    lines += _wrap(f"{pad}model_args:   ", args_text(builder_args(_builder(name))))
+    lines += _wrap(f"{pad}model_args:   ", args_text(builder_args(MODELS.builder(name))))
     return lines
 
 
@@ -86,9 +86,9 @@ def _wrap(head: str, text: str, width: int = 100) -> list[str]:
 def source_lines(name: str, width: int = 0) -> list[str]:
     """``hvi sources`` entry: the description and the constructor's arguments (``data_args``)."""
     from hvi.cli.registry import source_description
-    from hvi.data.base import _SOURCES
+    from hvi.data.base import SOURCES
 
     pad = " " * (width + 2)
     return [f"{name.ljust(width)}  {source_description(name)}"] + _wrap(
-        f"{pad}data_args: ", args_text(builder_args(_SOURCES[name]))
+        f"{pad}data_args: ", args_text(builder_args(SOURCES.builder(name)))
     )

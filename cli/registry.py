@@ -101,7 +101,7 @@ def build_source(cfg: Mapping[str, Any]):
     """The task source of ``cfg["data"]``: a registered name or a netCDF/zarr path."""
     load_registries()
     from hvi.cli.config import is_path
-    from hvi.data.base import _SOURCES, list_sources
+    from hvi.data.base import SOURCES, list_sources
 
     data = cfg["data"]
     args = dict(cfg.get("data_args") or {})
@@ -112,23 +112,23 @@ def build_source(cfg: Mapping[str, Any]):
         if "split_fractions" in args and isinstance(args["split_fractions"], list):
             args["split_fractions"] = tuple(args["split_fractions"])
         return _build("data", "file", FileSource, data, **args)
-    if data not in _SOURCES:
+    if data not in SOURCES:
         raise ValueError(
             f"unknown data source {data!r}; registered sources: {', '.join(list_sources())} "
             "(or pass the path of a .nc/.zarr file)."
         )
-    _check_kwargs("data", data, _SOURCES[data], args)
+    _check_kwargs("data", data, SOURCES.builder(data), args)
     for k, v in list(args.items()):
         if k == "num_tasks" and isinstance(v, list):
             args[k] = tuple(v)
-    return _build("data", data, _SOURCES[data], **args)
+    return _build("data", data, SOURCES.builder(data), **args)
 
 
 def source_description(name: str) -> str:
     """First line of a registered source's docstring."""
-    from hvi.data.base import _SOURCES
+    from hvi.data.base import SOURCES
 
-    doc = inspect.getdoc(_SOURCES[name]) or ""
+    doc = inspect.getdoc(SOURCES.builder(name)) or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
@@ -197,18 +197,14 @@ def build_meta(cfg: Mapping[str, Any], device: torch.device, seed: int | None = 
     """
     load_registries()
     from hvi import InnerConfig, MetaModel
-    from hvi.likelihoods import _LIKELIHOODS
+    from hvi.likelihoods import LIKELIHOODS
     from hvi.models import get_model
-    from hvi.priors.base import _PRIORS, list_priors
+    from hvi.priors.base import PRIORS
 
     prior_name = cfg["prior"]
-    if prior_name not in _PRIORS:
-        raise ValueError(f"unknown prior {prior_name!r}; registered priors: {', '.join(list_priors())}.")
-    _check_kwargs("prior", prior_name, _PRIORS[prior_name], cfg.get("prior_args") or {})
+    _check_kwargs("prior", prior_name, PRIORS.builder(prior_name), cfg.get("prior_args") or {})
     lik_name = cfg["likelihood"]
-    if lik_name not in _LIKELIHOODS:
-        raise ValueError(f"unknown likelihood {lik_name!r}; registered: {', '.join(sorted(_LIKELIHOODS))}.")
-    _check_kwargs("likelihood", lik_name, _LIKELIHOODS[lik_name], cfg.get("likelihood_args") or {})
+    _check_kwargs("likelihood", lik_name, LIKELIHOODS.builder(lik_name), cfg.get("likelihood_args") or {})
     margs = dict(cfg.get("model_args") or {})
     for k, v in margs.items():
         if isinstance(v, list):
@@ -231,8 +227,8 @@ def build_meta(cfg: Mapping[str, Any], device: torch.device, seed: int | None = 
     )
     return MetaModel(
         net,
-        _build("prior", prior_name, _PRIORS[prior_name], **(cfg.get("prior_args") or {})),
-        _build("likelihood", lik_name, _LIKELIHOODS[lik_name], **(cfg.get("likelihood_args") or {})),
+        _build("prior", prior_name, PRIORS.builder(prior_name), **(cfg.get("prior_args") or {})),
+        _build("likelihood", lik_name, LIKELIHOODS.builder(lik_name), **(cfg.get("likelihood_args") or {})),
         q_theta=cfg["q_theta"],
         inner=inner,
         objective=cfg["objective"],

@@ -389,10 +389,10 @@ def check_arg_tables(cfg: Mapping[str, Any]) -> None:
     """
     from hvi.cli.config import is_path
     from hvi.cli.registry import _check_kwargs, load_registries
-    from hvi.data.base import _SOURCES
-    from hvi.likelihoods import _LIKELIHOODS
-    from hvi.models.registry import _MODELS
-    from hvi.priors.base import _PRIORS
+    from hvi.data.base import SOURCES
+    from hvi.likelihoods import LIKELIHOODS
+    from hvi.models.registry import MODELS
+    from hvi.priors.base import PRIORS
 
     load_registries()
     data = cfg["data"]
@@ -401,11 +401,11 @@ def check_arg_tables(cfg: Mapping[str, Any]) -> None:
 
         builders = [("data", "file", FileSource)]
     else:
-        builders = [("data", data, _SOURCES.get(data))]
+        builders = [("data", data, SOURCES.builder(data) if data in SOURCES else None)]
     builders += [
-        ("model", cfg["model"], _MODELS.get(cfg["model"])),
-        ("prior", cfg["prior"], _PRIORS.get(cfg["prior"])),
-        ("likelihood", cfg.get("likelihood"), _LIKELIHOODS.get(cfg.get("likelihood") or "")),
+        (what, name, reg.builder(name) if name in reg else None)
+        for what, name, reg in (("model", cfg["model"], MODELS), ("prior", cfg["prior"], PRIORS),
+                                ("likelihood", cfg.get("likelihood"), LIKELIHOODS))
     ]
     for what, name, builder in builders:
         if builder is not None:  # unknown names are reported where they are built

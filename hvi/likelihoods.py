@@ -16,6 +16,7 @@ from pyro.distributions import constraints
 from torch import Tensor
 
 from hvi.distributions import Normal
+from hvi.registry import Registry
 from hvi.sites import GlobalSite
 
 __all__ = [
@@ -175,19 +176,13 @@ class Categorical(Likelihood):
             raise ValueError(f"{name} has negative class labels; labels must be 0..C-1.")
 
 
-_LIKELIHOODS: dict[str, Callable[..., Likelihood]] = {}
+#: The registered likelihoods (see :class:`hvi.registry.Registry`).
+LIKELIHOODS: Registry[Likelihood] = Registry("likelihood")
 
 
 def register_likelihood(name: str) -> Callable[[Callable[..., Likelihood]], Callable[..., Likelihood]]:
-    """Decorator registering a likelihood class or builder under ``name``."""
-
-    def wrap(builder):
-        if name in _LIKELIHOODS:
-            raise ValueError(f"likelihood {name!r} is already registered; pick another name.")
-        _LIKELIHOODS[name] = builder
-        return builder
-
-    return wrap
+    """Decorator registering a likelihood class or builder under ``name`` (duplicates raise)."""
+    return LIKELIHOODS.register(name)
 
 
 register_likelihood("gaussian")(Gaussian)
@@ -198,13 +193,9 @@ def get_likelihood(name: str | Likelihood, **cfg) -> Likelihood:
     """Returns ``name`` if it is a :class:`Likelihood`, else builds the registered one."""
     if isinstance(name, Likelihood):
         return name
-    if name not in _LIKELIHOODS:
-        raise ValueError(
-            f"unknown likelihood {name!r}; registered likelihoods: {', '.join(sorted(_LIKELIHOODS))}."
-        )
-    return _LIKELIHOODS[name](**cfg)
+    return LIKELIHOODS.build(name, **cfg)
 
 
 def list_likelihoods() -> list[str]:
     """Names of the registered likelihoods, sorted."""
-    return sorted(_LIKELIHOODS)
+    return LIKELIHOODS.names()

@@ -23,13 +23,16 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-__all__ = ["register_model", "get_model", "list_models", "describe_model", "model_defaults"]
+from hvi.registry import Registry
+
+__all__ = ["MODELS", "register_model", "get_model", "list_models", "describe_model", "model_defaults"]
 
 BuilderFn = TypeVar("BuilderFn", bound=Callable[..., nn.Module])
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
-
 _KEYWORD_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+#: The registered models (see :class:`hvi.registry.Registry`).
+MODELS: Registry[nn.Module] = Registry("model")
 
 
 def register_model(name: str) -> Callable[[BuilderFn], BuilderFn]:
@@ -50,37 +53,7 @@ def register_model(name: str) -> Callable[[BuilderFn], BuilderFn]:
         ValueError: If ``name`` is empty or already registered.
         TypeError: If ``name`` is not a string or the decorated object is not callable.
     """
-    if not isinstance(name, str):
-        raise TypeError(f"model name must be a str, got {type(name).__name__}")
-    if not name:
-        raise ValueError("model name must be a non-empty string")
-
-    def decorator(fn: BuilderFn) -> BuilderFn:
-        if not callable(fn):
-            raise TypeError(f"register_model({name!r}) must decorate a callable, got {fn!r}")
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is already registered (by {_MODELS[name].__qualname__})")
-        _MODELS[name] = fn
-        return fn
-
-    return decorator
-
-
-def _builder(name: str) -> Callable[..., nn.Module]:
-    try:
-        return _MODELS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown model {name!r}; registered models: {', '.join(list_models())}."
-        ) from None
-
-
-def _accepted_keys(fn: Callable[..., nn.Module]) -> tuple[list[str], bool]:
-    """Keyword names accepted by ``fn`` and whether it takes ``**kwargs``."""
-    params = inspect.signature(fn).parameters.values()
-    keys = [p.name for p in params if p.kind in _KEYWORD_KINDS]
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-    return keys, var_kw
+    return MODELS.register(name)
 
 
 def get_model(name: str, **cfg: Any) -> nn.Module:
@@ -102,17 +75,8 @@ def get_model(name: str, **cfg: Any) -> nn.Module:
             builder does not accept.
         TypeError: If the builder does not return an ``nn.Module``.
     """
-    fn = _builder(name)
-    keys, var_kw = _accepted_keys(fn)
-    unknown = [k for k in cfg if k not in keys]
-    if unknown and not var_kw:
-        bad = ", ".join(repr(k) for k in unknown)
-        plural = "s" if len(unknown) > 1 else ""
-        raise ValueError(
-            f"unknown config key{plural} {bad} for model {name!r}; "
-            f"accepted keys: {', '.join(keys) if keys else '(none)'}."
-        )
-    model = fn(**cfg)
+    MODELS.check_keys(name, cfg)
+    model = MODELS.build(name, **cfg)
     if not isinstance(model, nn.Module):
         raise TypeError(f"builder for model {name!r} returned {type(model).__name__}, not nn.Module")
     return model
@@ -120,7 +84,7 @@ def get_model(name: str, **cfg: Any) -> nn.Module:
 
 def list_models() -> list[str]:
     """Return the registered model names, sorted alphabetically."""
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def describe_model(name: str) -> str:
@@ -132,7 +96,7 @@ def describe_model(name: str) -> str:
     Raises:
         ValueError: If ``name`` is not registered.
     """
-    doc = inspect.getdoc(_builder(name)) or ""
+    doc = inspect.getdoc(MODELS.builder(name)) or ""
     for line in doc.splitlines():
         if line.strip():
             return line.strip()
@@ -150,7 +114,7 @@ def model_defaults(name: str) -> dict[str, Any]:
     Raises:
         ValueError: If ``name`` is not registered.
     """
-    params = inspect.signature(_builder(name)).parameters.values()
+    params = inspect.signature(MODELS.builder(name)).parameters.values()
     return {
         p.name: p.default
         for p in params

@@ -51,10 +51,12 @@ def _isolated(monkeypatch):
     """Registrations and loaded plugins of a test do not outlive it."""
     threads = torch.get_num_threads()
     pyro.clear_param_store()
-    monkeypatch.setattr(priors_base, "_PRIORS", dict(priors_base._PRIORS))
+    before = set(priors_base.PRIORS.names())
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.delenv("HVI_DEBUG", raising=False)
     yield
+    for name in set(priors_base.PRIORS.names()) - before:
+        priors_base.PRIORS.unregister(name)
     for name in USER_MODULES:
         sys.modules.pop(name, None)
     pyro.clear_param_store()

@@ -234,7 +234,7 @@ def test_describe_and_defaults():
 def test_duplicate_registration_raises():
     with pytest.raises(ValueError, match="'mlp' is already registered"):
         register_model("mlp")(lambda: nn.Linear(1, 1))
-    assert registry._MODELS["mlp"] is models.mlp
+    assert registry.MODELS.builder("mlp") is models.mlp
 
 
 def test_user_registered_model():
@@ -259,7 +259,7 @@ def test_user_registered_model():
         with pytest.raises(ValueError, match="already registered"):
             register_model(name)(user_net)
     finally:
-        registry._MODELS.pop(name, None)
+        registry.MODELS.unregister(name)
     assert name not in list_models()
 
 
@@ -270,4 +270,4 @@ def test_builder_must_return_module():
         with pytest.raises(TypeError, match="not nn.Module"):
             get_model(name)
     finally:
-        registry._MODELS.pop(name, None)
+        registry.MODELS.unregister(name)

@@ -141,10 +141,10 @@ def initial_param_values(meta: hvi.MetaModel) -> dict[str, Tensor]:
 @pytest.fixture
 def registry_cleanup():
     """Removes priors a test registers, so the registry is the same before and after."""
-    before = set(prior_base._PRIORS)
+    before = set(prior_base.PRIORS.names())
     yield
-    for name in set(prior_base._PRIORS) - before:
-        del prior_base._PRIORS[name]
+    for name in set(prior_base.PRIORS.names()) - before:
+        prior_base.PRIORS.unregister(name)
 
 
 # -- registry -----------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 
+from hvi.registry import Registry
 from hvi.tasks import TaskBatch
 
 __all__ = [
@@ -112,30 +113,20 @@ class TaskSource(ABC):
             yield self.get_tasks(split, torch.arange(start, min(start + batch_size, m)))
 
 
-_SOURCES: dict[str, Callable[..., TaskSource]] = {}
+#: The registered task sources (see :class:`hvi.registry.Registry`).
+SOURCES: Registry[TaskSource] = Registry("task source", "sources")
 
 
 def register_source(name: str) -> Callable[[Callable[..., TaskSource]], Callable[..., TaskSource]]:
-    """Class/function decorator registering a task-source builder under ``name``."""
-
-    def wrap(builder: Callable[..., TaskSource]) -> Callable[..., TaskSource]:
-        if name in _SOURCES:
-            raise ValueError(f"task source {name!r} is already registered; pick another name.")
-        _SOURCES[name] = builder
-        return builder
-
-    return wrap
+    """Class/function decorator registering a task-source builder under ``name`` (duplicates raise)."""
+    return SOURCES.register(name)
 
 
 def get_source(name: str, **cfg) -> TaskSource:
     """Builds the registered task source ``name`` with keyword configuration ``cfg``."""
-    if name not in _SOURCES:
-        raise ValueError(
-            f"unknown task source {name!r}; registered sources: {', '.join(sorted(_SOURCES))}."
-        )
-    return _SOURCES[name](**cfg)
+    return SOURCES.build(name, **cfg)
 
 
 def list_sources() -> list[str]:
     """Names of all registered task sources, sorted."""
-    return sorted(_SOURCES)
+    return SOURCES.names()

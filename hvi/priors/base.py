@@ -29,9 +29,10 @@ from torch import Tensor
 from torch.distributions import kl_divergence
 
 from hvi.families import GuideFamily, NormalFamily
+from hvi.registry import Registry
 from hvi.sites import GlobalSite
 
-__all__ = ["HierarchicalPrior", "BoundPrior", "constant_like", "loc_scale_sites", "register_prior", "get_prior", "list_priors"]
+__all__ = ["HierarchicalPrior", "BoundPrior", "constant_like", "loc_scale_sites", "register_prior", "get_prior", "list_priors", "PRIORS"]
 
 
 class HierarchicalPrior(ABC):
@@ -317,36 +318,27 @@ class BoundPrior:
                     ) from None
 
 
-_PRIORS: dict[str, Callable[..., HierarchicalPrior]] = {}
+#: The registered priors (see :class:`hvi.registry.Registry`).
+PRIORS: Registry[HierarchicalPrior] = Registry("prior")
 
 
 def register_prior(name: str) -> Callable[[Callable[..., HierarchicalPrior]], Callable[..., HierarchicalPrior]]:
     """Decorator registering a prior class or builder under ``name`` (duplicates raise)."""
-
-    def wrap(builder):
-        if name in _PRIORS:
-            raise ValueError(f"prior {name!r} is already registered; pick another name.")
-        _PRIORS[name] = builder
-        return builder
-
-    return wrap
+    return PRIORS.register(name)
 
 
 def get_prior(name: str | HierarchicalPrior, **cfg) -> HierarchicalPrior:
     """Returns ``name`` if it is a prior, else builds the registered prior ``name``."""
     if isinstance(name, HierarchicalPrior):
         return name
-    if name not in _PRIORS:
-        raise ValueError(f"unknown prior {name!r}; registered priors: {', '.join(sorted(_PRIORS))}.")
-    return _PRIORS[name](**cfg)
+    return PRIORS.build(name, **cfg)
 
 
 def list_priors() -> list[str]:
     """Names of the registered priors, sorted."""
-    return sorted(_PRIORS)
+    return PRIORS.names()
 
 
 def describe_prior(name: str) -> str:
     """First line of the registered prior's docstring."""
-    doc = (_PRIORS[name].__doc__ or "").strip()
-    return doc.splitlines()[0] if doc else ""
+    return PRIORS.describe(name)
