@@ -4,6 +4,8 @@
     python benchmarks/results_table.py conjugate       # one natural vs gradient step
     python benchmarks/results_table.py solar           # hvi fit --model bayes_unet, evaluated
     python benchmarks/results_table.py nuts            # full hierarchical VI against NUTS
+    python benchmarks/results_table.py meta_step       # a meta-step's time and memory, gradient vs natural
+    python benchmarks/results_table.py cli_quickstart  # the README's hvi fit / evaluate / diagnose transcript
     python benchmarks/results_table.py sinusoid_methods  # ABML vs MAML, FOMAML, Reptile, one budget
 
 Each table ends with the command and date that produced its numbers.
@@ -120,9 +122,40 @@ def sinusoid_methods() -> str:
             f"From `{d['command']}` ({d['date']}).")
 
 
+def meta_step() -> str:
+    d = json.loads((RESULTS / "meta_step_updates.json").read_text())
+    rows = ["| update | task batch | order | step s (median) | tasks/s | GFLOP per task | GFLOP/s | peak RSS MB "
+            "| minor faults per step | matmul GFLOP/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    matmul = None
+    steps = []
+    for r in reversed(d["results"]):  # each engine line is followed by its run's matmul reference
+        if r["impl"] == "matmul":
+            matmul = r["gflop_per_s"]
+        else:
+            steps.append((r, matmul))
+    for r, mm in reversed(steps):
+        rows.append(f"| {r['update']} | {r['task_batch']} | {'first' if r['first_order'] else 'second'} "
+                    f"| {r['step_s_median']:.3f} | {r['tasks_per_s']:.2f} | {r['gflop_per_task']:.1f} | {r['gflop_per_s']:.1f} "
+                    f"| {r['peak_rss_mb']:.0f} | {r['minflt_per_step']} | {mm if mm is None else format(mm, '.1f')} |")
+    r = steps[-1][0]
+    return ("\n".join(rows) + f"\n\n{r['impl'].capitalize()}, `{r['model']}` base {r['base']} ({r['weights']} weights), "
+            f"{r['k_shot']}-shot {r['size']}×{r['size']}, K = {r['inner_steps']}, one Monte Carlo sample, `--malloc {r['malloc']}`; "
+            f"the matmul column is the machine's reference in the same run. From `{d['command']}` ({d['date']}).")
+
+
+def cli_quickstart() -> str:
+    d = json.loads((RESULTS / "cli_quickstart.json").read_text())
+    lines = []
+    for step in d["steps"]:
+        lines += [f"$ {step['command']}", step["stdout"].rstrip()]
+    times = ", ".join(f"{s['command'].split()[1]} {s['seconds']:.0f} s" for s in d["steps"])
+    return ("```text\n" + "\n".join(lines) + "\n```\n\n"
+            + f"Wall times on 2 shared CPU cores: {times}. From `{d['command']}` ({d['date']}).")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    tables = {"sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "sinusoid_methods": sinusoid_methods}
+    tables = {"sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods}
     if len(args) != 1 or args[0] not in tables:
         print(f"usage: results_table.py {{{','.join(tables)}}}", file=sys.stderr)
         return 2
