@@ -4,11 +4,12 @@
 The model of ``scripts/nuts_reference.py`` (which also holds the data and writes
 the NUTS reference ``tests/data/nuts_reference.json``), fitted with hvi::
 
-    μ ~ N(0, 5)   τ ~ HalfCauchy(5)       global latents, q(μ) q(log τ) a diagonal Normal
+    μ ~ N(0, 5)   τ ~ HalfCauchy(5)       global latents, q(μ) q(log τ) a diagonal Normal (or a flow)
     φ_j | μ, τ ~ N(μ, τ²)                 one task per group; the "network" returns φ_j
     y_j | φ_j ~ N(φ_j, σ_j²)              hvi.Gaussian(noise="known"), σ_j as support_noise
 
-with ``q_theta="normal"``, ``objective="support+query"`` (all data in the
+with ``q_theta="normal"`` (``--q-theta flow``: a spline flow over (μ, log τ) jointly,
+:mod:`hvi.flows`; its "q_params" are then moments of flow draws), ``objective="support+query"`` (all data in the
 support set, the query set empty) and float64. The guide's q(φ_j | μ, τ) is the
 inner loop's adapted λ_j: with the natural-gradient update at α = 1 one step is
 the exact conditional posterior p(φ_j | μ, τ, y_j) (the model is conjugate given
@@ -24,6 +25,7 @@ Usage::
     python benchmarks/hierarchical_nuts.py                          # both data sets, natural update
     python benchmarks/hierarchical_nuts.py --data eight_schools --update gradient --inner-lr 0.01 --inner-steps 5
     python benchmarks/hierarchical_nuts.py --steps 3000 --particles 32 --json out.json
+    python benchmarks/hierarchical_nuts.py --q-theta flow --steps 2000 --lr 0.02 --json flow.json
 """
 
 from __future__ import annotations
@@ -126,15 +128,24 @@ def inner_config(update: str = "natural", steps: int | None = None, lr: float | 
                            lr=0.01 if lr is None else lr, num_samples=num_samples)
 
 
-def build(model: Mapping, inner: hvi.InnerConfig, q_theta_init_scale: float = 0.1) -> hvi.MetaModel:
+def build(model: Mapping, inner: hvi.InnerConfig, q_theta_init_scale: float = 0.1,
+          q_theta: str = "normal") -> hvi.MetaModel:
     """The hvi MetaModel of the reference's model (hyperprior scales from ``model``)."""
     prior = NormalHalfCauchyPrior(mu_scale=model["mu_scale"], tau_scale=model["tau_scale"])
-    return hvi.MetaModel(GroupEffect(), prior, hvi.Gaussian(noise="known"), q_theta="normal", inner=inner,
+    return hvi.MetaModel(GroupEffect(), prior, hvi.Gaussian(noise="known"), q_theta=q_theta, inner=inner,
                          objective="support+query", q_theta_init_scale=q_theta_init_scale)
 
 
-def q_params() -> dict[str, float]:
-    """The current q(θ) parameters (constrained: scales positive), by short name."""
+def q_params(meta: hvi.MetaModel | None = None, draws: int = 4000) -> dict[str, float]:
+    """The current q(θ) by short name: the Normal's parameters (scales positive), or for a flow
+    the same four numbers as moments of q(μ) and q(log τ) from ``draws`` flow draws (common random numbers)."""
+    if meta is not None and meta.flow is not None:
+        with torch.no_grad(), torch.random.fork_rng():
+            torch.manual_seed(12345)
+            z = meta.flow.dist().sample((draws,))
+        mu, log_tau = z[:, 0], z[:, 1]
+        return {"mu.loc": float(mu.mean()), "mu.scale": float(mu.std()),
+                "tau.loc": float(log_tau.mean()), "tau.scale": float(log_tau.std())}
     store = pyro.get_param_store()
     return {k.removeprefix("q_theta.theta."): float(store[k].detach()) for k in Q_PARAMS}
 
@@ -166,7 +177,7 @@ def fit(meta: hvi.MetaModel, batch: hvi.TaskBatch, *, steps: int = 2000, lr: flo
 
     def callback(step: int, loss: float, b: hvi.TaskBatch) -> None:
         nonlocal window, last
-        now = unconstrained(q_params())
+        now = unconstrained(q_params(meta))
         if last:
             for k, v in now.items():
                 window[k] = max(window.get(k, 0.0), abs(v - last[k]))
@@ -175,7 +186,7 @@ def fit(meta: hvi.MetaModel, batch: hvi.TaskBatch, *, steps: int = 2000, lr: flo
             for k, v in now.items():
                 avg.setdefault(k, []).append(v)
         if (step + 1) % log_every == 0 or step == 0:
-            trace.append({"step": step + 1, "loss": loss, **q_params()})
+            trace.append({"step": step + 1, "loss": loss, **q_params(meta)})
             if step > 0:
                 # ClippedAdam's step ``step`` (0-based) ran at lr·lrd^(step+1) (the decay comes first): the smallest in the window.
                 moves.append({"step": step + 1, "lr": lr * lrd ** (step + 1), **window})
@@ -186,11 +197,11 @@ def fit(meta: hvi.MetaModel, batch: hvi.TaskBatch, *, steps: int = 2000, lr: flo
     pyro.set_rng_seed(seed)
     with torch.no_grad():
         meta.guide(batch)
-    trace.append({"step": 0, "loss": float("nan"), **q_params()})
-    last = unconstrained(q_params())
+    trace.append({"step": 0, "loss": float("nan"), **q_params(meta)})
+    last = unconstrained(q_params(meta))
     result = hvi.fit(meta, batch, steps=steps, optimizer=optim, num_particles=particles, seed=seed,
                      resume=True, callback=callback)
-    if avg:
+    if avg and meta.flow is None:  # Polyak averaging of the Normal's parameters only
         store = pyro.get_param_store()
         for k, vals in avg.items():
             m = sum(vals) / len(vals)
@@ -207,7 +218,7 @@ def summarize(meta: hvi.MetaModel, batch: hvi.TaskBatch, draws: int = 4000, call
     over q(μ, τ) of the adapted q(φ_j | μ, τ): its moments are taken from
     ``draws`` draws of the guide (each draws μ, τ, adapts, then draws φ_j).
     """
-    p = q_params()
+    p = q_params(meta)
     a, b, c, d = p["mu.loc"], p["mu.scale"], p["tau.loc"], p["tau.scale"]
     tau_mean = math.exp(c + d * d / 2)
     out = {
@@ -233,6 +244,8 @@ def summarize(meta: hvi.MetaModel, batch: hvi.TaskBatch, draws: int = 4000, call
         "log_tau": {"mean": float(tau.log().mean()), "sd": float(tau.log().std())},
     }
     out["theta"] = {"mean": phi.mean(0).tolist(), "sd": phi.std(0).tolist()}
+    if meta.flow is not None:  # no closed form: the draws are the moments
+        out.update({k: out["sampled"][k] for k in ("mu", "tau", "log_tau")})
     return out
 
 
@@ -249,14 +262,15 @@ def compare(fitted: Mapping, ref: Mapping) -> dict:
     return out
 
 
-def run(name: str, reference: Mapping, inner: hvi.InnerConfig, **fit_kw) -> dict:
+def run(name: str, reference: Mapping, inner: hvi.InnerConfig, q_theta: str = "normal", **fit_kw) -> dict:
     entry = reference["datasets"][name]
     batch = task_batch(entry["data"])
-    meta = build(reference["model"], inner)
+    meta = build(reference["model"], inner, q_theta=q_theta)
     fitted = fit(meta, batch, **fit_kw)
     summary = summarize(meta, batch)
     return {
         "data": name,
+        "q_theta": q_theta,
         "inner": {"update": inner.update, "steps": inner.steps, "lr": inner.lr, "num_samples": inner.num_samples},
         "fit": {k: v for k, v in fit_kw.items()},
         "seconds": fitted["seconds"],
@@ -273,7 +287,7 @@ def run(name: str, reference: Mapping, inner: hvi.InnerConfig, **fit_kw) -> dict
 def report(res: Mapping, reference: Mapping) -> None:
     entry = reference["datasets"][res["data"]]
     nuts, vi, s = entry["nuts"], entry["gaussian_vi_optimum"], res["summary"]
-    print(f"{res['data']} ({res['inner']['update']} inner, {res['seconds']:.1f} s, {len(res['skipped'])} skipped; "
+    print(f"{res['data']} (q_theta={res.get('q_theta', 'normal')}, {res['inner']['update']} inner, {res['seconds']:.1f} s, {len(res['skipped'])} skipped; "
           f"fit {res['fit']})")
     print("             NUTS mean ± sd     hvi mean ± sd     (mean−NUTS)/sd  sd ratio   best-Gaussian mean ± sd")
     for k in ("mu", "tau", "log_tau"):
@@ -298,6 +312,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--data", nargs="+", choices=["eight_schools", "baseball"], default=["eight_schools", "baseball"])
     parser.add_argument("--reference", type=Path, default=REFERENCE)
     parser.add_argument("--update", choices=["natural", "gradient"], default="natural")
+    parser.add_argument("--q-theta", choices=["normal", "flow"], default="normal",
+                        help="q(μ, τ): a diagonal Normal on (μ, log τ), or a spline flow (hvi.flows)")
     parser.add_argument("--inner-steps", type=int, default=None)
     parser.add_argument("--inner-lr", type=float, default=None)
     parser.add_argument("--inner-samples", type=int, default=1)
@@ -316,7 +332,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = []
     for name in args.data:
         t0 = time.perf_counter()
-        res = run(name, reference, inner, steps=args.steps, lr=args.lr, final_lr=args.final_lr,
+        res = run(name, reference, inner, q_theta=args.q_theta, steps=args.steps, lr=args.lr, final_lr=args.final_lr,
                   particles=args.particles, seed=args.seed, log_every=args.log_every,
                   average_last=args.average_last)
         res["wall_seconds"] = time.perf_counter() - t0

@@ -76,8 +76,9 @@ def solar() -> str:
 def nuts() -> str:
     ref = json.loads((RESULTS.parent.parent / "tests" / "data" / "nuts_reference.json").read_text())
     runs = []
-    for name in ("hierarchical_nuts.json", "hierarchical_nuts_gradient.json"):
-        path = RESULTS / name
+    paths = [RESULTS / "hierarchical_nuts.json", *sorted(RESULTS.glob("hierarchical_nuts_flow*.json")),
+             RESULTS / "hierarchical_nuts_gradient.json"]
+    for path in paths:
         if path.exists():
             runs.append(json.loads(path.read_text()))
     rows = ["| data | fit | μ mean ± sd | τ mean ± sd | log τ mean ± sd | θ_j: worst \\|z\\|, worst \\|sd ratio − 1\\| |",
@@ -92,7 +93,7 @@ def nuts() -> str:
                 if r["data"] != data:
                     continue
                 inner = r["inner"]
-                label = f"hvi, {inner['update']} (K = {inner['steps']}, α = {inner['lr']})"
+                label = f"hvi, q_theta={r.get('q_theta', 'normal')}, {inner['update']} (K = {inner['steps']}, α = {inner['lr']})"
                 cells = []
                 for k in ("mu", "tau", "log_tau"):
                     v, c = r["summary"][k], r["vs_nuts"][k]
