@@ -222,15 +222,15 @@ def evaluate_run(
 EVALUATION_FILE = "evaluation.json"
 
 
-def write_evaluation(res: Mapping[str, Any]) -> Path:
-    """Writes :func:`evaluate_run`'s result as strict JSON (NaN as null) to ``<run>/evaluation.json``, atomically.
+def write_evaluation(run_dir: str | os.PathLike, res: Mapping[str, Any]) -> Path:
+    """Writes :func:`evaluate_run`'s result as strict JSON (NaN as null) to ``run_dir/evaluation.json``, atomically.
 
     Raises:
         OSError: If the run directory cannot be written (the old file, if any, is kept).
     """
     from hvi.cli.run import _write_json_atomic, finite_json
 
-    path = Path(res["run"]) / EVALUATION_FILE
+    path = Path(os.fspath(run_dir)).expanduser().resolve() / EVALUATION_FILE
     _write_json_atomic(path, finite_json(dict(res)))
     return path
 

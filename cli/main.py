@@ -376,9 +376,9 @@ def evaluate_cmd(run_dir, data, as_json, num_samples, inner_steps, split, max_ta
     from hvi.cli.evaluate import write_evaluation
 
     try:
-        logging.getLogger("hvi.cli").info("wrote %s", write_evaluation(res))
+        logging.getLogger("hvi.cli").info("wrote %s", write_evaluation(run_dir, res))
     except OSError as e:  # the result is printed; a read-only run directory only loses the copy
-        logging.getLogger("hvi.cli").warning(f"could not write {res['run']}/evaluation.json: {e}")
+        logging.getLogger("hvi.cli").warning(f"could not write {run_dir}/evaluation.json: {e}")
 
 
 # --------------------------------------------------------------------------- predict
