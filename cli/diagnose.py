@@ -84,7 +84,8 @@ def read_metrics_trace(run_dir: Path) -> dict[str, np.ndarray] | None:
             raise ValueError(f"{path} has a line that is not a metrics record; the run directory is damaged.") from None
     if not rows:
         return None
-    keys = ["elbo"] + [k for k in PARTS if any(k in r for r in rows.values())]
+    # Parts only where recorded (runs before them, or a method without an ELBO, have none).
+    keys = ["elbo"] + [k for k in PARTS if any(r.get(k) is not None for r in rows.values())]
     out = {k: np.full(max(rows), np.nan) for k in keys}
     for step, row in rows.items():
         for k in keys:

@@ -721,6 +721,21 @@ def test_diagnose_on_other_data_errors_are_one_line_and_write_nothing(tiny_run, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wide.nc"]
 
 
+def test_read_metrics_trace_keeps_only_recorded_parts(tmp_path):
+    from hvi.cli.diagnose import read_elbo_trace, read_metrics_trace
+
+    rows = [
+        {"step": 1, "elbo": -3.0, "ell": -2.0, "local_kl": 1.0, "global_kl": None},
+        {"step": 3, "elbo": -1.0, "ell": -0.5, "local_kl": 0.5, "global_kl": None},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trace = read_metrics_trace(tmp_path)
+    assert sorted(trace) == ["elbo", "ell", "local_kl"]  # global_kl never recorded (e.g. a method without an ELBO)
+    np.testing.assert_array_equal(trace["ell"], [-2.0, np.nan, -0.5])  # step 2 missing: NaN
+    np.testing.assert_array_equal(read_elbo_trace(tmp_path), [-3.0, np.nan, -1.0])
+    assert read_metrics_trace(tmp_path / "none") is None
+
+
 def test_diagnose_failing_while_writing_leaves_nothing(tiny_run, tmp_path, monkeypatch):
     import matplotlib.figure
 
