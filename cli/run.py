@@ -208,19 +208,9 @@ def finite_json(obj: Any) -> Any:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    from hvi.checkpoint import _public
+    from hvi.atomic import write_json
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        _public(tmp)
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_json(path, obj)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -234,9 +224,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
                 keep.append(line)
         except json.JSONDecodeError:
             break  # a torn last line of a killed run
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in keep))
-    os.replace(tmp, path)
+    from hvi.atomic import write_text
+
+    write_text(path, "".join(f"{line}\n" for line in keep))
 
 
 # --------------------------------------------------------------------------- stopping
@@ -524,7 +514,7 @@ def run_fit(
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
         created = work
-        from hvi.checkpoint import _public
+        from hvi.atomic import make_public as _public
 
         _public(work, directory=True)
     ok = False

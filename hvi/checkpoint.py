@@ -43,7 +43,6 @@ import math
 import os
 import random
 import secrets
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +54,7 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
+from hvi.atomic import atomic_path, fsync_dir, make_public, write_bytes
 from hvi.sites import positive
 
 if TYPE_CHECKING:
@@ -251,46 +251,10 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _read_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()  # read once at import: os.umask is process-wide
-
-
-def _umask() -> int:
-    return _UMASK
-
-
-def _public(path: str | os.PathLike, directory: bool = False) -> None:
-    """Gives a mkstemp/mkdtemp-created path the usual permissions (0666/0777 minus the umask)."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        _public(tmp)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+# One atomic-write implementation (hvi.atomic); the old private names stay for callers.
+_fsync_dir = fsync_dir
+_public = make_public
+_atomic_write_bytes = write_bytes
 
 
 def _rng_state() -> dict[str, Any]:
@@ -393,18 +357,8 @@ def save_checkpoint(
 
     name = f"tensors-{step:08d}-{secrets.token_hex(4)}.safetensors"
     final = path / name
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        _public(tmp)
-        save_file(enc.tensors, tmp, metadata={"format": FORMAT, "step": str(step)})
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(final) as tmp:
+        save_file(enc.tensors, str(tmp), metadata={"format": FORMAT, "step": str(step)})
     meta["tensors"] = {"file": name, "sha256": _sha256(final), "bytes": final.stat().st_size}
     text = json.dumps(meta, indent=1, allow_nan=False).encode()
     if keep > 1:

@@ -54,7 +54,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -648,15 +647,10 @@ def _write_atomic(ds: Any, path: PathLike) -> Path:
             ) from None
         ds.to_zarr(p, mode="w")
         return p
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    from hvi.atomic import atomic_path
+
+    with atomic_path(p) as tmp:
         ds.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return p
 
 
