@@ -44,7 +44,7 @@ def load_run(run_dir: str | os.PathLike, device: str | None = None) -> LoadedRun
             f"run {path} has no final model ({MODEL_DIR}/ is missing): it did not finish; "
             f"resume it with 'hvi fit --out {path} --resume'."
         )
-    dev = resolve_device(device or "cpu")
+    dev = resolve_device("cpu" if device is None else device)
     configure_process(cfg, dev)
     info = dict(read_checkpoint(path / MODEL_DIR).extra)
     meta = build_meta(cfg, dev)

@@ -347,7 +347,7 @@ Examples:
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True, help="Which tasks.")
 @click.option("--max-tasks", "max_tasks", type=int, help="Evaluate at most this many tasks (default: the run's eval_tasks; all for most models).")
 @click.option("--device", metavar="cpu|cuda", help="Where to run (default cpu).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the predictive samples.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="Seed of the predictive samples.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar (stderr).")
 @_errors
 def evaluate_cmd(run_dir, data, as_json, num_samples, inner_steps, split, max_tasks, device, seed, progress) -> None:
@@ -409,7 +409,7 @@ Examples:
 @click.option("--num-samples", "num_samples", type=click.IntRange(min=1), default=100, show_default=True, help="Predictive weight samples.")
 @click.option("--inner-steps", "inner_steps", type=click.IntRange(min=0), help="Adaptation steps (default: the training value).")
 @click.option("--device", metavar="cpu|cuda", help="Where to run (default cpu).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the predictive samples.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="Seed of the predictive samples.")
 @click.option("--samples", "draws", type=click.IntRange(min=1), metavar="N", help="Also write N posterior predictive draws of y (variable samples, dim draw).")
 @click.option("--quantiles", metavar="Q,Q,...", help="Also write these predictive quantiles (regression; variable quantiles, dim quantile), e.g. 0.05,0.5,0.95.")
 @_errors

@@ -10,6 +10,9 @@ count). Each bad input must end in a clean error:
 
 and none may hang (``pytest-timeout`` per case).
 
+602 generated cases (588 run, 14 are valid inputs and skipped with the reason),
+about 16 s of CPU in all.
+
 Families: wrong shapes / dtypes / NaN / inf / wrong types in a
 :class:`hvi.TaskBatch` given to :func:`hvi.fit` and :func:`hvi.predict`; bad
 :class:`hvi.MetaModel` and :class:`hvi.InnerConfig` arguments; wrong-typed
@@ -17,7 +20,8 @@ values of every ``hvi fit`` option and of every key of its TOML config;
 truncated and random-byte checkpoints (``load_checkpoint`` and ``hvi evaluate``)
 and netCDF files (``hvi fit --data``, ``hvi predict --support/--query``);
 edited and hand-broken ``config.json`` of a run for ``hvi evaluate``, ``hvi
-predict`` and ``hvi fit --resume``.
+predict`` and ``hvi fit --resume``; bad ``--out`` of ``hvi fit`` and wrong values of
+every ``hvi evaluate`` / ``hvi predict`` option.
 """
 
 from __future__ import annotations
@@ -297,6 +301,20 @@ FIT_OPTIONS = {
     "--prior-arg": ["init_scale=-1", "init_scale=nan", "nope=1", "init_scale=[1]", "init_scale=0"],
     "--likelihood-arg": ["init_scale=0", "noise=abc", "nope=1", "init_scale=-2", "noise=-1"],
 }
+
+
+#: --out values that cannot become a run directory (the file "afile" exists in the working directory).
+BAD_OUT = ["", ".", "afile", "afile/run", "/proc/hvi-run", "runs/"]
+
+
+@pytest.mark.parametrize("out", BAD_OUT)
+def test_cli_fit_bad_out(tmp_path, monkeypatch, out):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "runs").mkdir()
+    before = tree(tmp_path)
+    cli_error(["fit", *TINY, "--out", out])
+    assert tree(tmp_path) == before
 
 
 def _fit_option_cases(per_option: int = 4) -> list[tuple[str, str]]:
@@ -698,4 +716,55 @@ def test_cli_an_edited_config_json(run_dir, tmp_path, command, how, key, arg):
         cli_error(["predict", run, "--support", good, "--query", good, "--out", tmp_path / "p.nc"])
     else:
         cli_error(["fit", "--out", run, "--resume", "--steps", "6", "--no-progress"])
+    assert tree(tmp_path) == before
+
+
+# =========================================================================== hvi evaluate / predict options
+
+EVALUATE_OPTIONS = {
+    "--num-samples": ["0", "-1", "x", "1.5", ""],
+    "--max-tasks": ["1", "0", "-3", "x", ""],
+    "--inner-steps": ["-1", "x", "2.5"],
+    "--split": ["dev", "", "TEST"],
+    "--seed": ["x", "-1", str(2**64)],
+    "--device": ["gpu", "cuda:x", ""],
+    "--data": ["nope", "/nonexistent.nc", "solar"],
+}
+PREDICT_OPTIONS = {
+    "--num-samples": ["0", "x"],
+    "--inner-steps": ["-2", "x"],
+    "--samples": ["0", "-1", "x"],
+    "--quantiles": ["0", "1", "x", "0.5,,0.9", "1.5", "nan"],
+    "--seed": ["x", "-1", str(2**64)],
+    "--out": ["nodir/p.nc", "", "."],
+    "--support": ["/nonexistent.nc", "", "."],
+    "--query": ["/nonexistent.nc", ""],
+}
+
+
+def _option_cases(options: dict, seed: int, per_option: int = 3) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    return [(o, v) for o, values in options.items() for v in rng.sample(values, min(per_option, len(values)))]
+
+
+EVALUATE_CASES = _option_cases(EVALUATE_OPTIONS, SEED + 6)
+PREDICT_CASES = _option_cases(PREDICT_OPTIONS, SEED + 7)
+
+
+@pytest.mark.parametrize("opt, value", EVALUATE_CASES, ids=[f"{o}={v!r}" for o, v in EVALUATE_CASES])
+def test_cli_evaluate_wrong_option_values(run_dir, tmp_path, opt, value):
+    run = _copy(run_dir, tmp_path)
+    before = tree(tmp_path)
+    cli_error(["evaluate", run, "--max-tasks", "2", "--num-samples", "2", "--no-progress", opt, value])
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("opt, value", PREDICT_CASES, ids=[f"{o}={v!r}" for o, v in PREDICT_CASES])
+def test_cli_predict_wrong_option_values(run_dir, tmp_path, monkeypatch, opt, value):
+    monkeypatch.chdir(tmp_path)
+    good = _task_file(tmp_path / "good.nc")
+    args = {"--support": str(good), "--query": str(good), "--out": str(tmp_path / "p.nc"), "--num-samples": "2",
+            opt: value}
+    before = tree(tmp_path)
+    cli_error(["predict", run_dir, *[x for kv in args.items() for x in kv]])
     assert tree(tmp_path) == before
