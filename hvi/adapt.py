@@ -50,9 +50,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Normal
 
-from hvi import distributions as hvi_distributions
 from hvi import natural
-from hvi.families import GuideFamily, NormalFamily, inv_softplus
+from hvi.families import GuideFamily, inv_softplus
 from hvi.functional import FunctionalNet
 from hvi.likelihoods import Likelihood
 from hvi.noise import TaskNoise
@@ -62,7 +61,6 @@ from hvi.priors.base import BoundPrior, pad_site
 __all__ = ["InnerConfig", "InnerLoop", "Lambda", "UPDATES"]
 
 # p(φ | θ) classes whose KL to the Normal family has the closed-form gradient below.
-_NORMALS = (Normal, pyro.distributions.Normal, hvi_distributions.Normal)
 
 #: λ for every weight tensor: ``{weight_name: {"loc": ..., "rho": ...}}``.
 Lambda = dict[str, dict[str, Tensor]]
@@ -214,7 +212,7 @@ class InnerLoop:
         self.net = net
         self.prior = prior
         self.family = prior.family if family is None else family
-        if config.update == "natural" and not isinstance(self.family, NormalFamily):
+        if config.update == "natural" and not self.family.diagonal_normal:
             raise ValueError(
                 f"update='natural' needs the diagonal Normal family, but the prior uses "
                 f"{type(self.family).__name__}; use InnerConfig(update='gradient')."
@@ -355,7 +353,9 @@ class InnerLoop:
         """
         task_lead = lead + (1,)  # broadcasts over the task dim
         priors = {n: self.prior.local(n, theta, event_ndim=len(s) + 1) for n, s in self.shapes.items()}
-        closed_form = type(self.family) is NormalFamily and all(type(p) in _NORMALS for p in priors.values())
+        # By capability, not exact type: a Normal family (or a subclass that keeps its
+        # (loc, rho) meaning) and Normal priors have the closed-form KL gradient.
+        closed_form = self.family.diagonal_normal and all(isinstance(p, Normal) for p in priors.values())
         # λ^(0) per weight, then flat: the init's backward keeps the (per-weight) θ it read.
         inits = {n: self.family.init(p) for n, p in priors.items()}
         lam = {k: self.flatten({n: inits[n][k] for n in self.shapes}, task_lead) for k in self.family.param_names}

@@ -56,6 +56,8 @@ class GuideFamily(ABC):
 
     #: Names of the λ tensors, e.g. ``("loc", "rho")``.
     param_names: tuple[str, ...] = ()
+    #: Whether λ = (loc, rho) means N(loc, softplus(rho)²) (see :class:`NormalFamily`).
+    diagonal_normal: bool = False
 
     @abstractmethod
     def init(self, prior: dist.Distribution) -> dict[str, Tensor]:
@@ -87,6 +89,9 @@ class NormalFamily(GuideFamily):
     """
 
     param_names = ("loc", "rho")
+    #: λ = (loc, rho) means N(loc, softplus(rho)²): the inner loop may use the closed-form
+    #: KL gradient and the natural step. A subclass that changes that meaning sets False.
+    diagonal_normal = True
 
     def init(self, prior: dist.Distribution) -> dict[str, Tensor]:
         return {"loc": prior.mean, "rho": inv_softplus(prior.stddev)}

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 import pyro
 import pyro.distributions as dist
@@ -138,11 +137,6 @@ def pad_site(value: Tensor, site_shape: torch.Size, event_ndim: int) -> Tensor:
         return value
     pre = value.shape[: value.dim() - len(site_shape)]
     return value.reshape(pre + (1,) * pad + tuple(site_shape))
-
-
-@dataclass(frozen=True)
-class _Check:
-    name: str
 
 
 class BoundPrior:
