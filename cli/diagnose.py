@@ -244,7 +244,8 @@ def diagnose_run(
         res.reliability = dg.reliability(idata, bins=15)
     else:
         res.coverage = dg.interval_coverage(idata, LEVELS)
-        u = np.sort(dg.pit(idata).ravel())
+        u = dg.pit(idata).ravel()
+        u = np.sort(u[np.isfinite(u)])  # observed targets only
         grid = np.arange(1, u.size + 1) / u.size
         res.pit_ks = float(np.max(np.maximum(grid - u, u - (grid - 1 / u.size))))
     if elbo is not None:

@@ -25,8 +25,10 @@ Markov chain, so ``r_hat`` is NaN):
   (dims ``task`` and the weight's, none for a one-number weight), each drawn
   from q(φ_i) adapted under that draw of θ: eight schools' ``phi.effect``
   reads like a Stan summary's ``theta[j]`` (:func:`plot_group_effects`).
-* ``constant_data``: the query inputs ``x`` and, with ``q_theta="normal"``,
-  the global sites that have no hyperprior (point estimates, not drawn).
+* ``constant_data``: the query inputs ``x``, ``observed_mask`` when the batch
+  has a ``query_mask`` (unobserved targets are left out of ``log_likelihood``,
+  coverage, PIT and lppd), and, with ``q_theta="normal"``, the global sites
+  that have no hyperprior (point estimates, not drawn).
 * ``posterior_predictive``: replicated query targets ``y`` and network outputs
   ``f`` (dims ``task``, ``point`` and the target's dims) from the model's
   predictive path, the sites ``pyro.infer.Predictive`` returns.
@@ -82,6 +84,7 @@ from torch.distributions import biject_to, kl_divergence
 
 from hvi.elbo_parts import PARTS as ELBO_PARTS
 from hvi.guide import guide_globals
+from hvi.likelihoods import mask_targets
 from hvi.meta import MetaModel
 from hvi.model import forward
 from hvi.priors.base import pad_site
@@ -310,7 +313,7 @@ def to_inference_data(
                 f = mtr.nodes["f"]["value"]
                 ys.append(y_site["value"].expand((S,) + y_site["value"].shape[-(sub.query_y.dim()):]))
                 fs.append(f.expand((S,) + f.shape[1:]))
-                ll = y_site["fn"].log_prob(sub.query_y)
+                ll = mask_targets(y_site["fn"], sub.query_mask, sub.query_y.dim() - 2).log_prob(sub.query_y)
                 lls.append(ll.expand(S, *sub.query_y.shape[:2]))
             per: dict[str, list[Tensor]] = {k: [] for k in PHI_SUMMARIES}
             theta = {n: gtr.nodes[n]["value"] for n in meta.sites}  # θ's draws or params, as the guide saw them
@@ -421,6 +424,10 @@ def to_inference_data(
         x = batch.query_x.squeeze(-1) if xsq else batch.query_x
         constant["x"] = _np(x)
         dims["x"] = xdims
+        if batch.query_mask is not None:  # which query targets are observed (e.g. solar daylight)
+            mask = batch.query_mask.squeeze(-1) if squeeze else batch.query_mask
+            constant["observed_mask"] = _np(mask)
+            dims["observed_mask"] = ydims
     if constant:
         groups["constant_data"] = constant
 
@@ -580,7 +587,7 @@ def log_importance_ratios(
                     log_r = log_r + p.log_prob(v).sum(dims) - q.log_prob(v).sum(dims)
                     phi[w] = v.unsqueeze(2)  # (n, B, 1, *w), the data plate's dim
                 f, _ = forward(meta, phi, sub.support_x)
-                ll = meta.likelihood.dist(f, lik, sub.support_noise, event_dim).log_prob(sub.support_y)
+                ll = meta.likelihood.observe(f, lik, sub.support_noise, event_dim, sub.support_mask).log_prob(sub.support_y)
                 chunks.append(log_r + ll.sum(-1) / beta)
             out.append(torch.cat(chunks, 0).T)  # (b, S)
     return torch.cat(out, 0)
@@ -692,6 +699,13 @@ def _observed(idata) -> tuple[np.ndarray, np.ndarray]:
     return y, rep.reshape((-1,) + y.shape)
 
 
+def _mask(idata, y: np.ndarray) -> np.ndarray:
+    """Which query targets are observed (``constant_data.observed_mask``; all when absent), shaped like ``y``."""
+    if "constant_data" in idata.groups() and "observed_mask" in idata.constant_data:
+        return idata.constant_data["observed_mask"].values.astype(bool)
+    return np.ones(y.shape, dtype=bool)
+
+
 def _is_classification(idata) -> bool:
     _observed(idata)
     return "class" in idata.posterior_predictive["f"].dims
@@ -744,12 +758,13 @@ def interval_coverage(idata, levels: Sequence[float] = (0.5, 0.8, 0.9, 0.95)) ->
     if not all(0 < v < 1 for v in levels):
         raise ValueError(f"levels {levels} must lie in (0, 1).")
     y, rep = _observed(idata)
+    seen = _mask(idata, y).reshape(y.shape[0], -1)
     obs, per = [], []
     for level in levels:
         lo, hi = np.quantile(rep, [(1 - level) / 2, (1 + level) / 2], axis=0)
         inside = ((y >= lo) & (y <= hi)).reshape(y.shape[0], -1)
-        obs.append(inside.mean())
-        per.append(inside.mean(1))
+        obs.append(inside[seen].mean())
+        per.append((inside & seen).sum(1) / np.maximum(seen.sum(1), 1))
     return Coverage(levels, np.asarray(obs), np.stack(per, 1))
 
 
@@ -759,12 +774,14 @@ def pit(idata) -> np.ndarray:
     u = P(y_rep < y) + ½ P(y_rep = y), from the replicated targets; shaped
     like ``observed_data.y``. Calibrated predictives give uniform u: a
     U-shaped histogram means over-confident (too narrow), a hump in the
-    middle under-confident, a slope a biased mean.
+    middle under-confident, a slope a biased mean. Unobserved targets
+    (``constant_data.observed_mask``) are NaN.
     """
     if _is_classification(idata):
         raise ValueError("PIT values are for regression; use reliability() for classification.")
     y, rep = _observed(idata)
-    return (rep < y).mean(0) + 0.5 * (rep == y).mean(0)
+    u = (rep < y).mean(0) + 0.5 * (rep == y).mean(0)
+    return np.where(_mask(idata, y), u, np.nan)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -853,6 +870,7 @@ def plot_pit(idata, ax=None, bins: int = 20):
     """Histogram of the PIT values (:func:`pit`) against the uniform density of a calibrated predictive."""
     ax = _axes(ax)
     u = pit(idata).ravel()
+    u = u[np.isfinite(u)]  # unobserved targets are NaN
     ax.hist(u, bins=bins, range=(0, 1), density=True, color="tab:blue", alpha=0.7, label=f"{u.size} query targets")
     ax.axhline(1.0, color="k", lw=1, ls="--", label="uniform (calibrated)")
     ax.set_xlim(0, 1)

@@ -79,17 +79,7 @@ class Likelihood(ABC):
         :meth:`dist` to return an ``Independent`` over ``event_dim`` dims (or
         ``event_dim == 0``), as the built-in likelihoods do.
         """
-        d = self.dist(output, params, noise, event_dim)
-        if mask is None:
-            return d
-        if event_dim == 0:
-            return d.mask(mask)
-        if isinstance(d, torch.distributions.Independent) and d.reinterpreted_batch_ndims == event_dim:
-            return d.base_dist.mask(mask).to_event(event_dim)
-        raise TypeError(
-            f"{type(self).__name__}.dist returned {type(d).__name__}, which cannot be masked per target "
-            f"element; return base.to_event({event_dim}) from dist() or drop support_mask/query_mask."
-        )
+        return mask_targets(self.dist(output, params, noise, event_dim), mask, event_dim)
 
     def check_targets(self, name: str, y: Tensor) -> None:
         """Raises ``ValueError`` if targets ``y`` (argument ``name``) do not fit."""
@@ -98,6 +88,25 @@ class Likelihood(ABC):
                 f"{name} has dtype {y.dtype} but a regression likelihood needs floating targets; "
                 "cast it with .float() or use likelihood='categorical' for class labels."
             )
+
+
+def mask_targets(d: dist.Distribution, mask: Tensor | None, event_dim: int) -> dist.Distribution:
+    """``d`` (event shape = the targets' ``event_dim`` dims) with the entries where ``mask`` is False left out.
+
+    Raises:
+        TypeError: If ``d`` is neither unbatched over targets (``event_dim == 0``)
+            nor an ``Independent`` over exactly ``event_dim`` dims.
+    """
+    if mask is None:
+        return d
+    if event_dim == 0:
+        return d.mask(mask)
+    if isinstance(d, torch.distributions.Independent) and d.reinterpreted_batch_ndims == event_dim:
+        return d.base_dist.mask(mask).to_event(event_dim)
+    raise TypeError(
+        f"the likelihood's distribution is a {type(d).__name__}, which cannot be masked per target "
+        f"element; return base.to_event({event_dim}) from Likelihood.dist() or drop support_mask/query_mask."
+    )
 
 
 class Gaussian(Likelihood):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -128,3 +129,25 @@ def test_solar_masks_are_the_daylight_pixels():
     assert b.support_mask.shape == b.support_y.shape and b.support_mask.dtype == torch.bool
     assert 0.5 < float(b.query_mask.float().mean()) < 0.95
     assert get_source("solar", mask_night=False).get_tasks("test", torch.arange(3)).query_mask is None
+
+
+def test_diagnostics_leave_unobserved_query_targets_out():
+    from hvi import diagnostics as dg
+
+    pyro.clear_param_store()
+    batch, _ = masked_conjugate()
+    qmask = torch.ones_like(batch.support_y, dtype=torch.bool)
+    qmask[:, :, 0] = False
+    batch = dataclasses.replace(batch, query_x=batch.support_x, query_y=batch.support_y.clone(), query_mask=qmask)
+    meta = hvi.MetaModel(VectorNet(), GaussianPrior(init_scale=0.8), hvi.Gaussian(noise=NOISE),
+                         inner=hvi.InnerConfig(steps=1, lr=1.0))
+    idata = dg.to_inference_data(meta, batch, num_samples=50, seed=0)
+    mask = idata.constant_data["observed_mask"].values
+    assert mask.shape == tuple(batch.query_y.shape) and not mask[..., 0].any() and mask[..., 1:].all()
+    u = dg.pit(idata)
+    assert np.isnan(u[..., 0]).all() and np.isfinite(u[..., 1:]).all()
+    # A wildly wrong unobserved target changes neither the log-likelihood nor the coverage.
+    far = dataclasses.replace(batch, query_y=torch.where(qmask, batch.query_y, batch.query_y + 100.0))
+    idata2 = dg.to_inference_data(meta, far, num_samples=50, seed=0)
+    np.testing.assert_allclose(idata2.log_likelihood["y"].values, idata.log_likelihood["y"].values)
+    np.testing.assert_allclose(dg.interval_coverage(idata2).observed, dg.interval_coverage(idata).observed)
