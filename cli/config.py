@@ -99,7 +99,7 @@ DEVICE_RE = re.compile(r"cpu|cuda(:[0-9]+)?")
 _CHOICES = {
     "method": ("abml", "maml", "fomaml", "reptile"),  # hvi.methods.METHODS (not imported: no torch here)
     "inner_update": ("natural", "gradient"),
-    "q_theta": ("delta", "normal"),
+    "q_theta": ("delta", "normal", "flow"),
     "objective": ("query", "support+query"),
 }
 

@@ -271,7 +271,7 @@ def _key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, .
 @click.option("--learn-lr/--no-learn-lr", "learn_lr", default=None, help=_d("Learn the inner step sizes (Meta-SGD style)", "learn_lr"))
 @click.option("--first-order/--second-order", "first_order", default=None, help=_d("Do not differentiate through the inner gradients", "first_order"))
 @click.option("--prior", metavar="NAME", help=_d("Hierarchical prior (see 'hvi priors')", "prior"))
-@click.option("--q-theta", "q_theta", type=click.Choice(["delta", "normal"]), help=_d("q(θ): point mass (empirical Bayes) or Normal", "q_theta"))
+@click.option("--q-theta", "q_theta", type=click.Choice(["delta", "normal", "flow"]), help=_d("q(θ) of latent global sites: point mass (empirical Bayes), diagonal Normal, or a spline flow", "q_theta"))
 @click.option("--kl-weight", "kl_weight", type=float, metavar="β", help=_d("Weight of KL(q(φ_i) ‖ p(φ_i | θ))", "kl_weight"))
 @click.option("--lr", type=float, metavar="LR", help=_d("Adam learning rate of θ", "lr"))
 @click.option("--seed", type=int, metavar="S", help=_d("Seed of initialisation, sampling and task order", "seed"))

@@ -37,7 +37,11 @@ from torch.distributions import biject_to
 
 from hvi.sites import GlobalSite
 
-__all__ = ["GlobalFlow"]
+__all__ = ["GlobalFlow", "MAX_DIM"]
+
+#: Largest number of latent global numbers a flow covers: its conditioner network has
+#: hidden layers of width 10·D, so its size grows like D².
+MAX_DIM = 64
 
 
 class GlobalFlow(nn.Module):
@@ -69,6 +73,13 @@ class GlobalFlow(nn.Module):
         ref = next(iter(sites.values())).init
         u0 = torch.cat([biject_to(s.constraint).inv(s.init).reshape(-1) for s in sites.values()])
         self.dim = u0.numel()
+        if self.dim > MAX_DIM:
+            raise ValueError(
+                f"q_theta='flow' covers the latent global sites jointly, here {self.dim} numbers "
+                f"({', '.join(self.names[:4])}{', ...' if len(self.names) > 4 else ''}); its autoregressive "
+                f"spline is meant for at most {MAX_DIM} (the group-level parameters of a hierarchical model). "
+                "Use q_theta='normal' for network-sized latents."
+            )
         self.loc = nn.Parameter(u0.detach().clone())
         # softplus⁻¹(init_scale): the scale stays positive by construction.
         self.raw_scale = nn.Parameter(torch.full_like(u0, math.log(math.expm1(init_scale))))

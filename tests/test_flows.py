@@ -91,3 +91,11 @@ def test_a_flow_checkpoint_round_trips(tmp_path):
         meta.flow.loc.zero_()
         meta.guide(batch)
     torch.testing.assert_close(meta.flow.loc.detach(), saved["q_theta.flow$$$loc"])
+
+
+def test_a_network_sized_latent_is_refused_with_the_fix():
+    from hvi.priors import GaussianPrior
+
+    net = torch.nn.Linear(40, 40).double()
+    with pytest.raises(ValueError, match=r"covers the latent global sites jointly, here \d+ numbers .* Use q_theta='normal'"):
+        hvi.MetaModel(net, GaussianPrior(init_scale=0.5, hyperprior=True), hvi.Gaussian(noise=0.3), q_theta="flow")
