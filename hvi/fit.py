@@ -34,7 +34,9 @@ class FitResult:
 
     Attributes:
         params: Constrained values of every Pyro param after training (detached copies).
-        losses: The SVI loss per step: an estimate of −ELBO (with M/B and β applied).
+        losses: The SVI loss per step: an estimate of −ELBO (with M/B and β applied);
+            for MAML, first-order MAML and Reptile the mean query negative
+            log-likelihood after adapting (:mod:`hvi.methods`).
         config: The model's and the fit's settings.
         seconds: Wall-clock training time.
         skipped: Steps not applied because their loss or a gradient was not
