@@ -69,17 +69,20 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "eval_tasks": 200,
     },
     # LFW faces as implicit neural representations: 156 support pixels.
+    # The prior's scale must sit far below the SIREN's own weights (~0.01 at width
+    # 64, ω0 = 30): at 0.01 every φ draw was a different random network and the
+    # adapted RMSE stayed at the support mean's; at 1e-3 three natural steps at
+    # α = 1 cut the prior's RMSE by 30%.
     "siren": {
         "data": "faces",
         "model_args": {"width": 64, "depth": 3},
-        "prior_args": {"init_scale": 0.01},
+        "prior_args": {"init_scale": 0.001},
         "likelihood_args": {"init_scale": 0.1},
         "inner_steps": 3,
-        "inner_update": "gradient",  # not yet re-tuned for the natural step
-        "inner_lr": 5e-4,
+        "inner_lr": 1.0,
         "steps": 300,
         "task_batch": 4,
-        "lr": 1e-4,
+        "lr": 1e-3,
         "val_tasks": 10,
     },
     # 5-way 1-shot glyph classification (categorical likelihood).
