@@ -73,6 +73,29 @@ def solar() -> str:
     )
 
 
+def zoo() -> str:
+    """Every zoo model's ``hvi fit`` defaults: adapted posterior vs the prior (0 steps) and a scratch network."""
+    paths = [RESULTS / "solar.json", *sorted(RESULTS.glob("zoo_*.json"))]
+    rows = ["| model | data | metric | adapted | prior (0 steps) | scratch | fit time |", "|---|---|---|---|---|---|---|"]
+    cmds = []
+    for path in paths:
+        if not path.exists():
+            continue
+        d = json.loads(path.read_text())
+        ev, cfg = d["evaluation"], d["config"]
+        key = "accuracy" if "accuracy" in ev["metrics"] else "rmse"
+
+        def cell(m):
+            v = m.get(key)
+            return "–" if v is None or v["value"] is None else f"{v['value']:.3f} ± {v['value'] - v['ci_low']:.3f}"
+
+        rows.append(f"| {cfg['model']} | {cfg['data']} | {key} | {cell(ev['metrics'])} | "
+                    f"{cell(ev['baselines']['prior']['metrics'])} | {cell(ev['baselines']['scratch']['metrics'])} | "
+                    f"{d['fit_seconds']:.0f} s |")
+        cmds.append(f"`{d['command']}` ({d['date']})")
+    return "\n".join(rows) + "\n\nMean ± 95% CI half-width over the held-out tasks. From " + "; ".join(cmds) + "."
+
+
 def nuts() -> str:
     ref = json.loads((RESULTS.parent.parent / "tests" / "data" / "nuts_reference.json").read_text())
     runs = []
@@ -156,7 +179,7 @@ def cli_quickstart() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    tables = {"sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods}
+    tables = {"zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods}
     if len(args) != 1 or args[0] not in tables:
         print(f"usage: results_table.py {{{','.join(tables)}}}", file=sys.stderr)
         return 2
