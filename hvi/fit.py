@@ -110,6 +110,36 @@ def _sampler(data: TaskSampler, task_batch: int | None) -> Callable[[torch.Gener
     )
 
 
+class _ShardSampler:
+    """This rank's share of each global batch; ``global_size`` is the last global batch's size."""
+
+    def __init__(self, data: TaskSampler, task_batch: int | None, world) -> None:
+        self.world, self.global_size = world, 0
+        # A source with the stock sampler loads only this rank's tasks; anything else is sliced.
+        self.source = data if isinstance(data, TaskSource) and type(data).sample is TaskSource.sample else None
+        self.batch = 8 if task_batch is None else task_batch
+        self.full = None if self.source is not None else _sampler(data, task_batch)
+
+    def __call__(self, generator: torch.Generator) -> TaskBatch:
+        if self.source is None:
+            full = self.full(generator)
+            self.global_size = full.batch_size
+            return full.tasks(self.world.share(full.batch_size))
+        m = self.source.num_tasks("train")
+        if not 1 <= self.batch <= m:  # as TaskSource.sample
+            raise ValueError(
+                f"batch_size={self.batch} must be between 1 and the {m} tasks of split 'train'; "
+                f"lower the task batch (--task-batch)."
+            )
+        index = torch.randperm(m, generator=generator)[: self.batch]  # the same draw as TaskSource.sample
+        self.global_size = self.batch
+        return self.source.get_tasks("train", index[self.world.share(self.batch)])
+
+
+def _sharded_sampler(data: TaskSampler, task_batch: int | None, world) -> _ShardSampler:
+    return _ShardSampler(data, task_batch, world)
+
+
 def fit(
     meta: MetaModel,
     data: TaskSampler,
@@ -128,6 +158,7 @@ def fit(
     callback: Callable[[int, float, TaskBatch], None] | None = None,
     progress: bool = False,
     max_skips: int = 10,
+    distributed: bool | None = None,
 ) -> FitResult:
     """Meta-trains ``meta`` by SVI on the ELBO (or on its method's outer loss, see :mod:`hvi.methods`).
 
@@ -156,6 +187,13 @@ def fit(
             or gradient (default 10). Such steps are not applied (see
             :class:`hvi.SVI`); their loss is recorded as ``nan`` and their
             indices in :attr:`FitResult.skipped`.
+        distributed: Data-parallel over the ranks of the initialized
+            ``torch.distributed`` process group (:mod:`hvi.distributed`;
+            ``hvi.distributed.init()`` joins torchrun's). None (default): when
+            one of more than one rank is initialized; False: never; True:
+            require one. ``task_batch`` is then the global batch, split across
+            the ranks; ``callback`` gets this rank's share; the result equals a
+            single-process fit on the global batches.
 
     Returns:
         A :class:`FitResult`.
@@ -187,7 +225,15 @@ def fit(
     if generator is None:
         generator = torch.Generator()
         generator.manual_seed(0 if seed is None else seed)
-    sample = _sampler(data, task_batch)
+    from hvi import distributed as _dist
+
+    world = _dist.current() if distributed is not False else None
+    if distributed and world is None:
+        raise ValueError(
+            "distributed=True but no torch.distributed process group of more than one rank is initialized; "
+            "launch with torchrun and call hvi.distributed.init() first."
+        )
+    sample = _sampler(data, task_batch) if world is None else _sharded_sampler(data, task_batch, world)
     if optimizer is None:
         if not lr > 0:
             raise ValueError(f"lr={lr} must be positive.")
@@ -197,6 +243,8 @@ def fit(
     loss_fn = elbo if isinstance(elbo, pyro.infer.ELBO) else make_elbo(elbo, num_particles)
     # meta.method other than "abml": the same loop on that method's outer loss (hvi.methods).
     svi = SVI(meta.model, meta.guide, optimizer, loss=loss_fn if meta.method == "abml" else outer_loss(meta))
+    if world is not None:
+        svi.reduce_grads = _dist.GradAllReduce()
     losses: list[float] = []
     skipped: list[int] = []
     in_a_row = 0
@@ -211,7 +259,13 @@ def fit(
         if device is not None:
             batch = batch.to(device)
         validate_for_model(batch, meta)
-        loss = svi.step(batch)
+        if world is None:
+            loss = svi.step(batch)
+        else:  # this rank's share of the global batch; gradients all-reduced in svi.step
+            total = sample.global_size
+            svi.reduce_grads.weight = batch.batch_size / total
+            with _dist.task_shard(world, total):
+                loss = svi.step(batch)
         if math.isfinite(loss):
             in_a_row = 0
         else:  # not applied by hvi.SVI: the parameters are as before this step
@@ -243,6 +297,7 @@ def fit(
             "num_particles": loss_fn.num_particles,
             "seed": seed,
             "max_skips": max_skips,
+            "world_size": 1 if world is None else world.world_size,
         },
     }
     return FitResult(

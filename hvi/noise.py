@@ -14,6 +14,7 @@ everything). Its steps draw their ``(S, D)`` standard-normal noise in order:
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
 import torch
@@ -21,19 +22,28 @@ from torch import Tensor
 
 __all__ = ["TaskNoise"]
 
+#: ``(offset, total, local)`` while a data-parallel step adapts tasks ``offset ..
+#: offset + local`` of a global batch of ``total`` (set by :mod:`hvi.distributed`):
+#: a batch of ``local`` tasks then draws the streams those tasks have in the
+#: global batch, so the noise does not depend on how the batch is sharded.
+TASK_SHARD: ContextVar[tuple[int, int, int] | None] = ContextVar("hvi_task_shard", default=None)
+
 
 @dataclass(frozen=True)
 class TaskNoise:
     """Standard-normal noise ``(*lead, B, steps, S, D)`` as per-task streams.
 
     Args:
-        seed: Base seed; task ``(p, b)`` uses ``seed + p * num_tasks + b``.
+        seed: Base seed; task ``(p, b)`` uses ``seed + p * total + offset + b``
+            (``seed + p * num_tasks + b`` unsharded).
         lead: Particle dims in front of the tasks (``()`` or ``(P,)``).
         num_tasks: B, the tasks of the whole batch.
         steps: Draws per task (inner steps).
         shape: Shape of one draw, ``(S, D)``.
         device, dtype: Where and how the noise is made.
         tasks: The tasks this view covers (a chunk of ``range(num_tasks)``).
+        offset: Position of task 0 in the global batch (data-parallel shards).
+        total: Tasks of the global batch (None: ``num_tasks``).
     """
 
     seed: int
@@ -44,11 +54,20 @@ class TaskNoise:
     device: torch.device
     dtype: torch.dtype
     tasks: slice | None = None
+    offset: int = 0
+    total: int | None = None
 
     @classmethod
     def draw_seed(cls, **kwargs) -> "TaskNoise":
-        """A new stream family, seeded from PyTorch's global (CPU) RNG: no device sync."""
+        """A new stream family, seeded from PyTorch's global (CPU) RNG: no device sync.
+
+        Inside a data-parallel step (:data:`TASK_SHARD`) a batch of the shard's
+        size gets the shard's ``offset`` and ``total``.
+        """
         seed = int(torch.randint(0, 2**62, (1,)))
+        shard = TASK_SHARD.get()
+        if shard is not None and kwargs.get("num_tasks") == shard[2] and "offset" not in kwargs:
+            kwargs = {**kwargs, "offset": shard[0], "total": shard[1]}
         return cls(seed=seed, **kwargs)
 
     def chunk(self, tasks: slice) -> "TaskNoise":
@@ -61,10 +80,11 @@ class TaskNoise:
     def generators(self) -> list[torch.Generator]:
         """One generator per (particle, task) of this view, in ``(*lead, tasks)`` order."""
         gens = []
+        total = self.num_tasks if self.total is None else self.total
         for p in range(math.prod(self.lead)):
             for b in self._task_range():
                 g = torch.Generator(device=self.device)
-                g.manual_seed(self.seed + p * self.num_tasks + b)
+                g.manual_seed(self.seed + p * total + self.offset + b)
                 gens.append(g)
         return gens
 

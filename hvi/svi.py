@@ -16,6 +16,11 @@ counts them): one diverged inner loop would otherwise put inf into Adam's
 second moment, and every parameter it touched would stay frozen for thousands
 of steps. A guide that raises ``FloatingPointError`` (a diverged inner loop)
 is skipped the same way; :func:`hvi.fit` stops after too many in a row.
+
+``reduce_grads`` (set by :func:`hvi.fit` in a data-parallel run) combines the
+gradients and loss of all ranks after the backward pass and before that check
+(:class:`hvi.distributed.GradAllReduce`), so every rank applies or skips the
+same step.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ class SVI(pyro.infer.SVI):
 
     #: Steps not applied because the loss or a gradient was not finite.
     skipped: int = 0
+    #: ``f(params, loss) -> (params, loss)`` run after the backward pass (None: single process).
+    reduce_grads = None
 
     def step(self, *args, **kwargs) -> float | tuple[float, ...]:
         """One gradient step on the loss; returns the loss estimate (a tuple for tuple losses).
@@ -56,6 +63,8 @@ class SVI(pyro.infer.SVI):
             except FloatingPointError:
                 loss = math.nan
         params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+        if self.reduce_grads is not None:  # data-parallel: the global gradient and loss
+            params, loss = self.reduce_grads(params, loss)
         grads = [p.grad for p in params if p.grad is not None]
         finite = not isinstance(loss, float) or math.isfinite(loss)
         if finite and grads:  # one host sync for all gradients

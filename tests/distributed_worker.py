@@ -1,0 +1,86 @@
+"""Worker for tests/test_distributed.py, launched by torchrun (2 CPU ranks, gloo).
+
+``python -m torch.distributed.run --nproc-per-node 2 tests/distributed_worker.py OUT CASE``
+
+* CASE ``delta`` / ``normal`` / ``maml`` (or ``all``: the three): a few steps of a
+  conjugate model like tests/test_conjugate.py's (float64), data-parallel; rank 0
+  then refits the same model in one process (``distributed=False``) and saves
+  ``{case: {"distributed": params, "single": params}}`` to OUT.
+* CASE ``crash``: rank 1 raises in its third step.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pyro
+import torch
+from torch import nn
+
+import hvi
+import hvi.distributed
+from hvi.priors import GaussianPrior
+
+D, M, N = 2, 10, 5
+
+
+class VectorNet(nn.Module):
+    """f_φ(x) = φ for every example (as in tests/test_conjugate.py)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(D, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w.expand(x.shape[0], D)
+
+
+def data() -> hvi.TaskBatch:
+    g = torch.Generator().manual_seed(1)
+    phi = torch.tensor([2.0, -1.5], dtype=torch.float64) + torch.randn(M, D, generator=g, dtype=torch.float64)
+    y = phi[:, None, :] + torch.randn(M, 2 * N, D, generator=g, dtype=torch.float64)
+    x = torch.zeros(M, 2 * N, 1, dtype=torch.float64)
+    return hvi.TaskBatch(x[:, :N], y[:, :N], x[:, N:], y[:, N:])
+
+
+def build(case: str) -> hvi.MetaModel:
+    q_theta = "normal" if case == "normal" else "delta"
+    prior = GaussianPrior(init_scale=1.0, learn_scale=True, hyperprior=q_theta == "normal", loc_scale=10.0)
+    method = "maml" if case == "maml" else "abml"
+    inner = hvi.InnerConfig(steps=3, lr=0.5, num_samples=4) if method == "abml" else None
+    return hvi.MetaModel(VectorNet(), prior, hvi.Gaussian(noise=1.0), q_theta=q_theta, inner=inner,
+                         q_theta_init_scale=0.1, method=method)
+
+
+def run(case: str, distributed: bool, callback=None) -> dict[str, torch.Tensor]:
+    meta = build(case)
+    # 5 of the 10 tasks per step: shards of 3 and 2 (unequal, so the B_r/B weights matter)
+    result = hvi.fit(meta, data(), steps=4, task_batch=5, lr=0.05, num_particles=2 if case == "normal" else 1,
+                     seed=0, distributed=distributed, callback=callback)
+    return {k: v.clone() for k, v in result.params.items()}
+
+
+def main() -> None:
+    out, case = sys.argv[1], sys.argv[2]
+    world = hvi.distributed.init()
+    assert world is not None and world.world_size == 2
+    callback = None
+    if case == "crash":
+        def callback(step, loss, batch):
+            if world.rank == 1 and step == 2:
+                raise RuntimeError("injected failure on rank 1")
+    if case == "crash":
+        run("delta", True, callback)
+        return
+    saved = {}
+    for c in ("delta", "normal", "maml") if case == "all" else (case,):
+        params = run(c, True)
+        if world.rank == 0:
+            pyro.clear_param_store()
+            saved[c] = {"distributed": params, "single": run(c, False)}
+    if world.rank == 0:
+        torch.save(saved, out)
+
+
+if __name__ == "__main__":
+    main()

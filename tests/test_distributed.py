@@ -1,0 +1,64 @@
+"""Data-parallel meta-training (hvi.distributed): 2 CPU ranks (gloo, loopback) under torchrun.
+
+The ranks' result equals one process training on the same global batches: the
+per-task noise is keyed by a task's position in the global batch (inner-loop
+streams and the q(φ_i) draw), the global RNG (θ draws) is seeded alike on all
+ranks, and gradients are combined with the weights B_r/B. Float64; only the
+order of the all-reduce's sums differs, hence the 1e-12 tolerance. The worker is
+tests/distributed_worker.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hvi.distributed import shard_sizes, shard_slice
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+
+
+def torchrun(out: Path, case: str, timeout: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(WORKER), str(out), case]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_shards_cover_the_batch_once():
+    assert shard_sizes(5, 2) == [3, 2]
+    assert [shard_slice(7, r, 3) for r in range(3)] == [slice(0, 3), slice(3, 5), slice(5, 7)]
+    with pytest.raises(ValueError, match="task_batch=1 is smaller than the 2 processes"):
+        shard_sizes(1, 2)
+
+
+def test_two_ranks_equal_one_process(tmp_path):
+    out = tmp_path / "params.pt"
+    proc = torchrun(out, "all", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = torch.load(out)
+    assert set(saved) == {"delta", "normal", "maml"}
+    for case, both in saved.items():
+        dist_p, single = both["distributed"], both["single"]
+        assert set(dist_p) == set(single) and single, case
+        for name, v in single.items():
+            assert v.dtype == torch.float64
+            # the 4 steps moved the params (an all-zero update would also "agree")
+            assert not torch.equal(v, torch.zeros_like(v)), (case, name)
+            torch.testing.assert_close(dist_p[name], v, rtol=1e-12, atol=1e-12, msg=f"{case}: {name}")
+
+
+@pytest.mark.slow  # ~15 s on 2 busy cores: two interpreter start-ups and torchrun's teardown
+def test_a_crashing_rank_ends_the_job(tmp_path):
+    start = time.monotonic()
+    proc = torchrun(tmp_path / "unused.pt", "crash", timeout=90)
+    took = time.monotonic() - start
+    assert proc.returncode != 0
+    assert "injected failure on rank 1" in proc.stderr
+    assert took < 60, took
