@@ -7,6 +7,8 @@
     python benchmarks/results_table.py meta_step       # a meta-step's time and memory, gradient vs natural
     python benchmarks/results_table.py cli_quickstart  # the README's hvi fit / evaluate / diagnose transcript
     python benchmarks/results_table.py sinusoid_methods  # ABML vs MAML, FOMAML, Reptile, one budget
+    python benchmarks/results_table.py zoo             # every zoo model's defaults: adapted vs prior vs scratch
+    python benchmarks/results_table.py --update README.md docs/*.md   # rewrite the marked tables in place
 
 Each table ends with the command and date that produced its numbers.
 """
@@ -14,6 +16,7 @@ Each table ends with the command and date that produced its numbers.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -177,11 +180,35 @@ def cli_quickstart() -> str:
             + f"Wall times on 2 shared CPU cores: {times}. From `{d['command']}` ({d['date']}).")
 
 
+#: A generated table in a Markdown page: between these markers (tests/test_docs.py checks them).
+MARKED = re.compile(r"^<!-- results_table\.py (\w+) -->\n(.*?)^<!-- end -->$", re.S | re.M)
+
+
+def update(paths: list[str], tables: dict) -> int:
+    """Rewrites every marked table in ``paths`` with the script's current output; returns how many changed."""
+    changed = 0
+    for path in map(Path, paths):
+        text = path.read_text()
+
+        def fill(m: re.Match) -> str:
+            return f"<!-- results_table.py {m.group(1)} -->\n{tables[m.group(1)]()}\n<!-- end -->"
+
+        new = MARKED.sub(fill, text)
+        if new != text:
+            path.write_text(new)
+            changed += 1
+            print(f"updated {path}")
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     tables = {"zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods}
+    if args[:1] == ["--update"] and len(args) > 1:
+        update(args[1:], tables)
+        return 0
     if len(args) != 1 or args[0] not in tables:
-        print(f"usage: results_table.py {{{','.join(tables)}}}", file=sys.stderr)
+        print(f"usage: results_table.py {{{','.join(tables)}}}  |  results_table.py --update PAGE.md ...", file=sys.stderr)
         return 2
     print(tables[args[0]]())
     return 0
