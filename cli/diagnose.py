@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hvi.cli.evaluate import load_run
-from hvi.cli.registry import build_source
+from hvi.cli.evaluate import load_run, run_source
 from hvi.cli.run import METRICS_FILE, eval_chunk_size
 
 __all__ = ["Diagnosis", "diagnose_run", "format_report", "read_elbo_trace", "read_metrics_trace", "run_source"]
@@ -99,40 +98,6 @@ def read_elbo_trace(run_dir: Path) -> np.ndarray | None:
     """The ELBO per step from ``metrics.jsonl`` (NaN for a skipped or missing step), or None without one."""
     trace = read_metrics_trace(run_dir)
     return None if trace is None else trace["elbo"]
-
-
-def run_source(run, data: str | None = None):
-    """The task source to diagnose ``run`` on: the run's data, or ``data`` (a source name or a file).
-
-    Another source starts from its default data_args (the run's are kept when
-    ``data`` is the run's own source or file). The source must give inputs and
-    targets of the run's shapes and its kind of likelihood (regression or
-    classification); otherwise a one-line ``ValueError`` says so.
-    """
-    from hvi.cli.config import is_path
-
-    cfg = dict(run.cfg)
-    if data is not None:
-        if not str(data).strip():
-            raise ValueError("--data is empty; give a registered source (see 'hvi sources') or a .nc/.zarr file.")
-        new = str(Path(data).expanduser().resolve()) if is_path(data) else data
-        if is_path(data) and not Path(new).exists():
-            raise ValueError(f"--data {data}: no such file; give an existing .nc/.zarr file or a registered source.")
-        if new != cfg["data"]:
-            cfg["data_args"] = {}
-        cfg["data"] = new
-    source = build_source(cfg)
-    for key in ("x_shape", "y_shape"):
-        if key in run.info and list(getattr(source, key)) != list(run.info[key]):
-            raise ValueError(
-                f"data {cfg['data']!r} has {key} {tuple(getattr(source, key))} but the run was trained on "
-                f"{tuple(run.info[key])}; diagnose on data of the same shape."
-            )
-    if "likelihood" in run.info and source.likelihood != run.info["likelihood"]:
-        raise ValueError(
-            f"data {cfg['data']!r} is {source.likelihood} data but the run was trained on {run.info['likelihood']} data."
-        )
-    return cfg, source
 
 
 def _check_out(out: Path) -> None:

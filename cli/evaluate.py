@@ -71,6 +71,40 @@ def _skill(model_rmse: Tensor, ref_rmse: Tensor, seed: int, draws: int = 2000) -
     return {"value": value, "ci_low": lo, "ci_high": hi}
 
 
+def run_source(run, data: str | None = None, verb: str = "diagnose"):
+    """The task source to ``verb`` ``run`` on: the run's data, or ``data`` (a source name or a file).
+
+    Another source starts from its default data_args (the run's are kept when
+    ``data`` is the run's own source or file). The source must give inputs and
+    targets of the run's shapes and its kind of likelihood (regression or
+    classification); otherwise a one-line ``ValueError`` says so.
+    """
+    from hvi.cli.config import is_path
+
+    cfg = dict(run.cfg)
+    if data is not None:
+        if not str(data).strip():
+            raise ValueError("--data is empty; give a registered source (see 'hvi sources') or a .nc/.zarr file.")
+        new = str(Path(data).expanduser().resolve()) if is_path(data) else data
+        if is_path(data) and not Path(new).exists():
+            raise ValueError(f"--data {data}: no such file; give an existing .nc/.zarr file or a registered source.")
+        if new != cfg["data"]:
+            cfg["data_args"] = {}
+        cfg["data"] = new
+    source = build_source(cfg)
+    for key in ("x_shape", "y_shape"):
+        if key in run.info and list(getattr(source, key)) != list(run.info[key]):
+            raise ValueError(
+                f"data {cfg['data']!r} has {key} {tuple(getattr(source, key))} but the run was trained on "
+                f"{tuple(run.info[key])}; {verb} on data of the same shape."
+            )
+    if "likelihood" in run.info and source.likelihood != run.info["likelihood"]:
+        raise ValueError(
+            f"data {cfg['data']!r} is {source.likelihood} data but the run was trained on {run.info['likelihood']} data."
+        )
+    return cfg, source
+
+
 def evaluate_run(
     run_dir: str | os.PathLike,
     *,
@@ -103,24 +137,7 @@ def evaluate_run(
         raise ValueError(f"--num-samples {num_samples} must be >= 1.")
     if inner_steps is not None and inner_steps < 0:
         raise ValueError(f"--inner-steps {inner_steps} must be >= 0.")
-    if data is not None:
-        from hvi.cli.config import is_path
-
-        new = str(Path(data).expanduser().resolve()) if is_path(data) else data
-        if new != cfg["data"]:
-            cfg["data_args"] = {}
-        cfg["data"] = new
-    source = build_source(cfg)
-    for k in ("x_shape", "y_shape"):
-        if k in run.info and list(getattr(source, k)) != list(run.info[k]):
-            raise ValueError(
-                f"data {cfg['data']!r} has {k} {tuple(getattr(source, k))} but the run was trained on "
-                f"{tuple(run.info[k])}; evaluate on data of the same shape."
-            )
-    if source.likelihood != run.info.get("likelihood", source.likelihood):
-        raise ValueError(
-            f"data {cfg['data']!r} is {source.likelihood} but the run was trained on {run.info['likelihood']} data."
-        )
+    cfg, source = run_source(run, data, verb="evaluate")
     n = source.num_tasks(split)
     if max_tasks is not None:
         if max_tasks < 2:
