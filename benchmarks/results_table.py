@@ -7,6 +7,7 @@
     python benchmarks/results_table.py meta_step       # a meta-step's time and memory, gradient vs natural
     python benchmarks/results_table.py cli_quickstart  # the README's hvi fit / evaluate / diagnose transcript
     python benchmarks/results_table.py sinusoid_methods  # ABML vs MAML, FOMAML, Reptile, one budget
+    python benchmarks/results_table.py distributed     # hvi fit on 1 and 2 processes (torchrun, gloo)
     python benchmarks/results_table.py zoo             # every zoo model's defaults: adapted vs prior vs scratch
     python benchmarks/results_table.py --update README.md docs/*.md   # rewrite the marked tables in place
 
@@ -180,6 +181,18 @@ def cli_quickstart() -> str:
             + f"Wall times on 2 shared CPU cores: {times}. From `{d['command']}` ({d['date']}).")
 
 
+def distributed() -> str:
+    d = json.loads((RESULTS / "distributed.json").read_text())
+    rows = ["| processes | global task batch | tasks per process | tasks/s (median) | speed-up | wall s |",
+            "|---|---|---|---|---|---|"]
+    for r in d["results"]:
+        rows.append(f"| {r['processes']} | {r['task_batch']} | {'/'.join(map(str, r['task_batch_per_rank']))} "
+                    f"| {r['tasks_per_s_median']:.0f} | {r['speedup']:.2f} | {r['wall_s']:.1f} |")
+    m = d["machine"]
+    return ("\n".join(rows) + f"\n\n{d['backend']}; {m['cpus']} CPU cores shared with other work (1-minute load "
+            f"average {m['loadavg_1m_at_end']:.1f} at the end). From `{d['command']}` ({d['date']}).")
+
+
 #: A generated table in a Markdown page: between these markers (tests/test_docs.py checks them).
 MARKED = re.compile(r"^<!-- results_table\.py (\w+) -->\n(.*?)^<!-- end -->$", re.S | re.M)
 
@@ -203,7 +216,7 @@ def update(paths: list[str], tables: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    tables = {"zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods}
+    tables = {"zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "distributed": distributed}
     if args[:1] == ["--update"] and len(args) > 1:
         update(args[1:], tables)
         return 0

@@ -27,6 +27,15 @@ Life cycle:
   directory (or extends a complete ``RUN_DIR`` to a larger ``--steps``) with
   the same step count, optimizer state, RNG state and task-sampler state, so
   the result is bit-identical to an uninterrupted run.
+
+Under torchrun (``WORLD_SIZE`` > 1, :mod:`hvi.distributed`) every rank trains
+its share of each task batch and only rank 0 writes: the run directory,
+``metrics.jsonl`` (tasks/s of the whole job), checkpoints and the model;
+``config.json`` then has ``"distributed": {"world_size", "task_batch",
+"task_batch_per_rank"}``. The other ranks resume from rank 0's checkpoint
+(the run directory must be on a file system they can read). If a rank fails,
+rank 0 keeps a temporary directory that has a checkpoint, as a killed process
+does, so ``--resume`` continues it.
 """
 
 from __future__ import annotations
@@ -136,6 +145,9 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     return check_run_config(cfg, path)
 
 
+#: config.json's record of a data-parallel run (not a setting: a resumed run records its own).
+_DISTRIBUTED = "distributed"
+
 #: Keys added after runs were first written, with the value those older runs used.
 _BEFORE_THE_KEY = {"inner_update": "gradient", "method": "abml"}
 
@@ -165,7 +177,7 @@ def check_run_config(cfg: Mapping[str, Any], path: Path) -> dict[str, Any]:
     model = cfg.get("model")
     if not isinstance(model, str):
         raise ValueError(f"config key 'model' in {path} must be a string, got {model!r}; the run directory is damaged.")
-    unknown = sorted(k for k in cfg if k not in KEYS)
+    unknown = sorted(k for k in cfg if k not in KEYS and k != _DISTRIBUTED)
     if unknown:
         raise ValueError(
             f"{path} has the unknown key {unknown[0]!r} (written by a newer hvi, or edited by hand); remove it."
@@ -487,6 +499,18 @@ def run_fit(
 
     # ---- build and check everything before touching the disk -----------------------------
     device = resolve_device(cfg["device"])
+    from hvi import distributed as hvi_dist
+
+    world = hvi_dist.init(device=device)  # None unless launched by torchrun with more than one process
+    if world is not None:
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", world.local_rank)
+        hvi_dist.shard_sizes(cfg["task_batch"], world.world_size)  # every rank gets a task
+    main = world is None or world.is_main
+    if not main:  # rank 0 reports; the others say only their errors
+        from hvi.cli.log import setup as _log_setup
+
+        _log_setup(quiet=True)
     configure_process(cfg, device)
     source = build_source(cfg)
     if not resume:
@@ -507,9 +531,13 @@ def run_fit(
             )
 
     # ---- the working directory ------------------------------------------------------------
+    if world is not None:  # every rank checked the run directory before rank 0 creates RUN_DIR.tmp-*
+        torch.distributed.barrier()
     created: Path | None = None
     if resume_from is not None:
         work = resume_from
+    elif not main:  # writes nothing; reads a resumed run's checkpoint from rank 0's directory
+        work = copy_from or out_dir
     else:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -519,7 +547,7 @@ def run_fit(
         _public(work, directory=True)
     ok = False
     try:
-        if copy_from is not None:
+        if copy_from is not None and main:
             shutil.copytree(copy_from, work, dirs_exist_ok=True)
             shutil.rmtree(work / MODEL_DIR, ignore_errors=True)
             (work / "evaluation.json").unlink(missing_ok=True)  # evaluated the shorter run, not this one
@@ -537,7 +565,7 @@ def run_fit(
                 ckpt = load_checkpoint(
                     work / CHECKPOINT_DIR, expected=expected, optimizer=optimizer, generator=generator, device=device
                 )
-            for w in caught:  # a damaged newest checkpoint: the fallback is said on stderr, once
+            for w in caught if main else ():  # a damaged newest checkpoint: the fallback is said on stderr, once
                 _warn(echo, f"Warning: {w.message}")
             start = ckpt.step
             log.info("resuming %s from its checkpoint at step %d (%s)", out_dir, start, ckpt.path)
@@ -546,7 +574,19 @@ def run_fit(
                     f"run {out_dir} already has {start} steps (>= --steps {steps}); pass a larger --steps to "
                     "train longer."
                 )
-            _truncate_metrics(work / METRICS_FILE, start)
+            if main:
+                _truncate_metrics(work / METRICS_FILE, start)
+        if world is not None:
+            per_rank = hvi_dist.shard_sizes(cfg["task_batch"], world.world_size)
+            cfg[_DISTRIBUTED] = {
+                "world_size": world.world_size, "task_batch": cfg["task_batch"], "task_batch_per_rank": per_rank,
+            }
+        if not main:  # the other ranks train their shares; rank 0 writes everything
+            result = _train_shard(meta, source, cfg, device, optimizer, generator, start, ckpt, fit)
+            summary = FitSummary(out_dir, steps, start, result.seconds, result.losses[-1] if result.losses else None,
+                                 None)
+            ok = True
+            return summary
         _write_json_atomic(work / CONFIG_FILE, cfg)
         log.info(
             "training %s on %s: x %s, y %s, %s likelihood, train/val/test tasks %s; %s, steps %d..%d, in %s",
@@ -579,7 +619,9 @@ def run_fit(
         ok = True  # a hard abort: the last periodic checkpoint is resumable
         raise
     finally:
-        if not ok and created is not None:
+        # a distributed run that failed (e.g. another rank died) stays resumable from its last checkpoint
+        keep = world is not None and created is not None and _checkpoint_step(created) is not None
+        if not ok and created is not None and not keep:
             shutil.rmtree(created, ignore_errors=True)
 
 
@@ -616,6 +658,21 @@ def _finalize_dir(work: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(work, out_dir)
+
+
+def _train_shard(meta, source, cfg, device, optimizer, generator, start: int, ckpt, fit):
+    """A non-zero rank's part of :func:`_train`: the same fit, without files or progress."""
+    from hvi.checkpoint import _set_rng_state
+    from hvi.fit import make_elbo
+
+    with pyro.validation_enabled(False):
+        if ckpt is not None:
+            _set_rng_state(ckpt.rng_state)
+        return fit(
+            meta, source, steps=cfg["steps"] - start, task_batch=cfg["task_batch"], optimizer=optimizer,
+            elbo=make_elbo(), seed=None if start > 0 else cfg["seed"], device=device, resume=start > 0,
+            generator=generator,
+        )
 
 
 def _train(
@@ -672,7 +729,7 @@ def _train(
         now = time.perf_counter()
         dt = max(now - state["t_last"], 1e-9)
         state["t_last"] = now
-        tps = batch.batch_size / dt
+        tps = cfg["task_batch"] / dt  # the global batch (this rank's share is batch)
         rate["tasks_per_s"] = tps if rate["tasks_per_s"] is None else 0.9 * rate["tasks_per_s"] + 0.1 * tps
         per_task = loss / batch.num_tasks
         record: dict[str, Any] = {

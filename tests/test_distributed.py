@@ -10,6 +10,7 @@ tests/distributed_worker.py.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hvi.checkpoint import read_checkpoint
 from hvi.distributed import shard_sizes, shard_slice
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -62,3 +64,32 @@ def test_a_crashing_rank_ends_the_job(tmp_path):
     assert proc.returncode != 0
     assert "injected failure on rank 1" in proc.stderr
     assert took < 60, took
+
+
+@pytest.mark.slow  # three torchrun launches of the CLI, ~45 s
+def test_hvi_fit_under_torchrun_writes_once_and_resumes(tmp_path):
+    common = ["--model", "mlp", "--task-batch", "4", "--inner-steps", "1", "--no-progress", "--val-every", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def fit(*args):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "hvi.cli.main", "fit", *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    proc = fit(*common, "--steps", "4", "--out", str(full))
+    assert proc.stdout.count("run directory:") == 1  # rank 0 reports, rank 1 is quiet
+    fit(*common, "--steps", "2", "--out", str(part))
+    fit("--out", str(part), "--resume", "--steps", "4", "--no-progress")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "part"]  # no stray RUN_DIR.tmp-*
+    cfg = json.loads((full / "config.json").read_text())
+    assert cfg["distributed"] == {"world_size": 2, "task_batch": 4, "task_batch_per_rank": [2, 2]}
+    lines = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4]  # written once, by rank 0
+    assert [r["loss"] for r in lines] == [json.loads(x)["loss"] for x in (part / "metrics.jsonl").read_text().splitlines()]
+    a, b = read_checkpoint(full / "model").params, read_checkpoint(part / "model").params
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
