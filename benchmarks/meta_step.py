@@ -172,6 +172,7 @@ def make_engine(cfg: dict[str, Any]):
         inner=InnerConfig(
             steps=cfg["inner_steps"], lr=cfg["inner_lr"], kl_weight=cfg["kl_weight"],
             first_order=cfg["first_order"], update=cfg.get("update", "gradient"),
+            memory=cfg.get("memory_mode", "none"),
         ),
     )
     svi = SVI(meta.model, meta.guide, pyro.optim.Adam({"lr": cfg["lr"]}), loss=make_elbo())
@@ -394,6 +395,7 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "task_batch": B,
         "first_order": cfg["first_order"],
         "update": cfg.get("update", "gradient"),
+        "memory_mode": cfg.get("memory_mode", "none"),
         "tasks_per_s": round(tasks_per_s, 4),
         "step_s_median": round(med, 5),
         "step_s_min": round(min(times), 5) if times else None,
@@ -550,6 +552,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run every configuration this many times, each in a fresh process, "
                         "interleaved round by round, and report the run with the median "
                         "tasks/s (with all runs' tasks/s and peaks listed)")
+    p.add_argument("--memory-mode", choices=("none", "checkpoint"), default="none",
+                   help="engine only: InnerConfig(memory=...), recompute inner steps in the backward pass")
     p.add_argument("--update", choices=("gradient", "natural"), default="gradient",
                    help="the engine's inner update (the naive reference implements 'gradient' only)")
     p.add_argument("--inner-lr", type=float, default=None,
@@ -632,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
                     "depth": args.depth, "k_shot": args.k_shot, "k_query": args.k_query,
                     "inner_steps": K, "task_batch": B, "first_order": args.first_order,
                     "steps": args.steps, "warmup": args.warmup, "inner_lr": args.inner_lr,
-                    "update": args.update,
+                    "update": args.update, "memory_mode": args.memory_mode,
                     "kl_weight": args.kl_weight, "prior_scale": args.prior_scale,
                     "noise_scale": args.noise_scale, "lr": args.lr, "threads": args.threads,
                     "seed": args.seed, "omp_wait_policy": args.omp_wait_policy,

@@ -67,6 +67,7 @@ KEYS: dict[str, tuple[str, bool]] = {
     "first_order": (_BOOL, False),
     "kl_weight": (_FLOAT, False),
     "inner_samples": (_INT, False),
+    "memory_mode": (_STR, False),
     "steps": (_INT, False),
     "task_batch": (_INT, False),
     "lr": (_FLOAT, False),
@@ -86,7 +87,7 @@ KEYS: dict[str, tuple[str, bool]] = {
 #: Keys that may change when a run is resumed; every other key must match the saved run.
 MUTABLE_ON_RESUME = frozenset(
     {
-        "steps", "device", "threads", "val_every", "val_tasks", "val_samples", "checkpoint_every",
+        "steps", "device", "threads", "val_every", "val_tasks", "val_samples", "checkpoint_every", "memory_mode",
         "keep_checkpoints", "eval_samples", "eval_tasks",
     }
 )
@@ -99,6 +100,7 @@ DEVICE_RE = re.compile(r"cpu|cuda(:[0-9]+)?")
 _CHOICES = {
     "method": ("abml", "maml", "fomaml", "reptile"),  # hvi.methods.METHODS (not imported: no torch here)
     "inner_update": ("natural", "gradient"),
+    "memory_mode": ("none", "checkpoint"),
     "q_theta": ("delta", "normal", "flow"),
     "objective": ("query", "support+query"),
 }

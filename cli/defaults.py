@@ -37,6 +37,7 @@ COMMON: dict[str, Any] = {
     "first_order": False,
     "kl_weight": 1.0,
     "inner_samples": 1,
+    "memory_mode": "none",
     "steps": 1000,
     "task_batch": 8,
     "lr": 1e-3,

@@ -266,6 +266,7 @@ def _key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, .
 @click.option("--task-batch", "task_batch", type=int, metavar="B", help=_d("Tasks per step", "task_batch"))
 @click.option("--method", "method", metavar="abml|maml|fomaml|reptile", help=_d("Meta-learning method: ABML (Bayesian), or the deterministic MAML, first-order MAML or Reptile on the same inner loop (docs/methods.md)", "method"))
 @click.option("--inner-steps", "inner_steps", type=int, metavar="K", help=_d("Inner steps on each support set", "inner_steps"))
+@click.option("--memory-mode", "memory_mode", type=click.Choice(["none", "checkpoint"]), help=_d("Second-order memory: keep every inner step's graph, or recompute each step in the backward pass (same gradients, memory of one step)", "memory_mode"))
 @click.option("--inner-update", "inner_update", type=click.Choice(["natural", "gradient"]), help=_d("Inner update: natural-gradient (Bayesian learning rule) or plain gradient ascent", "inner_update"))
 @click.option("--inner-lr", "inner_lr", type=float, metavar="A", help=_d("Inner step size: a fraction of a full natural step in (0, 1], or per support example for gradient ascent", "inner_lr"))
 @click.option("--learn-lr/--no-learn-lr", "learn_lr", default=None, help=_d("Learn the inner step sizes (Meta-SGD style)", "learn_lr"))
@@ -276,6 +277,7 @@ def _key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, .
 @click.option("--lr", type=float, metavar="LR", help=_d("Adam learning rate of θ", "lr"))
 @click.option("--seed", type=int, metavar="S", help=_d("Seed of initialisation, sampling and task order", "seed"))
 @click.option("--device", metavar="cpu|cuda", help=_d("Where to train (cpu, cuda, cuda:N)", "device"))
+@click.option("--nproc", "nproc", type=int, metavar="N", help="Train on N local processes: re-runs this command under torchrun (python -m torch.distributed.run --standalone --nproc-per-node N; docs/distributed.md).")
 @click.option("--threads", type=int, metavar="N", help=_d("CPU threads for torch (1 is fastest for small models on a busy machine)", "threads"))
 @click.option("--resume", is_flag=True, help="Continue the interrupted or finished run at --out.")
 @click.option("--val-every", "val_every", type=int, metavar="N", help="Validate on held-out val tasks every N steps (default steps/10).")
@@ -290,6 +292,14 @@ def _key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, .
 @_errors
 def fit_cmd(config_path, out, resume, progress, print_config, **opts) -> None:
     from hvi.cli.run import run_fit
+
+    nproc = opts.pop("nproc", None)
+    if nproc is not None and not print_config:  # data-parallel: the same command on N processes (hvi.distributed)
+        import sys
+
+        from hvi.distributed import relaunch, strip_option
+
+        sys.exit(relaunch(nproc, strip_option(sys.argv[1:], "--nproc")))
 
     if print_config:
         from hvi.cli.config import dump_toml

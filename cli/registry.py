@@ -219,6 +219,7 @@ def build_meta(cfg: Mapping[str, Any], device: torch.device, seed: int | None = 
     inner = InnerConfig(
         steps=cfg["inner_steps"],
         update=cfg["inner_update"],
+        memory=cfg.get("memory_mode", "none"),
         lr=cfg["inner_lr"],
         learn_lr=cfg["learn_lr"],
         num_samples=cfg["inner_samples"],

@@ -149,7 +149,7 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
 _DISTRIBUTED = "distributed"
 
 #: Keys added after runs were first written, with the value those older runs used.
-_BEFORE_THE_KEY = {"inner_update": "gradient", "method": "abml"}
+_BEFORE_THE_KEY = {"inner_update": "gradient", "method": "abml", "memory_mode": "none"}
 
 
 def check_run_config(cfg: Mapping[str, Any], path: Path) -> dict[str, Any]:

@@ -114,6 +114,13 @@ class InnerConfig:
             thread and adapt the chunks in parallel worker threads with
             single-threaded kernels (default True; see :mod:`hvi.parallel`).
             Same results; no effect on other devices.
+        memory: ``"none"`` (default) keeps every inner step's graph for the
+            second-order backward; ``"checkpoint"`` keeps only each step's
+            input λ and recomputes the step's forward (and its inner gradient)
+            in the backward pass (``torch.utils.checkpoint``, non-reentrant):
+            the same gradients, activation memory of one step instead of K,
+            about one more forward and inner backward per step. First order
+            keeps no step graph either way.
     """
 
     steps: int = 5
@@ -125,6 +132,7 @@ class InnerConfig:
     parallel_tasks: bool = True
     update: str = "natural"
     line_search: bool = False
+    memory: str = "none"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.steps, int) and self.steps >= 0):
@@ -146,6 +154,10 @@ class InnerConfig:
                     f"inner lr={self.lr} is outside {bound}: under update='natural' α is the "
                     "fraction of a full natural-gradient step; use e.g. lr=0.5, or update='gradient'."
                 )
+        if self.memory not in MEMORY_MODES:
+            raise ValueError(
+                f"inner memory={self.memory!r} is not understood; use one of {', '.join(map(repr, MEMORY_MODES))}."
+            )
         if not (isinstance(self.num_samples, int) and self.num_samples >= 1):
             raise ValueError(f"inner num_samples={self.num_samples!r} must be an integer >= 1.")
         if not 0 <= self.kl_weight < math.inf:
@@ -163,6 +175,20 @@ class InnerConfig:
         if key not in self.lr:
             raise ValueError(f"inner lr mapping {dict(self.lr)} has no entry for λ key {key!r}.")
         return float(self.lr[key])
+
+
+#: InnerConfig.memory: what the second-order backward keeps of the inner steps.
+MEMORY_MODES = ("none", "checkpoint")
+
+
+def _checkpointed(step):
+    """``step`` whose activations are recomputed in the backward pass instead of kept."""
+    from torch.utils.checkpoint import checkpoint
+
+    def run(*args):
+        return checkpoint(step, *args, use_reentrant=False)
+
+    return run
 
 
 def _ascend(lam: Tensor, alpha: Tensor | float, grad: Tensor) -> Tensor:
@@ -459,8 +485,9 @@ class InnerLoop:
                 g["rho"] = torch.addcmul(g["rho"], dkl_dsigma, torch.sigmoid(src["rho"]), value=-c)
             return {k: _ascend(lam[k], alpha[k], g[k]) for k in lam}
 
+        run_step = _checkpointed(step) if cfg.memory == "checkpoint" else step
         for m in range(steps):
-            lam = step(lam, noise_at(m))
+            lam = run_step(lam, noise_at(m))
         return lam
 
     # -- the natural-gradient update (hvi.natural) -------------------------------
@@ -527,8 +554,9 @@ class InnerLoop:
         if not second_order:
             a_m, a_s = (a.detach() if isinstance(a, Tensor) else a for a in (a_m, a_s))
         total_m = total_s = 0.0
-        for t in range(steps):
-            e = natural.probes(noise_at(t))
+
+        def nat_step(m, s, raw):
+            e = natural.probes(raw)
             sigma = s.rsqrt()
             phi = torch.addcmul(m.unsqueeze(-2), sigma.unsqueeze(-2), e)
             if not second_order:
@@ -548,7 +576,11 @@ class InnerLoop:
                     kappa = self._curvature_along(line, m, d, s_new, second_order)
                     return natural.line_scale(grad, d, prior_curv, kappa, beta)
 
-            m, s, dm, ds = natural.step(m, s, g, h, prior_grad, prior_curv, a_m, a_s, beta, scale)
+            return natural.step(m, s, g, h, prior_grad, prior_curv, a_m, a_s, beta, scale)
+
+        run_step = _checkpointed(nat_step) if second_order and cfg.memory == "checkpoint" else nat_step
+        for t in range(steps):
+            m, s, dm, ds = run_step(m, s, noise_at(t))
             if not second_order:
                 m, s = m.detach(), s.detach()
                 total_m, total_s = total_m + dm.detach(), total_s + ds.detach()
