@@ -291,3 +291,39 @@ def task_shard(world: World, total: int) -> Iterator[None]:
 def shard_batch(batch: TaskBatch, world: World) -> TaskBatch:
     """This rank's tasks of a global ``batch``."""
     return batch.tasks(world.share(batch.batch_size))
+
+
+def relaunch(nproc: int, argv: list[str]) -> int:
+    """Runs ``python -m hvi.cli.main ARGV`` under ``torch.distributed.run`` with ``nproc`` local processes.
+
+    What ``hvi fit --nproc N`` does: ``argv`` is the command line without
+    ``--nproc``. Returns torchrun's exit status (non-zero when any rank failed).
+
+    Raises:
+        ValueError: If ``nproc`` is below 1, or this process already runs under torchrun.
+    """
+    import subprocess
+    import sys
+
+    if not (isinstance(nproc, int) and nproc >= 1):
+        raise ValueError(f"--nproc {nproc!r} must be an integer >= 1.")
+    if env_world_size() > 1:
+        raise ValueError("--nproc cannot be used under torchrun (WORLD_SIZE is set); drop --nproc or torchrun.")
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           "-m", "hvi.cli.main", *argv]
+    return subprocess.call(cmd, env=env)
+
+
+def strip_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``name VALUE`` / ``name=VALUE`` (e.g. ``--nproc 2``)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out

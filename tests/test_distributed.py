@@ -66,14 +66,17 @@ def test_a_crashing_rank_ends_the_job(tmp_path):
     assert took < 60, took
 
 
-@pytest.mark.slow  # three torchrun launches of the CLI, ~45 s
+@pytest.mark.slow  # three torchrun launches of the CLI (one by hvi fit --nproc 2), ~45 s
 def test_hvi_fit_under_torchrun_writes_once_and_resumes(tmp_path):
     common = ["--model", "mlp", "--task-batch", "4", "--inner-steps", "1", "--no-progress", "--val-every", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-    def fit(*args):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "hvi.cli.main", "fit", *args]
+    def fit(*args, nproc_option=False):
+        if nproc_option:  # hvi fit --nproc 2 re-runs itself under torchrun
+            cmd = [sys.executable, "-m", "hvi.cli.main", "fit", *args, "--nproc", "2"]
+        else:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                   "-m", "hvi.cli.main", "fit", *args]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc
@@ -81,7 +84,7 @@ def test_hvi_fit_under_torchrun_writes_once_and_resumes(tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     proc = fit(*common, "--steps", "4", "--out", str(full))
     assert proc.stdout.count("run directory:") == 1  # rank 0 reports, rank 1 is quiet
-    fit(*common, "--steps", "2", "--out", str(part))
+    fit(*common, "--steps", "2", "--out", str(part), nproc_option=True)
     fit("--out", str(part), "--resume", "--steps", "4", "--no-progress")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "part"]  # no stray RUN_DIR.tmp-*
     cfg = json.loads((full / "config.json").read_text())
