@@ -296,17 +296,22 @@ def shard_batch(batch: TaskBatch, world: World) -> TaskBatch:
 def relaunch(nproc: int, argv: list[str]) -> int:
     """Runs ``python -m hvi.cli.main ARGV`` under ``torch.distributed.run`` with ``nproc`` local processes.
 
-    What ``hvi fit --nproc N`` does: ``argv`` is the command line without
-    ``--nproc``. Returns torchrun's exit status (non-zero when any rank failed).
+    What ``hvi fit --nproc N`` does: ``argv`` is the process's command line
+    (``sys.argv[1:]``) without ``--nproc``. Returns torchrun's exit status
+    (non-zero when any rank failed).
 
     Raises:
-        ValueError: If ``nproc`` is below 1, or this process already runs under torchrun.
+        ValueError: If ``nproc`` is not 1 .. the CPU count, or this process already runs under torchrun.
     """
     import subprocess
     import sys
 
-    if not (isinstance(nproc, int) and nproc >= 1):
-        raise ValueError(f"--nproc {nproc!r} must be an integer >= 1.")
+    cpus = os.cpu_count() or 1
+    if not (isinstance(nproc, int) and 1 <= nproc <= cpus):
+        raise ValueError(
+            f"--nproc {nproc!r} must be an integer from 1 to the {cpus} CPU cores of this machine; "
+            "for more processes or several machines run torchrun yourself (docs/distributed.md)."
+        )
     if env_world_size() > 1:
         raise ValueError("--nproc cannot be used under torchrun (WORLD_SIZE is set); drop --nproc or torchrun.")
     env = dict(os.environ)

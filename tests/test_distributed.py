@@ -96,3 +96,15 @@ def test_hvi_fit_under_torchrun_writes_once_and_resumes(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("nproc", ["0", str(2**20)])
+def test_nproc_out_of_range_is_one_line(nproc, tmp_path):
+    from click.testing import CliRunner
+
+    from hvi.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["fit", "--model", "mlp", "--nproc", nproc, "--out", str(tmp_path / "r")])
+    assert res.exit_code != 0
+    assert f"Error: --nproc {nproc} must be an integer from 1 to the" in res.output
+    assert not (tmp_path / "r").exists()
