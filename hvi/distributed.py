@@ -37,6 +37,7 @@ initialized (:func:`init` does it from torchrun's environment).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from pyro.infer.util import torch_item
 from pyro.poutine.messenger import Messenger
 
 from hvi.distributions import ReparamNormal
+from hvi.elbo_parts import PARTS
 from hvi.noise import TASK_SHARD
 from hvi.tasks import TaskBatch
 
@@ -193,12 +195,17 @@ class GradAllReduce:
     for keeps ``grad = None``; params first seen in a step are broadcast from
     rank 0 before the step, so all ranks start from the same values.
 
+    The ELBO's ``last_parts`` (:mod:`hvi.elbo_parts`) are combined with the
+    same weights, so they too are the global batch's.
+
     Args:
         weight: This rank's ``B_r / B`` (updated per step by :func:`hvi.fit`).
+        elbo: The loss whose ``last_parts`` to combine (None: none).
     """
 
-    def __init__(self, weight: float = 1.0) -> None:
+    def __init__(self, weight: float = 1.0, elbo: object | None = None) -> None:
         self.weight = weight
+        self.elbo = elbo
         self._seen: set[str] = set()
 
     def __call__(self, params: set[torch.Tensor], loss) -> tuple[set[torch.Tensor], float]:
@@ -224,7 +231,11 @@ class GradAllReduce:
                     p.copy_(v.view_as(p))
             self._seen.update(n for n, _ in named)
         w = self.weight
-        parts = [torch.tensor([w * float(torch_item(loss))], dtype=torch.float64, device=device)]
+        names = PARTS if self.elbo is not None else ()
+        known = getattr(self.elbo, "last_parts", None) or {}
+        nan = float("nan")  # a rank without parts (diverged) makes the global parts unknown
+        parts = [torch.tensor([w * float(torch_item(loss))] + [w * known.get(n, nan) for n in names],
+                              dtype=torch.float64, device=device)]
         parts.append(torch.tensor([float(p.grad is not None) for _, p in named], dtype=torch.float64, device=device))
         parts += [
             (p.grad.detach().reshape(-1).to(torch.float64) * w) if p.grad is not None
@@ -233,9 +244,14 @@ class GradAllReduce:
         ]
         buf = torch.cat(parts)
         dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-        k = len(named)
-        flags = buf[1:1 + k].tolist()
-        grads = buf[1 + k:].split([p.numel() for _, p in named])
+        k, j = len(named), 1 + len(names)
+        if names:
+            values = buf[1:j].tolist()
+            self.elbo.last_parts = (
+                None if any(math.isnan(v) for v in values) else dict(zip(names, values))
+            )
+        flags = buf[j:j + k].tolist()
+        grads = buf[j + k:].split([p.numel() for _, p in named])
         out = set()
         for (_, p), flag, g in zip(named, flags, grads):
             if flag > 0:

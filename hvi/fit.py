@@ -244,7 +244,9 @@ def fit(
     # meta.method other than "abml": the same loop on that method's outer loss (hvi.methods).
     svi = SVI(meta.model, meta.guide, optimizer, loss=loss_fn if meta.method == "abml" else outer_loss(meta))
     if world is not None:
-        svi.reduce_grads = _dist.GradAllReduce()
+        svi.reduce_grads = _dist.GradAllReduce(
+            elbo=loss_fn if meta.method == "abml" and hasattr(loss_fn, "last_parts") else None
+        )
     losses: list[float] = []
     skipped: list[int] = []
     in_a_row = 0

@@ -5,7 +5,8 @@
 * CASE ``delta`` / ``normal`` / ``maml`` (or ``all``: the three): a few steps of a
   conjugate model like tests/test_conjugate.py's (float64), data-parallel; rank 0
   then refits the same model in one process (``distributed=False``) and saves
-  ``{case: {"distributed": params, "single": params}}`` to OUT.
+  ``{case: {"distributed": params, "single": params}}`` to OUT (with ``"parts"``:
+  each step's loss and ELBO parts, which rank 0 reports for the whole batch).
 * CASE ``crash``: rank 1 raises in its third step.
 """
 
@@ -19,6 +20,7 @@ from torch import nn
 
 import hvi
 import hvi.distributed
+from hvi.fit import make_elbo
 from hvi.priors import GaussianPrior
 
 D, M, N = 2, 10, 5
@@ -53,11 +55,23 @@ def build(case: str) -> hvi.MetaModel:
 
 
 def run(case: str, distributed: bool, callback=None) -> dict[str, torch.Tensor]:
+    """The params after 4 steps, and ``"parts"``: each step's loss and ELBO parts (float64 tensor)."""
     meta = build(case)
+    elbo = make_elbo(num_particles=2 if case == "normal" else 1)
+    parts = []
+
+    def record(step, loss, batch):
+        if case != "maml":
+            parts.append([loss, *(elbo.last_parts[k] for k in ("ell", "local_kl", "global_kl"))])
+        if callback is not None:
+            callback(step, loss, batch)
+
     # 5 of the 10 tasks per step: shards of 3 and 2 (unequal, so the B_r/B weights matter)
-    result = hvi.fit(meta, data(), steps=4, task_batch=5, lr=0.05, num_particles=2 if case == "normal" else 1,
-                     seed=0, distributed=distributed, callback=callback)
-    return {k: v.clone() for k, v in result.params.items()}
+    result = hvi.fit(meta, data(), steps=4, task_batch=5, lr=0.05, elbo=elbo, seed=0, distributed=distributed,
+                     callback=record)
+    out = {k: v.clone() for k, v in result.params.items()}
+    out["parts"] = torch.tensor(parts or [list(result.losses)], dtype=torch.float64)
+    return out
 
 
 def main() -> None:

@@ -51,7 +51,8 @@ def test_two_ranks_equal_one_process(tmp_path):
         assert set(dist_p) == set(single) and single, case
         for name, v in single.items():
             assert v.dtype == torch.float64
-            # the 4 steps moved the params (an all-zero update would also "agree")
+            # the 4 steps moved the params (an all-zero update would also "agree"); "parts" are each
+            # step's loss and ELBO parts: rank 0 reports those of the global batch
             assert not torch.equal(v, torch.zeros_like(v)), (case, name)
             torch.testing.assert_close(dist_p[name], v, rtol=1e-12, atol=1e-12, msg=f"{case}: {name}")
 
