@@ -7,12 +7,14 @@
   then refits the same model in one process (``distributed=False``) and saves
   ``{case: {"distributed": params, "single": params}}`` to OUT (with ``"parts"``:
   each step's loss and ELBO parts, which rank 0 reports for the whole batch).
-* CASE ``crash``: rank 1 raises in its third step.
+* CASE ``crash``: rank 1 raises in its third step (after writing the time to
+  OUT.crash); ``all+crash``: ``all``, then that.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 
 import pyro
 import torch
@@ -78,22 +80,23 @@ def main() -> None:
     out, case = sys.argv[1], sys.argv[2]
     world = hvi.distributed.init()
     assert world is not None and world.world_size == 2
-    callback = None
-    if case == "crash":
-        def callback(step, loss, batch):
-            if world.rank == 1 and step == 2:
-                raise RuntimeError("injected failure on rank 1")
-    if case == "crash":
-        run("delta", True, callback)
-        return
     saved = {}
-    for c in ("delta", "normal", "maml") if case == "all" else (case,):
+    for c in ("delta", "normal", "maml") if case in ("all", "all+crash") else (case,) if case != "crash" else ():
         params = run(c, True)
         if world.rank == 0:
             pyro.clear_param_store()
             saved[c] = {"distributed": params, "single": run(c, False)}
-    if world.rank == 0:
+    if world.rank == 0 and saved:
         torch.save(saved, out)
+    if case.endswith("crash"):
+
+        def crash(step, loss, batch):
+            if world.rank == 1 and step == 2:
+                with open(out + ".crash", "w") as f:
+                    f.write(repr(time.time()))
+                raise RuntimeError("injected failure on rank 1")
+
+        run("delta", True, crash)
 
 
 if __name__ == "__main__":
