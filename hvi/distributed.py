@@ -124,8 +124,8 @@ def init(backend: str | None = None, device: torch.device | str | None = None,
 
     Args:
         backend: ``"gloo"`` or ``"nccl"``; default nccl for a CUDA ``device``, else gloo.
-        device: The training device; a bare ``cuda`` becomes ``cuda:LOCAL_RANK``
-            (made the current device).
+        device: The training device; ``cuda`` means ``cuda:LOCAL_RANK`` (made
+            the current device; another index is refused).
         timeout_s: Collective timeout (default ``HVI_DIST_TIMEOUT`` or :data:`DEFAULT_TIMEOUT_S`).
 
     Returns:
@@ -147,7 +147,12 @@ def init(backend: str | None = None, device: torch.device | str | None = None,
     if backend is None:
         backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cuda":
-        torch.cuda.set_device(local if dev.index is None else dev.index)
+        if dev.index is not None and dev.index != local:
+            raise ValueError(
+                f"device {dev} would put rank {rank} (LOCAL_RANK {local}) on another rank's GPU; pass device "
+                f"'cuda' (--device cuda): each rank then uses cuda:LOCAL_RANK."
+            )
+        torch.cuda.set_device(local)
     if timeout_s is None:
         timeout_s = float(os.environ.get("HVI_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
     dist.init_process_group(backend=backend, rank=rank, world_size=size, timeout=timedelta(seconds=timeout_s))

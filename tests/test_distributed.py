@@ -105,3 +105,20 @@ def test_nproc_out_of_range_is_one_line(nproc, tmp_path):
     assert res.exit_code != 0
     assert f"Error: --nproc {nproc} must be an integer from 1 to the" in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_init_reads_torchruns_environment(monkeypatch):
+    from hvi.distributed import init
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert init() is None  # a plain process: no group
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert init() is None
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(ValueError, match="RANK=2 must be set to 0..1 with WORLD_SIZE=2"):
+        init()
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match="device cuda:0 would put rank 1 .* on another rank's GPU"):
+        init(device="cuda:0")
