@@ -63,6 +63,7 @@ __all__ = [
     "shard_sizes",
     "shard_slice",
     "GradAllReduce",
+    "check_same_rng",
     "task_shard",
     "DEFAULT_TIMEOUT_S",
 ]
@@ -265,6 +266,32 @@ class GradAllReduce:
             else:
                 p.grad = None
         return out, float(buf[0])
+
+
+def check_same_rng(device: torch.device | None = None) -> None:
+    """Raises unless every rank's global RNG is in the same state (what exact data parallelism needs).
+
+    Compares a digest of PyTorch's CPU RNG state (and the CUDA one of
+    ``device``) across the ranks with two small all-reduces.
+
+    Raises:
+        ValueError: If the ranks' states differ.
+    """
+    import hashlib
+
+    states = [torch.get_rng_state()]
+    if device is not None and torch.device(device).type == "cuda":
+        states.append(torch.cuda.get_rng_state(torch.device(device)))
+    digest = hashlib.sha256(b"".join(bytes(t.numpy()) for t in states)).digest()
+    value = float(int.from_bytes(digest[:6], "little"))  # exact in float64
+    on = torch.device(device) if device is not None and dist.get_backend() == "nccl" else torch.device("cpu")
+    both = torch.tensor([value, -value], dtype=torch.float64, device=on)
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    if both[0] != -both[1]:
+        raise ValueError(
+            f"rank {dist.get_rank()}: the global RNG differs between the ranks; pass the same seed on every rank "
+            "(hvi.fit(seed=...)), since a θ draw and the task noise must agree across ranks."
+        )
 
 
 class _GlobalTaskDraws(Messenger):

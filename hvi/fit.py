@@ -136,10 +136,6 @@ class _ShardSampler:
         return self.source.get_tasks("train", index[self.world.share(self.batch)])
 
 
-def _sharded_sampler(data: TaskSampler, task_batch: int | None, world) -> _ShardSampler:
-    return _ShardSampler(data, task_batch, world)
-
-
 def fit(
     meta: MetaModel,
     data: TaskSampler,
@@ -193,7 +189,8 @@ def fit(
             one of more than one rank is initialized; False: never; True:
             require one. ``task_batch`` is then the global batch, split across
             the ranks; ``callback`` gets this rank's share; the result equals a
-            single-process fit on the global batches.
+            single-process fit on the global batches. Every rank must pass the
+            same ``seed`` and data (a differing global RNG is refused).
 
     Returns:
         A :class:`FitResult`.
@@ -233,7 +230,9 @@ def fit(
             "distributed=True but no torch.distributed process group of more than one rank is initialized; "
             "launch with torchrun and call hvi.distributed.init() first."
         )
-    sample = _sampler(data, task_batch) if world is None else _sharded_sampler(data, task_batch, world)
+    sample = _sampler(data, task_batch) if world is None else _ShardSampler(data, task_batch, world)
+    if world is not None:
+        _dist.check_same_rng(device)
     if optimizer is None:
         if not lr > 0:
             raise ValueError(f"lr={lr} must be positive.")

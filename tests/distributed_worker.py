@@ -8,7 +8,8 @@
   ``{case: {"distributed": params, "single": params}}`` to OUT (with ``"parts"``:
   each step's loss and ELBO parts, which rank 0 reports for the whole batch).
 * CASE ``crash``: rank 1 raises in its third step (after writing the time to
-  OUT.crash); ``all+crash``: ``all``, then that.
+  OUT.crash); ``all+crash``: ``all``, then a fit with a different seed per
+  rank (its error to OUT.seedRANK), then the crash.
 """
 
 from __future__ import annotations
@@ -88,6 +89,12 @@ def main() -> None:
             saved[c] = {"distributed": params, "single": run(c, False)}
     if world.rank == 0 and saved:
         torch.save(saved, out)
+    if case == "all+crash":  # ranks with different seeds are refused on every rank, without a hang
+        try:
+            hvi.fit(build("delta"), data(), steps=1, task_batch=4, seed=world.rank)
+        except ValueError as e:
+            with open(f"{out}.seed{world.rank}", "w") as f:
+                f.write(str(e))
     if case.endswith("crash"):
 
         def crash(step, loss, batch):

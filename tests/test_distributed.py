@@ -41,7 +41,8 @@ def test_shards_cover_the_batch_once():
 
 
 def test_two_ranks_equal_one_process_and_a_crash_ends_the_job(tmp_path):
-    """One torchrun job (one start-up): the three equality cases, then rank 1 raises in a 4th fit."""
+    """One torchrun job (one start-up): the three equality cases, a fit with a seed per rank (refused),
+    then rank 1 raises in a last fit."""
     out = tmp_path / "params.pt"
     proc = torchrun(out, "all+crash", timeout=120)
     end = time.time()
@@ -50,6 +51,8 @@ def test_two_ranks_equal_one_process_and_a_crash_ends_the_job(tmp_path):
     assert "injected failure on rank 1" in proc.stderr, proc.stderr[-3000:]
     crashed = float(Path(f"{out}.crash").read_text())
     assert end - crashed < 60, end - crashed
+    for rank in (0, 1):  # seed=rank: each rank refused the fit
+        assert "the global RNG differs between the ranks" in Path(f"{out}.seed{rank}").read_text()
     saved = torch.load(out)
     assert set(saved) == {"delta", "normal", "maml"}
     for case, both in saved.items():
