@@ -8,6 +8,7 @@
     python benchmarks/results_table.py cli_quickstart  # the README's hvi fit / evaluate / diagnose transcript
     python benchmarks/results_table.py sinusoid_methods  # ABML vs MAML, FOMAML, Reptile, one budget
     python benchmarks/results_table.py distributed     # hvi fit on 1 and 2 processes (torchrun, gloo)
+    python benchmarks/results_table.py memory_modes    # second-order memory: every step's graph vs checkpointed steps
     python benchmarks/results_table.py zoo             # every zoo model's defaults: adapted vs prior vs scratch
     python benchmarks/results_table.py --update README.md docs/*.md   # rewrite the marked tables in place
 
@@ -171,6 +172,17 @@ def meta_step() -> str:
             f"the matmul column is the machine's reference in the same run. From `{d['command']}` ({d['date']}).")
 
 
+def memory_modes() -> str:
+    d = json.loads((RESULTS / "memory_modes.json").read_text())
+    rows = ["| memory mode | inner steps K | peak RSS MB | over setup MB | step s (median) |", "|---|---|---|---|---|"]
+    for r in d["results"]:
+        rows.append(f"| {r['memory_mode']} | {r['inner_steps']} | {r['peak_rss_mb']:.0f} | {r['peak_rss_delta_mb']:.0f} "
+                    f"| {r['step_s_median']:.2f} |")
+    r = d["results"][0]
+    return ("\n".join(rows) + f"\n\nSecond-order {r['update']} inner steps, `{r['model']}` ({r['weights']} weights), "
+            f"task batch {r['task_batch']}, {r['k_shot']}-shot {r['size']}×{r['size']}. From `{d['command']}` ({d['date']}).")
+
+
 def cli_quickstart() -> str:
     d = json.loads((RESULTS / "cli_quickstart.json").read_text())
     lines = []
@@ -216,7 +228,7 @@ def update(paths: list[str], tables: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    tables = {"zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "distributed": distributed}
+    tables = {"memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "distributed": distributed}
     if args[:1] == ["--update"] and len(args) > 1:
         update(args[1:], tables)
         return 0
