@@ -9,7 +9,8 @@
   each step's loss and ELBO parts, which rank 0 reports for the whole batch).
 * CASE ``crash``: rank 1 raises in its third step (after writing the time to
   OUT.crash); ``all+crash``: ``all``, then a fit with a different seed per
-  rank (its error to OUT.seedRANK), then the crash.
+  rank (its error to OUT.seedRANK), a fit whose step 1 diverges on rank 1
+  (the skipped steps to OUT.skippedRANK), then the crash.
 """
 
 from __future__ import annotations
@@ -95,6 +96,20 @@ def main() -> None:
         except ValueError as e:
             with open(f"{out}.seed{world.rank}", "w") as f:
                 f.write(str(e))
+    if case == "all+crash":  # rank 1's inner loop diverges in step 1: every rank skips that step
+        meta, calls = build("delta"), [0]
+        guide = meta.guide
+
+        def diverging(*args, **kwargs):
+            calls[0] += 1
+            if world.rank == 1 and calls[0] == 2:
+                raise FloatingPointError("injected divergence")
+            return guide(*args, **kwargs)
+
+        meta.guide = diverging
+        result = hvi.fit(meta, data(), steps=3, task_batch=4, seed=0)
+        with open(f"{out}.skipped{world.rank}", "w") as f:
+            f.write(repr(list(result.skipped)))
     if case.endswith("crash"):
 
         def crash(step, loss, batch):

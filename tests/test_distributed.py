@@ -42,7 +42,7 @@ def test_shards_cover_the_batch_once():
 
 def test_two_ranks_equal_one_process_and_a_crash_ends_the_job(tmp_path):
     """One torchrun job (one start-up): the three equality cases, a fit with a seed per rank (refused),
-    then rank 1 raises in a last fit."""
+    a fit whose step 1 diverges on rank 1 (skipped on both), then rank 1 raises in a last fit."""
     out = tmp_path / "params.pt"
     proc = torchrun(out, "all+crash", timeout=120)
     end = time.time()
@@ -53,6 +53,8 @@ def test_two_ranks_equal_one_process_and_a_crash_ends_the_job(tmp_path):
     assert end - crashed < 60, end - crashed
     for rank in (0, 1):  # seed=rank: each rank refused the fit
         assert "the global RNG differs between the ranks" in Path(f"{out}.seed{rank}").read_text()
+        # step 1 diverged on rank 1 only: both ranks skipped it (and stayed in step)
+        assert Path(f"{out}.skipped{rank}").read_text() == "[1]"
     saved = torch.load(out)
     assert set(saved) == {"delta", "normal", "maml"}
     for case, both in saved.items():
