@@ -152,15 +152,17 @@ def test_exact_posterior_is_a_fixed_point(q_theta):
     close(phi.std(0), sd, rel=0.06, floor=0.0)
 
 
-def test_flow_q_theta_matches_exact_posterior():
+def test_flow_q_theta_matches_exact_posterior(seed=0):
+    # Passes for seeds 0-4 at these settings (200 steps with 4 particles failed 1 of 5 on sd).
     """A spline flow over μ holds the (Gaussian) exact p(μ | D) too, and its draws find it."""
     batch = make_data()
     ref = exact(batch)
     prior = GaussianPrior(init_scale=TAU, learn_scale=False, hyperprior=True, loc_scale=S0)
+    torch.manual_seed(seed)  # the flow's spline layers start from random weights, like nn.Linear
     meta = hvi.MetaModel(VectorNet(), prior, hvi.Gaussian(noise=SIGMA), q_theta="flow",
                          inner=hvi.InnerConfig(steps=1, lr=1.0), objective="support+query", q_theta_init_scale=0.1)
-    optim = pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.05 ** (1 / 200)})
-    hvi.fit(meta, batch, steps=200, optimizer=optim, num_particles=4, seed=0)
+    optim = pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.02 ** (1 / 300)})
+    hvi.fit(meta, batch, steps=300, optimizer=optim, num_particles=8, seed=seed)
     with torch.no_grad(), pyro.plate("draws", 8000, dim=-3):
         tr = poutine.trace(meta.guide).get_trace(batch)
     mu = tr.nodes["theta.w.loc"]["value"].reshape(-1, D)
