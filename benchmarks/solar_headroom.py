@@ -20,10 +20,9 @@ import torch
 
 from provenance import write_result
 
-from hvi.cli.evaluate import _ci, _skill
 from hvi.data import get_source
 from hvi.data.solar import climatology, period_mean_persistence, persistence
-from hvi.metrics import point_metrics
+from hvi.metrics import ci_summary, point_metrics, skill_score
 
 NAMES = ("climatology", "persistence", "period_mean_persistence", "input_mean_profile")
 
@@ -56,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         "split": "test",
         "num_tasks": test.batch_size,
         "blend_weights": dict(zip([*NAMES, "constant"], w.tolist())),
-        "rmse": {n: _ci(v) for n, v in per.items()},
-        "skill_vs_climatology": {n: _skill(v, per["climatology"], 0) for n, v in per.items() if n != "climatology"},
+        "rmse": {n: ci_summary(v) for n, v in per.items()},
+        "skill_vs_climatology": {n: skill_score(v, per["climatology"], 0) for n, v in per.items() if n != "climatology"},
     }
     write_result(args.out, "benchmarks/solar_headroom.py", argv, out)
     for n, v in out["rmse"].items():

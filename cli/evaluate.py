@@ -53,24 +53,6 @@ def load_run(run_dir: str | os.PathLike, device: str | None = None) -> LoadedRun
     return LoadedRun(cfg, info, meta, dev)
 
 
-def _ci(values: Tensor) -> dict[str, float]:
-    from hvi.metrics import mean_ci
-
-    m, lo, hi = mean_ci(values.detach().double().cpu())
-    return {"value": m, "ci_low": lo, "ci_high": hi}
-
-
-def _skill(model_rmse: Tensor, ref_rmse: Tensor, seed: int, draws: int = 2000) -> dict[str, float]:
-    """1 - mean RMSE_model / mean RMSE_ref with a paired bootstrap 95% CI over tasks."""
-    m, r = model_rmse.double().cpu(), ref_rmse.double().cpu()
-    value = 1.0 - float(m.mean() / r.mean())
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, m.numel(), (draws, m.numel()), generator=g)
-    boot = 1.0 - m[idx].mean(1) / r[idx].mean(1)
-    lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=boot.dtype)).tolist()
-    return {"value": value, "ci_low": lo, "ci_high": hi}
-
-
 def run_source(run, data: str | None = None, verb: str = "diagnose"):
     """The task source to ``verb`` ``run`` on: the run's data, or ``data`` (a source name or a file).
 
@@ -124,7 +106,7 @@ def evaluate_run(
     not meta-learned, adapted per task with the same inner steps) and, when
     the source offers them, ``persistence``/``climatology`` (with a skill score).
     """
-    from hvi.metrics import classification_metrics, point_metrics, regression_metrics
+    from hvi.metrics import ci_summary, classification_metrics, point_metrics, regression_metrics, skill_score
     from hvi.predict import predict
 
     run = load_run(run_dir, device)
@@ -196,7 +178,7 @@ def evaluate_run(
     cat = {name: {k: torch.cat(v) for k, v in d.items()} for name, d in per.items()}
 
     def table(name: str) -> dict[str, dict[str, float]]:
-        return {k: _ci(cat[name][k]) for k in order if k in cat[name]}
+        return {k: ci_summary(cat[name][k]) for k in order if k in cat[name]}
 
     def per_task(name: str) -> dict[str, dict[str, float]]:
         """Each task's metric values, keyed by its index in the split (as a string: JSON keys)."""
@@ -230,7 +212,7 @@ def evaluate_run(
         entry["per_task"] = per_task(name)
     if baselines:
         out["skill"] = {
-            b: _skill(cat["model"]["rmse"], cat[b]["rmse"], seed) for b in baselines
+            b: skill_score(cat["model"]["rmse"], cat[b]["rmse"], seed) for b in baselines
         }
     return out
 
@@ -245,10 +227,11 @@ def write_evaluation(run_dir: str | os.PathLike, res: Mapping[str, Any]) -> Path
     Raises:
         OSError: If the run directory cannot be written (the old file, if any, is kept).
     """
-    from hvi.cli.run import _write_json_atomic, finite_json
+    from hvi.atomic import write_json
+    from hvi.cli.run import finite_json
 
     path = Path(os.fspath(run_dir)).expanduser().resolve() / EVALUATION_FILE
-    _write_json_atomic(path, finite_json(dict(res)))
+    write_json(path, finite_json(dict(res)))
     return path
 
 
@@ -358,7 +341,7 @@ def predict_files(
     import xarray as xr
 
     from hvi import __version__
-    from hvi.data.files import _clean_attrs, _write_atomic, read_support_query
+    from hvi.data.files import clean_attrs, read_support_query, write_dataset
     from hvi.predict import predict
 
     if not (isinstance(num_samples, int) and num_samples >= 1):
@@ -470,8 +453,8 @@ def predict_files(
         "support_file": str(support),
         "query_file": str(query),
     }
-    ds = xr.Dataset(data, coords=coords, attrs=_clean_attrs(attrs))
-    return _write_atomic(ds, out_path)
+    ds = xr.Dataset(data, coords=coords, attrs=clean_attrs(attrs))
+    return write_dataset(ds, out_path)
 
 
 def _slice(batch, a: int, b: int):

@@ -48,7 +48,7 @@ def load_registries() -> None:
     _loaded = True
 
 
-def _check_kwargs(what: str, name: str, builder: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
+def check_kwargs(what: str, name: str, builder: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
     """Raises ValueError naming a keyword the builder does not accept."""
     try:
         params = inspect.signature(builder).parameters.values()
@@ -108,7 +108,7 @@ def build_source(cfg: Mapping[str, Any]):
     if is_path(data):
         from hvi.data.files import FileSource
 
-        _check_kwargs("data", "file", FileSource, args)
+        check_kwargs("data", "file", FileSource, args)
         if "split_fractions" in args and isinstance(args["split_fractions"], list):
             args["split_fractions"] = tuple(args["split_fractions"])
         return _build("data", "file", FileSource, data, **args)
@@ -117,7 +117,7 @@ def build_source(cfg: Mapping[str, Any]):
             f"unknown data source {data!r}; registered sources: {', '.join(list_sources())} "
             "(or pass the path of a .nc/.zarr file)."
         )
-    _check_kwargs("data", data, SOURCES.builder(data), args)
+    check_kwargs("data", data, SOURCES.builder(data), args)
     for k, v in list(args.items()):
         if k == "num_tasks" and isinstance(v, list):
             args[k] = tuple(v)
@@ -202,9 +202,9 @@ def build_meta(cfg: Mapping[str, Any], device: torch.device, seed: int | None = 
     from hvi.priors.base import PRIORS
 
     prior_name = cfg["prior"]
-    _check_kwargs("prior", prior_name, PRIORS.builder(prior_name), cfg.get("prior_args") or {})
+    check_kwargs("prior", prior_name, PRIORS.builder(prior_name), cfg.get("prior_args") or {})
     lik_name = cfg["likelihood"]
-    _check_kwargs("likelihood", lik_name, LIKELIHOODS.builder(lik_name), cfg.get("likelihood_args") or {})
+    check_kwargs("likelihood", lik_name, LIKELIHOODS.builder(lik_name), cfg.get("likelihood_args") or {})
     margs = dict(cfg.get("model_args") or {})
     for k, v in margs.items():
         if isinstance(v, list):

@@ -58,6 +58,7 @@ from typing import Any
 import pyro
 import torch
 
+from hvi.atomic import write_json
 from hvi.cli.config import finalize, load_toml, resolve, resolve_resume
 from hvi.cli.registry import build_meta, build_source, configure_process, infer_model_args, resolve_device
 
@@ -217,12 +218,6 @@ def finite_json(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    from hvi.atomic import write_json
-
-    write_json(path, obj)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -390,7 +385,7 @@ def check_arg_tables(cfg: Mapping[str, Any]) -> None:
         ValueError: Naming the first key the builder does not accept, and the accepted ones.
     """
     from hvi.cli.config import is_path
-    from hvi.cli.registry import _check_kwargs, load_registries
+    from hvi.cli.registry import check_kwargs, load_registries
     from hvi.data.base import SOURCES
     from hvi.likelihoods import LIKELIHOODS
     from hvi.models.registry import MODELS
@@ -411,7 +406,7 @@ def check_arg_tables(cfg: Mapping[str, Any]) -> None:
     ]
     for what, name, builder in builders:
         if builder is not None:  # unknown names are reported where they are built
-            _check_kwargs(what, name, builder, cfg.get(f"{what}_args") or {})
+            check_kwargs(what, name, builder, cfg.get(f"{what}_args") or {})
 
 
 def resolved_config(
@@ -542,9 +537,9 @@ def run_fit(
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
         created = work
-        from hvi.atomic import make_public as _public
+        from hvi.atomic import make_public
 
-        _public(work, directory=True)
+        make_public(work, directory=True)
     ok = False
     try:
         if copy_from is not None and main:
@@ -587,7 +582,7 @@ def run_fit(
                                  None)
             ok = True
             return summary
-        _write_json_atomic(work / CONFIG_FILE, cfg)
+        write_json(work / CONFIG_FILE, cfg)
         log.info(
             "training %s on %s: x %s, y %s, %s likelihood, train/val/test tasks %s; %s, steps %d..%d, in %s",
             cfg["model"], cfg["data"], tuple(info["x_shape"]), tuple(info["y_shape"]), info["likelihood"],
@@ -662,12 +657,12 @@ def _finalize_dir(work: Path, out_dir: Path) -> None:
 
 def _train_shard(meta, source, cfg, device, optimizer, generator, start: int, ckpt, fit):
     """A non-zero rank's part of :func:`_train`: the same fit, without files or progress."""
-    from hvi.checkpoint import _set_rng_state
+    from hvi.checkpoint import set_rng_state
     from hvi.fit import make_elbo
 
     with pyro.validation_enabled(False):
         if ckpt is not None:
-            _set_rng_state(ckpt.rng_state)
+            set_rng_state(ckpt.rng_state)
         return fit(
             meta, source, steps=cfg["steps"] - start, task_batch=cfg["task_batch"], optimizer=optimizer,
             elbo=make_elbo(), seed=None if start > 0 else cfg["seed"], device=device, resume=start > 0,
@@ -679,7 +674,7 @@ def _train(
     meta, source, cfg, info, work: Path, device, optimizer, generator, start: int, ckpt, progress: bool, echo,
     fit, save_checkpoint,
 ) -> FitSummary:
-    from hvi.checkpoint import _set_rng_state
+    from hvi.checkpoint import set_rng_state
 
     steps = cfg["steps"]
     val_every, ckpt_every = cfg["val_every"], cfg["checkpoint_every"]
@@ -767,7 +762,7 @@ def _train(
             if ckpt is not None:
                 if ckpt.rng_state is None:
                     raise ValueError(f"checkpoint {ckpt.path} holds no RNG state; it cannot be resumed.")
-                _set_rng_state(ckpt.rng_state)
+                set_rng_state(ckpt.rng_state)
             result = fit(
                 meta,
                 source,

@@ -268,7 +268,7 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: Mapping[str, Any]) -> None:
+def set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["random"])
     np.random.set_state(state["numpy"])
@@ -651,5 +651,5 @@ def load_checkpoint(
         generator.set_state(ckpt.generator_state)
     if restore_rng:
         assert ckpt.rng_state is not None
-        _set_rng_state(ckpt.rng_state)
+        set_rng_state(ckpt.rng_state)
     return ckpt

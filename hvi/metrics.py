@@ -13,7 +13,7 @@ from torch import Tensor
 
 from hvi.predict import Prediction
 
-__all__ = ["point_metrics", "regression_metrics", "classification_metrics", "gaussian_crps", "mean_ci"]
+__all__ = ["ci_summary", "skill_score", "point_metrics", "regression_metrics", "classification_metrics", "gaussian_crps", "mean_ci"]
 
 _SQRT2 = math.sqrt(2.0)
 
@@ -93,6 +93,23 @@ def classification_metrics(
     for b in range(bins):
         ece = ece + (gaps * (which == b)).sum(1).abs() / n
     return {"accuracy": _per_task(correct, mask), "nll": _per_task(nll, mask), "ece": ece}
+
+
+def ci_summary(values: Tensor) -> dict[str, float]:
+    """``{"value", "ci_low", "ci_high"}``: :func:`mean_ci` of per-task values, as JSON reports it."""
+    m, lo, hi = mean_ci(values.detach().double().cpu())
+    return {"value": m, "ci_low": lo, "ci_high": hi}
+
+
+def skill_score(model_rmse: Tensor, ref_rmse: Tensor, seed: int, draws: int = 2000) -> dict[str, float]:
+    """1 − mean RMSE_model / mean RMSE_ref with a paired bootstrap 95% CI over tasks (same tasks resampled)."""
+    m, r = model_rmse.detach().double().cpu(), ref_rmse.detach().double().cpu()
+    value = 1.0 - float(m.mean() / r.mean())
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, m.numel(), (draws, m.numel()), generator=g)
+    boot = 1.0 - m[idx].mean(1) / r[idx].mean(1)
+    lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=boot.dtype)).tolist()
+    return {"value": value, "ci_low": lo, "ci_high": hi}
 
 
 def mean_ci(values: Tensor, z: float = 1.959964) -> tuple[float, float, float]:

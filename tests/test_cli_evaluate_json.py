@@ -83,7 +83,7 @@ def test_an_error_writes_nothing_and_a_failed_write_keeps_the_result(run_dir, mo
     def read_only(path, obj):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr("hvi.cli.run._write_json_atomic", read_only)
+    monkeypatch.setattr("hvi.atomic.write_json", read_only)
     res = invoke(["evaluate", run_dir, "--json", *EVAL])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["num_tasks"] == 3

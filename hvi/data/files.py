@@ -601,7 +601,7 @@ def _as_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _clean_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+def clean_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
     """Attributes netCDF can store: numbers and strings; the rest as JSON/str."""
     out: dict[str, Any] = {}
     for key, value in (attrs or {}).items():
@@ -633,7 +633,7 @@ def _dims(prefix: str, ndim: int, names: Sequence[str] | None) -> tuple[str, ...
     return tuple(names)
 
 
-def _write_atomic(ds: Any, path: PathLike) -> Path:
+def write_dataset(ds: Any, path: PathLike) -> Path:
     """Writes ``ds`` to ``path`` (netCDF via h5netcdf, or zarr) through a temp file + os.replace."""
     p = Path(os.fspath(path))
     if not p.parent.is_dir():
@@ -716,8 +716,8 @@ def write_prediction(
             )
         data["probs"] = (("task", "sample", "class"), pr.astype(np.float32),
                          {"long_name": "predictive class probabilities", "units": "1"})
-    ds = xr.Dataset(data, attrs=_clean_attrs(attrs))
-    return _write_atomic(ds, path)
+    ds = xr.Dataset(data, attrs=clean_attrs(attrs))
+    return write_dataset(ds, path)
 
 
 def write_tasks(
@@ -813,7 +813,7 @@ def write_tasks(
                 f"split {arrays['split'].shape} must have one entry per task ({x.shape[0]})."
             )
         variables["split"] = (("task",), arrays["split"])
-    ds = xr.Dataset(variables, attrs=_clean_attrs(attrs))
+    ds = xr.Dataset(variables, attrs=clean_attrs(attrs))
     if num_classes is not None:
         if not integer:
             raise ValueError(
@@ -821,4 +821,4 @@ def write_tasks(
                 "pass integer class labels or drop num_classes."
             )
         ds["y"].attrs["num_classes"] = int(num_classes)
-    return _write_atomic(ds, path)
+    return write_dataset(ds, path)
