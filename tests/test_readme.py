@@ -29,14 +29,11 @@ SHELLS = {"bash", "sh", "console", "shell"}
 #: Command prefix -> why it is not run here.
 SKIPPED = {
     "python3 -m venv .venv": "creates a virtual environment and installs torch (network, minutes)",
-    "python3 -m venv /tmp/solar-build": "installs pvlib from PyPI (network)",
-    "/tmp/solar-build/bin/": "needs the /tmp/solar-build environment and downloads the solar data (network)",
     "hvi fit --model bayes_unet": "trains the U-Net on the solar maps: 1.5-3 min on 2 CPU cores",
     "hvi evaluate runs/bayes_unet": "needs runs/bayes_unet from the 1.5-3 min fit",
     "hvi diagnose runs/bayes_unet": "needs runs/bayes_unet from the 1.5-3 min fit",
     "hvi predict runs/bayes_unet": "needs runs/bayes_unet from the 1.5-3 min fit (and s.nc/q.nc of your own)",
     "hvi fit --model mlp --data file": "trains the mlp's default 5000 steps (about 5-10 min on 2 CPU cores)",
-    "python benchmarks/meta_step.py": "a benchmark: minutes",
 }
 
 
