@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -136,6 +137,33 @@ class _ShardSampler:
         return self.source.get_tasks("train", index[self.world.share(self.batch)])
 
 
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device | None):
+    """With a seed: Pyro's RNGs (torch, random, numpy) seeded inside, restored to the caller's after.
+
+    ``fit(seed=...)`` is then a pure function of its seed and leaves the
+    caller's random streams where they were; ``seed=None`` uses and advances
+    the caller's global RNGs (as ``hvi fit`` does when it resumes from a
+    checkpoint's RNG state).
+    """
+    if seed is None:
+        yield
+        return
+    import random
+
+    import numpy as np
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = [device.index or 0] if device is not None and device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            pyro.set_rng_seed(seed)
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
 def fit(
     meta: MetaModel,
     data: TaskSampler,
@@ -173,7 +201,9 @@ def fit(
             ELBO instance (e.g. ``make_elbo()``, whose ``last_parts`` a
             callback can read); ``num_particles`` is then the instance's.
         num_particles: ELBO particles, vectorized (default 1).
-        seed: Seeds Pyro/PyTorch and the task sampler (default 0); None leaves RNGs alone.
+        seed: Seeds Pyro's RNGs (torch, random, numpy) and the task sampler
+            for this call (default 0), then restores the caller's RNG states;
+            None draws from (and advances) the caller's global RNGs instead.
         device: Moves each batch there (default: leave as is).
         resume: Keep the param store as it is (continue training) instead of clearing it.
         generator: Task-sampling generator (default: a new one seeded with ``seed``).
@@ -217,8 +247,14 @@ def fit(
             raise ValueError(f"device={device!r} is not understood; use 'cpu', 'cuda' or 'cuda:N'.") from None
     if not resume:
         pyro.clear_param_store()
-    if seed is not None:
-        pyro.set_rng_seed(seed)
+    with _seeded(seed, device):
+        return _train(meta, data, steps, task_batch, optimizer, lr, clip_norm, elbo, num_particles, seed,
+                      device, callback, progress, max_skips, generator, distributed)
+
+
+def _train(meta, data, steps, task_batch, optimizer, lr, clip_norm, elbo, num_particles, seed, device, callback,
+           progress, max_skips, generator, distributed) -> FitResult:
+    """The body of :func:`fit`, after its arguments are checked and under its RNG scope."""
     if generator is None:
         generator = torch.Generator()
         generator.manual_seed(0 if seed is None else seed)
