@@ -8,6 +8,8 @@
     python benchmarks/results_table.py cli_quickstart  # the README's hvi fit / evaluate / diagnose transcript
     python benchmarks/results_table.py sinusoid_methods  # ABML vs MAML, FOMAML, Reptile, one budget
     python benchmarks/results_table.py distributed     # hvi fit on 1 and 2 processes (torchrun, gloo)
+    python benchmarks/results_table.py solar_headroom  # the best linear blend of the solar baselines vs climatology
+    python benchmarks/results_table.py cli_startup     # hvi bare / --help / models --brief, with their times
     python benchmarks/results_table.py memory_modes    # second-order memory: every step's graph vs checkpointed steps
     python benchmarks/results_table.py zoo             # every zoo model's defaults: adapted vs prior vs scratch
     python benchmarks/results_table.py --update README.md docs/*.md   # rewrite the marked tables in place
@@ -183,6 +185,29 @@ def memory_modes() -> str:
             f"task batch {r['task_batch']}, {r['k_shot']}-shot {r['size']}×{r['size']}. From `{d['command']}` ({d['date']}).")
 
 
+def solar_headroom() -> str:
+    d = json.loads((RESULTS / "solar_headroom.json").read_text())
+    sk = d["skill_vs_climatology"]
+    rows = ["| forecast | RMSE | skill vs climatology (95% CI) |", "|---|---|---|"]
+    for name, v in d["rmse"].items():
+        s = sk.get(name)
+        cell = "–" if s is None else f"{s['value']:+.3f} ({s['ci_low']:+.3f} to {s['ci_high']:+.3f})"
+        rows.append(f"| {name.replace('_', ' ')} | {v['value']:.4f} | {cell} |")
+    return ("\n".join(rows) + f"\n\nDaylight pixels of the {d['num_tasks']} {d['split']} tasks; the linear blend's weights are "
+            f"fitted by least squares on the train split. From `{d['command']}` ({d['date']}).")
+
+
+def cli_startup() -> str:
+    d = json.loads((RESULTS / "cli_startup.json").read_text())
+    rows = {r["command"]: r for r in d["results"]}
+    bare, brief = rows["hvi"], rows["hvi models --brief"]
+    same = bare["stdout"] == rows["hvi --help"]["stdout"]
+    head = "$ hvi" + ("            # the same as hvi --help" if same else "")
+    times = ", ".join(f"`{c}` {r['seconds_median']:.2f} s" for c, r in rows.items())
+    return (f"```text\n{head}\n{bare['stdout'].rstrip()}\n$ hvi models --brief\n{brief['stdout'].rstrip()}\n```\n\n"
+            f"Median wall time of {times} (help does not import torch). From `{d['command']}` ({d['date']}).")
+
+
 def cli_quickstart() -> str:
     d = json.loads((RESULTS / "cli_quickstart.json").read_text())
     lines = []
@@ -228,7 +253,7 @@ def update(paths: list[str], tables: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    tables = {"memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "distributed": distributed}
+    tables = {"solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "distributed": distributed}
     if args[:1] == ["--update"] and len(args) > 1:
         update(args[1:], tables)
         return 0
