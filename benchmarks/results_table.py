@@ -202,9 +202,11 @@ def cli_startup() -> str:
     rows = {r["command"]: r for r in d["results"]}
     bare, brief = rows["hvi"], rows["hvi models --brief"]
     same = bare["stdout"] == rows["hvi --help"]["stdout"]
-    head = "$ hvi" + ("            # the same as hvi --help" if same else "")
+    head = "$ hvi" + ("            # the same as hvi --help; its usage, examples and options omitted here" if same else "")
+    text = bare["stdout"]
+    commands = text[text.index("Commands:"):] if "Commands:" in text else text
     times = ", ".join(f"`{c}` {r['seconds_median']:.2f} s" for c, r in rows.items())
-    return (f"```text\n{head}\n{bare['stdout'].rstrip()}\n$ hvi models --brief\n{brief['stdout'].rstrip()}\n```\n\n"
+    return (f"```text\n{head}\n{commands.rstrip()}\n$ hvi models --brief\n{brief['stdout'].rstrip()}\n```\n\n"
             f"Median wall time of {times} (help does not import torch). From `{d['command']}` ({d['date']}).")
 
 
