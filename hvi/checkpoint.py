@@ -54,6 +54,7 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor
 
+from hvi import names
 from hvi.atomic import atomic_path, fsync_dir, make_public, write_bytes
 from hvi.sites import positive
 
@@ -533,7 +534,7 @@ def _read_one(path: Path, meta_path: Path, device: torch.device | str | None) ->
 def expected_params(meta: "MetaModel") -> dict[str, tuple[int, ...]]:
     """Names and shapes of the Pyro params that ``meta``'s model and guide create.
 
-    Mirrors the naming of :mod:`hvi.guide`: ``theta.*``/``likelihood.*`` for
+    The names of :mod:`hvi.names` (which the guide uses): ``theta.*``/``likelihood.*`` for
     point-estimated sites, ``q_theta.<site>`` (delta) or ``q_theta.<site>.loc``
     and ``.scale`` (normal) for latent ones, ``q_theta.flow$$$<parameter>``
     (flow), ``inner_lr.<weight>.<key>`` when
@@ -545,17 +546,17 @@ def expected_params(meta: "MetaModel") -> dict[str, tuple[int, ...]]:
         if not site.latent:
             out[name] = shape
         elif meta.q_theta == "delta":
-            out[f"q_theta.{name}"] = shape
+            out[names.q_theta_point(name)] = shape
         elif meta.q_theta == "normal":
-            out[f"q_theta.{name}.loc"] = shape
-            out[f"q_theta.{name}.scale"] = shape
+            for param in names.q_theta_normal(name):
+                out[param] = shape
     if meta.flow is not None:  # pyro.module's names: "<module name>$$$<parameter>"
         for n, p in meta.flow.named_parameters():
-            out[f"q_theta.flow$$${n}"] = tuple(p.shape)
+            out[names.q_theta_flow(n)] = tuple(p.shape)
     if meta.inner.learn_lr:
         for n in meta.net.shapes:
             for k in meta.prior.family.param_names:
-                out[f"inner_lr.{n}.{k}"] = ()
+                out[names.inner_lr(n, k)] = ()
     return out
 
 

@@ -82,6 +82,7 @@ import torch
 from torch import Tensor
 from torch.distributions import biject_to, kl_divergence
 
+from hvi import names
 from hvi.elbo_parts import PARTS as ELBO_PARTS
 from hvi.guide import guide_globals
 from hvi.likelihoods import mask_targets
@@ -359,7 +360,7 @@ def to_inference_data(
         site = meta.sites[n]
         if normal and site.latent:
             return theta_draws[n].reshape((S,) + tuple(site.shape))
-        return pyro.param(f"q_theta.{n}" if site.latent else n).detach().reshape((1,) + tuple(site.shape))
+        return pyro.param(names.q_theta_point(n) if site.latent else n).detach().reshape((1,) + tuple(site.shape))
 
     def put(var: str, value: Tensor, latent: bool, var_dims: list[str]) -> None:
         # With q_theta="normal" a site without a hyperprior is a point estimate, not drawn.
@@ -561,7 +562,7 @@ def log_importance_ratios(
                 guide_globals(meta)  # creates q(θ)'s params if this param store has none yet
             for n, site in meta.sites.items():
                 if site.latent:
-                    fixed[n] = biject_to(site.constraint)(pyro.param(f"q_theta.{n}.loc").detach())
+                    fixed[n] = biject_to(site.constraint)(pyro.param(names.q_theta_normal(n)[0]).detach())
         for s in _chunks(batch.batch_size, chunk_tasks):
             sub = batch.tasks(s)
             tr = poutine.trace(poutine.condition(meta.guide, data=fixed)).get_trace(sub, inner_steps=inner_steps)

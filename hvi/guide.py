@@ -13,12 +13,7 @@ Then, inside the same task plate as the model, λ_i = adapt(θ, D_i^S) for the
 batch (vmapped over tasks, and over θ's Monte Carlo particles when q(θ) is a
 Normal under vectorized particles), and φ_i ~ q(φ_i; λ_i) with ``poutine.scale(β)``.
 
-Parameter names in the param store:
-
-* ``theta.<weight>.<site>``, ``likelihood.<site>``: point-estimated θ;
-* ``q_theta.<site>`` (delta) or ``q_theta.<site>.loc`` / ``.scale`` (normal),
-  ``q_theta.flow$$$<parameter>`` (flow);
-* ``inner_lr.<weight>.<loc|rho>``: learned inner step sizes (``learn_lr``).
+Parameter names in the param store: :mod:`hvi.names`.
 """
 
 from __future__ import annotations
@@ -33,6 +28,7 @@ from pyro.distributions import constraints
 from torch import Tensor
 from torch.distributions import biject_to
 
+from hvi import names
 from hvi.sites import positive
 from hvi.tasks import TaskBatch
 
@@ -60,8 +56,8 @@ def guide_globals(meta: "MetaModel") -> tuple[dict[str, Tensor], dict[str, int |
     values: dict[str, Tensor] = {}
     particle_dims: dict[str, int | None] = {}
     # update_module_params: values put into the param store (a loaded checkpoint) reach the module.
-    flow = None if meta.flow is None else pyro.module("q_theta.flow", meta.flow, update_module_params=True)
-    draws = {} if flow is None else flow.sample_sites()
+    flow = None if meta.flow is None else pyro.module(names.FLOW_MODULE, meta.flow, update_module_params=True)
+    draws = {} if flow is None else flow.sample_sites(names.FLOW_LATENT)
     for name, site in meta.sites.items():
         k = len(site.shape)
         if not site.latent:
@@ -72,16 +68,17 @@ def guide_globals(meta: "MetaModel") -> tuple[dict[str, Tensor], dict[str, int |
             values[name] = draws[name] if flat is None else flat
             particle_dims[name] = None if flat is None else 0
         elif meta.q_theta == "delta":
-            v = pyro.param(f"q_theta.{name}", site.fresh_init, constraint=site.constraint)
+            v = pyro.param(names.q_theta_point(name), site.fresh_init, constraint=site.constraint)
             pyro.sample(name, dist.Delta(v, event_dim=k))
             values[name] = v  # the point mass needs no particle copies
             particle_dims[name] = None
         else:
             transform = biject_to(site.constraint)
             # Lazy inits (callables): the param store builds them once, not every step.
-            loc = pyro.param(f"q_theta.{name}.loc", lambda s=site, t=transform: t.inv(s.init).clone())
+            loc_name, scale_name = names.q_theta_normal(name)
+            loc = pyro.param(loc_name, lambda s=site, t=transform: t.inv(s.init).clone())
             scale = pyro.param(
-                f"q_theta.{name}.scale",
+                scale_name,
                 lambda s=site: torch.full_like(s.init, meta.q_theta_init_scale),
                 constraint=positive,
             )
@@ -108,7 +105,7 @@ def inner_lrs(meta: "MetaModel") -> dict[str, dict[str, Tensor | float]]:
     return {
         n: {
             k: pyro.param(
-                f"inner_lr.{n}.{k}",
+                names.inner_lr(n, k),
                 lambda a=init[k]: torch.tensor(a, dtype=ref.dtype, device=ref.device),
                 constraint=bound,
             )
