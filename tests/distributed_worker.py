@@ -20,25 +20,14 @@ import time
 
 import pyro
 import torch
-from torch import nn
 
 import hvi
 import hvi.distributed
 from hvi.fit import make_elbo
 from hvi.priors import GaussianPrior
+from test_conjugate import D, VectorNet  # this file's folder is on sys.path under torchrun
 
-D, M, N = 2, 10, 5
-
-
-class VectorNet(nn.Module):
-    """f_φ(x) = φ for every example (as in tests/test_conjugate.py)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.zeros(D, dtype=torch.float64))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w.expand(x.shape[0], D)
+M, N = 10, 5
 
 
 def data() -> hvi.TaskBatch:
