@@ -9,7 +9,7 @@ gets those pages back one page fault at a time, each zero-filled by the
 kernel. On the benchmark's first-order ``bayes_unet`` step with 8 tasks on 2
 cores that is about 68,000 minor page faults (280 MB) and 0.21 s of system
 CPU time per step; with :func:`tune_allocator` it is a few hundred faults and
-4-10 ms (see the README's "Speed and memory").
+4-10 ms (see docs/performance.md, "The allocator").
 
 PyTorch's performance-tuning guide gives the same advice for CPU training in
 the form "preload jemalloc or tcmalloc"; this is the glibc equivalent, set

@@ -17,7 +17,7 @@ for Gaussian likelihoods with known noise. Optional ``support_mask``/``query_mas
 likelihood term, the inner loop's and the outer ELBO's, and of the metrics.
 
 ``num_tasks`` (M) is the size of the population the batch was drawn from; the
-model scales each task's ELBO term by ``M / B`` (see README, "Scaling").
+model scales each task's ELBO term by ``M / B`` (see docs/model.md, "The objective, its scaling, and β").
 """
 
 from __future__ import annotations
