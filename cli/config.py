@@ -68,6 +68,7 @@ KEYS: dict[str, tuple[str, bool]] = {
     "kl_weight": (_FLOAT, False),
     "inner_samples": (_INT, False),
     "memory_mode": (_STR, False),
+    "chunk": (_INT, True),
     "steps": (_INT, False),
     "task_batch": (_INT, False),
     "lr": (_FLOAT, False),
@@ -87,7 +88,7 @@ KEYS: dict[str, tuple[str, bool]] = {
 #: Keys that may change when a run is resumed; every other key must match the saved run.
 MUTABLE_ON_RESUME = frozenset(
     {
-        "steps", "device", "threads", "val_every", "val_tasks", "val_samples", "checkpoint_every", "memory_mode",
+        "steps", "device", "threads", "val_every", "val_tasks", "val_samples", "checkpoint_every", "memory_mode", "chunk",
         "keep_checkpoints", "eval_samples", "eval_tasks",
     }
 )
@@ -139,7 +140,7 @@ def check_value(key: str, value: Any, where: str) -> Any:
         value = json.loads(json.dumps(dict(value)))  # plain JSON (tuples → lists)
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ValueError(f"{key}={value!r} is not understood; use one of {', '.join(_CHOICES[key])}.")
-    positive_int = {"inner_samples", "steps", "task_batch", "val_tasks", "val_samples", "eval_samples"}
+    positive_int = {"inner_samples", "steps", "task_batch", "val_tasks", "val_samples", "eval_samples", "chunk"}
     if key in positive_int and value < 1:
         raise ValueError(f"{key}={value} must be >= 1.")
     if key == "eval_tasks" and value < 2:

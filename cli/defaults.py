@@ -38,6 +38,7 @@ COMMON: dict[str, Any] = {
     "kl_weight": 1.0,
     "inner_samples": 1,
     "memory_mode": "none",
+    "chunk": None,
     "steps": 1000,
     "task_batch": 8,
     "lr": 1e-3,

@@ -266,6 +266,7 @@ def _key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, .
 @click.option("--task-batch", "task_batch", type=int, metavar="B", help=_d("Tasks per step", "task_batch"))
 @click.option("--method", "method", metavar="abml|maml|fomaml|reptile", help=_d("Meta-learning method: ABML (Bayesian), or the deterministic MAML, first-order MAML or Reptile on the same inner loop (docs/methods.md)", "method"))
 @click.option("--inner-steps", "inner_steps", type=int, metavar="K", help=_d("Inner steps on each support set", "inner_steps"))
+@click.option("--chunk", "chunk", type=int, metavar="C", help=_d("Tasks per backward pass: each task batch in chunks of C with the gradient accumulated (same step, peak memory of a chunk)", "chunk"))
 @click.option("--memory-mode", "memory_mode", type=click.Choice(["none", "checkpoint"]), help=_d("Second-order memory: keep every inner step's graph, or recompute each step in the backward pass (same gradients, memory of one step)", "memory_mode"))
 @click.option("--inner-update", "inner_update", type=click.Choice(["natural", "gradient"]), help=_d("Inner update: natural-gradient (Bayesian learning rule) or plain gradient ascent", "inner_update"))
 @click.option("--inner-lr", "inner_lr", type=float, metavar="A", help=_d("Inner step size: a fraction of a full natural step in (0, 1], or per support example for gradient ascent", "inner_lr"))

@@ -150,7 +150,7 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
 _DISTRIBUTED = "distributed"
 
 #: Keys added after runs were first written, with the value those older runs used.
-_BEFORE_THE_KEY = {"inner_update": "gradient", "method": "abml", "memory_mode": "none"}
+_BEFORE_THE_KEY = {"inner_update": "gradient", "method": "abml", "memory_mode": "none", "chunk": None}
 
 
 def check_run_config(cfg: Mapping[str, Any], path: Path) -> dict[str, Any]:
@@ -775,6 +775,7 @@ def _train(
                 resume=start > 0,
                 generator=generator,
                 callback=callback,
+                chunk=cfg.get("chunk"),
             )
     finally:
         if bar is not None:

@@ -46,13 +46,10 @@ from datetime import timedelta
 import pyro
 import torch
 import torch.distributed as dist
-from pyro.distributions import Independent
 from pyro.infer.util import torch_item
-from pyro.poutine.messenger import Messenger
 
-from hvi.distributions import ReparamNormal
 from hvi.elbo_parts import PARTS
-from hvi.noise import TASK_SHARD
+from hvi import shards
 from hvi.tasks import TaskBatch
 
 __all__ = [
@@ -294,46 +291,12 @@ def check_same_rng(device: torch.device | None = None) -> None:
         )
 
 
-class _GlobalTaskDraws(Messenger):
-    """Draws a q(φ_i) sample (:class:`~hvi.distributions.ReparamNormal`) inside the
-    ``tasks`` plate from the global batch's noise tensor, keeping this shard's slice."""
-
-    def __init__(self, offset: int, local: int, total: int) -> None:
-        super().__init__()
-        self.offset, self.local, self.total = offset, local, total
-
-    def _pyro_sample(self, msg) -> None:
-        if msg["is_observed"] or msg["value"] is not None or msg["done"]:
-            return
-        frames = [f for f in msg["cond_indep_stack"] if f.name == "tasks"]
-        fn, base = msg["fn"], msg["fn"]
-        while isinstance(base, Independent):
-            base = base.base_dist
-        if not frames or type(base) is not ReparamNormal or msg["kwargs"].get("sample_shape"):
-            return
-        shape = list(fn.batch_shape + fn.event_shape)
-        at = len(fn.batch_shape) + frames[0].dim
-        if not 0 <= at < len(shape) or shape[at] != self.local:
-            return
-        shape[at] = self.total
-        eps = torch.randn(shape, dtype=base.loc.dtype, device=base.loc.device).narrow(at, self.offset, self.local)
-        value = base.loc + eps * base.scale
-        base._sample, base._eps = value, eps
-        msg["value"] = value
-        msg["done"] = True
-
-
 @contextlib.contextmanager
 def task_shard(world: World, total: int) -> Iterator[None]:
     """Within: this rank's tasks of a global batch of ``total`` draw their global-batch noise."""
     part = world.share(total)
-    local = part.stop - part.start
-    token = TASK_SHARD.set((part.start, total, local))
-    try:
-        with _GlobalTaskDraws(part.start, local, total):
-            yield
-    finally:
-        TASK_SHARD.reset(token)
+    with shards.task_shard(part.start, part.stop - part.start, total):
+        yield
 
 
 def shard_batch(batch: TaskBatch, world: World) -> TaskBatch:

@@ -183,6 +183,7 @@ def fit(
     progress: bool = False,
     max_skips: int = 10,
     distributed: bool | None = None,
+    chunk: int | None = None,
 ) -> FitResult:
     """Meta-trains ``meta`` by SVI on the ELBO (or on its method's outer loss, see :mod:`hvi.methods`).
 
@@ -221,6 +222,10 @@ def fit(
             the ranks; ``callback`` gets this rank's share; the result equals a
             single-process fit on the global batches. Every rank must pass the
             same ``seed`` and data (a differing global RNG is refused).
+        chunk: Process each task batch in chunks of this many tasks, one
+            backward pass each, accumulating the gradient
+            (:meth:`hvi.SVI.step_chunked`): peak memory is set by the chunk,
+            and the step equals the unchunked one. None (default): one pass.
 
     Returns:
         A :class:`FitResult`.
@@ -247,13 +252,20 @@ def fit(
             raise ValueError(f"device={device!r} is not understood; use 'cpu', 'cuda' or 'cuda:N'.") from None
     if not resume:
         pyro.clear_param_store()
+    if chunk is not None:
+        if not (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1):
+            raise ValueError(f"chunk={chunk!r} must be a positive integer (tasks per backward pass) or None.")
+        if meta.method != "abml":
+            raise ValueError(f"chunk={chunk} works with method='abml' only; method={meta.method!r} steps on its own loss.")
+        if distributed:
+            raise ValueError("chunk and distributed=True cannot be combined yet; use one of them.")
     with _seeded(seed, device):
         return _train(meta, data, steps, task_batch, optimizer, lr, clip_norm, elbo, num_particles, seed,
-                      device, callback, progress, max_skips, generator, distributed)
+                      device, callback, progress, max_skips, generator, distributed, chunk)
 
 
 def _train(meta, data, steps, task_batch, optimizer, lr, clip_norm, elbo, num_particles, seed, device, callback,
-           progress, max_skips, generator, distributed) -> FitResult:
+           progress, max_skips, generator, distributed, chunk=None) -> FitResult:
     """The body of :func:`fit`, after its arguments are checked and under its RNG scope."""
     if generator is None:
         generator = torch.Generator()
@@ -266,6 +278,8 @@ def _train(meta, data, steps, task_batch, optimizer, lr, clip_norm, elbo, num_pa
             "distributed=True but no torch.distributed process group of more than one rank is initialized; "
             "launch with torchrun and call hvi.distributed.init() first."
         )
+    if world is not None and chunk is not None:
+        raise ValueError("chunk and data-parallel training cannot be combined yet; use one of them.")
     sample = _sampler(data, task_batch) if world is None else _ShardSampler(data, task_batch, world)
     if world is not None:
         _dist.check_same_rng(device)
@@ -297,7 +311,7 @@ def _train(meta, data, steps, task_batch, optimizer, lr, clip_norm, elbo, num_pa
             batch = batch.to(device)
         validate_for_model(batch, meta)
         if world is None:
-            loss = svi.step(batch)
+            loss = svi.step(batch) if chunk is None else svi.step_chunked(batch, chunk)
         else:  # this rank's share of the global batch; gradients all-reduced in svi.step
             total = sample.global_size
             svi.reduce_grads.weight = batch.batch_size / total
@@ -335,6 +349,7 @@ def _train(meta, data, steps, task_batch, optimizer, lr, clip_norm, elbo, num_pa
             "seed": seed,
             "max_skips": max_skips,
             "world_size": 1 if world is None else world.world_size,
+            "chunk": chunk,
         },
     }
     return FitResult(

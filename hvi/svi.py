@@ -32,6 +32,8 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer.util import torch_item
 
+from hvi.tasks import TaskBatch
+
 __all__ = ["SVI"]
 
 
@@ -63,6 +65,52 @@ class SVI(pyro.infer.SVI):
             except FloatingPointError:
                 loss = math.nan
         params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+        return self._apply(params, loss)
+
+    def step_chunked(self, batch: TaskBatch, size: int) -> float:
+        """:meth:`step` on ``batch`` in chunks of ``size`` tasks, one backward pass each (gradient accumulation).
+
+        Peak memory is that of a chunk, not of the batch. The step equals the
+        unchunked one: every chunk starts from the same RNG state (so a latent
+        θ draw is the same), its tasks draw the noise they have in the whole
+        batch (:func:`hvi.shards.task_shard`), and its ELBO is scaled by
+        ``chunk / B`` (``poutine.scale``), so the tasks' terms add up to the
+        batch's M/B-scaled sum and the global terms (KL of q(θ)) to one copy.
+        An ELBO's ``last_parts`` (:mod:`hvi.elbo_parts`) are summed the same way.
+        """
+        from hvi.shards import task_shard
+
+        B = batch.batch_size
+        if size >= B:
+            return self.step(batch)
+        devices = [batch.support_x.device.index or 0] if batch.support_x.is_cuda else []
+        cpu_state = torch.get_rng_state()
+        cuda_states = [torch.cuda.get_rng_state(d) for d in devices]
+        elbo = getattr(self.loss_and_grads, "__self__", None)  # the ELBO instance, if the loss is one
+        loss, parts = 0.0, {}
+        with poutine.trace(param_only=True) as capture:
+            try:
+                for start in range(0, B, size):
+                    n = min(size, B - start)
+                    torch.set_rng_state(cpu_state)
+                    for d, st in zip(devices, cuda_states):
+                        torch.cuda.set_rng_state(st, d)
+                    w = n / B
+                    with task_shard(start, n, B):
+                        loss_c = self.loss_and_grads(poutine.scale(self.model, scale=w),
+                                                     poutine.scale(self.guide, scale=w), batch.tasks(slice(start, start + n)))
+                    loss = loss + torch_item(loss_c)
+                    for k, v in (getattr(elbo, "last_parts", None) or {}).items():
+                        parts[k] = parts.get(k, 0.0) + v
+            except FloatingPointError:
+                loss = math.nan
+        if hasattr(elbo, "last_parts"):
+            elbo.last_parts = parts if parts and math.isfinite(loss) else None
+        params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+        return self._apply(params, loss)
+
+    def _apply(self, params: set, loss) -> float | tuple[float, ...]:
+        """The optimizer step on ``params``' gradients unless loss or a gradient is not finite; frees the gradients."""
         if self.reduce_grads is not None:  # data-parallel: the global gradient and loss
             params, loss = self.reduce_grads(params, loss)
         grads = [p.grad for p in params if p.grad is not None]
