@@ -3,7 +3,9 @@
 Runs ``benchmarks/meta_step.py --impl engine`` (the U-Net meta-step, 8 tasks,
 5-shot) at K = 5 and 10 inner steps with ``--memory-mode none`` (every step's
 graph kept for the backward) and ``checkpoint`` (each step recomputed in the
-backward pass), one worker process per configuration, and writes the rows::
+backward pass), and ``none`` with the 8 tasks in chunks of 2 (``--chunk 2``,
+one backward pass per chunk), one worker process per configuration, and
+writes the rows::
 
     python benchmarks/memory_modes.py --out docs/results/memory_modes.json
 """
@@ -29,15 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--update", choices=("gradient", "natural"), default="gradient")
     args = p.parse_args(argv)
     rows = []
-    for mode in ("none", "checkpoint"):
+    for mode, chunk in (("none", None), ("checkpoint", None), ("none", 2)):
         cmd = [sys.executable, str(HERE / "meta_step.py"), "--impl", "engine", "--inner-steps", args.inner_steps,
                "--task-batch", "8", "--steps", str(args.steps), "--warmup", "1", "--memory-mode", mode,
-               "--update", args.update, "--json"]
+               "--update", args.update, "--json"] + ([] if chunk is None else ["--chunk", str(chunk)])
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows += [r for r in map(json.loads, out.splitlines()) if r.get("impl") == "engine"]
     write_result(args.out, "benchmarks/memory_modes.py", argv, rows)
     for r in rows:
-        print(f"{r['memory_mode']:10s} K={r['inner_steps']:2d}  peak {r['peak_rss_mb']:7.1f} MB "
+        print(f"{r['memory_mode']:10s} chunk={r.get('chunk')} K={r['inner_steps']:2d}  peak {r['peak_rss_mb']:7.1f} MB "
               f"(+{r['peak_rss_delta_mb']:.1f} over setup)  step {r['step_s_median']:.2f} s")
     return 0
 

@@ -348,7 +348,8 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         weights = meta.net.num_weights
 
         def step() -> float:
-            return svi.step(batch)
+            chunk = cfg.get("chunk")
+            return svi.step(batch) if not chunk else svi.step_chunked(batch, chunk)
     elif cfg["impl"] == "naive":
         naive = NaiveMeta(build_net(cfg), cfg)
         weights = naive.num_weights
@@ -396,6 +397,7 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "first_order": cfg["first_order"],
         "update": cfg.get("update", "gradient"),
         "memory_mode": cfg.get("memory_mode", "none"),
+        "chunk": cfg.get("chunk"),
         "tasks_per_s": round(tasks_per_s, 4),
         "step_s_median": round(med, 5),
         "step_s_min": round(min(times), 5) if times else None,
@@ -552,6 +554,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run every configuration this many times, each in a fresh process, "
                         "interleaved round by round, and report the run with the median "
                         "tasks/s (with all runs' tasks/s and peaks listed)")
+    p.add_argument("--chunk", type=int, default=None,
+                   help="engine only: tasks per backward pass (SVI.step_chunked; same step, less memory)")
     p.add_argument("--memory-mode", choices=("none", "checkpoint"), default="none",
                    help="engine only: InnerConfig(memory=...), recompute inner steps in the backward pass")
     p.add_argument("--update", choices=("gradient", "natural"), default="gradient",
@@ -636,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
                     "depth": args.depth, "k_shot": args.k_shot, "k_query": args.k_query,
                     "inner_steps": K, "task_batch": B, "first_order": args.first_order,
                     "steps": args.steps, "warmup": args.warmup, "inner_lr": args.inner_lr,
-                    "update": args.update, "memory_mode": args.memory_mode,
+                    "update": args.update, "memory_mode": args.memory_mode, "chunk": args.chunk,
                     "kl_weight": args.kl_weight, "prior_scale": args.prior_scale,
                     "noise_scale": args.noise_scale, "lr": args.lr, "threads": args.threads,
                     "seed": args.seed, "omp_wait_policy": args.omp_wait_policy,

@@ -176,10 +176,11 @@ def meta_step() -> str:
 
 def memory_modes() -> str:
     d = json.loads((RESULTS / "memory_modes.json").read_text())
-    rows = ["| memory mode | inner steps K | peak RSS MB | over setup MB | step s (median) |", "|---|---|---|---|---|"]
+    rows = ["| memory mode | task chunk | inner steps K | peak RSS MB | over setup MB | step s (median) |",
+            "|---|---|---|---|---|---|"]
     for r in d["results"]:
-        rows.append(f"| {r['memory_mode']} | {r['inner_steps']} | {r['peak_rss_mb']:.0f} | {r['peak_rss_delta_mb']:.0f} "
-                    f"| {r['step_s_median']:.2f} |")
+        rows.append(f"| {r['memory_mode']} | {r.get('chunk') or 'whole batch'} | {r['inner_steps']} | {r['peak_rss_mb']:.0f} "
+                    f"| {r['peak_rss_delta_mb']:.0f} | {r['step_s_median']:.2f} |")
     r = d["results"][0]
     return ("\n".join(rows) + f"\n\nSecond-order {r['update']} inner steps, `{r['model']}` ({r['weights']} weights), "
             f"task batch {r['task_batch']}, {r['k_shot']}-shot {r['size']}×{r['size']}. From `{d['command']}` ({d['date']}).")
