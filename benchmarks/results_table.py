@@ -10,6 +10,7 @@
     python benchmarks/results_table.py distributed     # hvi fit on 1 and 2 processes (torchrun, gloo)
     python benchmarks/results_table.py solar_headroom  # the best linear blend of the solar baselines vs climatology
     python benchmarks/results_table.py cli_startup     # hvi bare / --help / models --brief, with their times
+    python benchmarks/results_table.py memory_criteria # peak RSS at 20 vs 2 inner steps (checkpoint), batch 16 vs 1 (chunks)
     python benchmarks/results_table.py memory_modes    # second-order memory: every step's graph vs checkpointed steps
     python benchmarks/results_table.py zoo             # every zoo model's defaults: adapted vs prior vs scratch
     python benchmarks/results_table.py --update README.md docs/*.md   # rewrite the marked tables in place
@@ -198,6 +199,23 @@ def solar_headroom() -> str:
             f"fitted by least squares on the train split. From `{d['command']}` ({d['date']}).")
 
 
+def memory_criteria() -> str:
+    d = json.loads((RESULTS / "memory_criteria.json").read_text())
+    by: dict = {}
+    for r in d["results"]:
+        key = (r["criterion"], r["memory_mode"], r.get("chunk"))
+        by.setdefault(key, {})[r["inner_steps"] if r["criterion"] == "checkpoint steps" else r["task_batch"]] = r
+    rows = ["| criterion | setting | small | large | peak RSS small → large | ratio |", "|---|---|---|---|---|---|"]
+    for (crit, mode, chunk), rs in by.items():
+        lo, hi = min(rs), max(rs)
+        a, b = rs[lo]["peak_rss_mb"], rs[hi]["peak_rss_mb"]
+        what = "K" if crit == "checkpoint steps" else "B"
+        setting = f"memory {mode}" + (f", chunk {chunk}" if chunk else "")
+        size = f"{rs[lo]['size']}×{rs[lo]['size']} base {rs[lo]['base']}"
+        rows.append(f"| {crit} ({size}) | {setting} | {what} = {lo} | {what} = {hi} | {a:.0f} → {b:.0f} MB | {b / a:.2f}× |")
+    return ("\n".join(rows) + f"\n\nSecond order, one fresh worker process per configuration. From `{d['command']}` ({d['date']}).")
+
+
 def cli_startup() -> str:
     d = json.loads((RESULTS / "cli_startup.json").read_text())
     rows = {r["command"]: r for r in d["results"]}
@@ -256,7 +274,7 @@ def update(paths: list[str], tables: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    tables = {"solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "distributed": distributed}
+    tables = {"memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "distributed": distributed}
     if args[:1] == ["--update"] and len(args) > 1:
         update(args[1:], tables)
         return 0

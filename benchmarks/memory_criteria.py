@@ -1,0 +1,55 @@
+"""Issue #16's two memory criteria, each configuration a fresh ``meta_step.py`` worker process.
+
+* checkpointed inner steps: peak RSS at 20 inner steps against 2, on the
+  64×64, base-32 U-Net at task batch 1 (second order, ``--memory-mode checkpoint``;
+  the unchecked loop beside it);
+* task chunks: peak RSS at task batch 16 against 1, second order, 32×32 base 16,
+  in chunks of 1 task (``--chunk 1``; the unchunked batch beside it).
+
+::
+
+    python benchmarks/memory_criteria.py --out docs/results/memory_criteria.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from provenance import write_result
+
+HERE = Path(__file__).resolve().parent
+
+RUNS = (
+    ("checkpoint steps", ["--size", "64", "--base", "32", "--task-batch", "1", "--inner-steps", "2,20",
+                          "--memory-mode", "checkpoint"]),
+    ("checkpoint steps", ["--size", "64", "--base", "32", "--task-batch", "1", "--inner-steps", "2,20"]),
+    ("task chunks", ["--task-batch", "1,16", "--inner-steps", "5", "--chunk", "1"]),
+    ("task chunks", ["--task-batch", "1,16", "--inner-steps", "5"]),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="docs/results/memory_criteria.json")
+    p.add_argument("--steps", type=int, default=2, help="timed meta-steps per configuration")
+    args = p.parse_args(argv)
+    rows = []
+    for label, extra in RUNS:
+        cmd = [sys.executable, str(HERE / "meta_step.py"), "--impl", "engine", "--steps", str(args.steps),
+               "--warmup", "1", "--json", *extra]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        for r in map(json.loads, out.splitlines()):
+            if r.get("impl") == "engine":
+                rows.append({"criterion": label, **r})
+                print(f"{label:16s} mode={r['memory_mode']:10s} chunk={r.get('chunk')} B={r['task_batch']:2d} "
+                      f"K={r['inner_steps']:2d} size={r['size']} base={r['base']}  peak {r['peak_rss_mb']:.0f} MB")
+    write_result(args.out, "benchmarks/memory_criteria.py", argv, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
