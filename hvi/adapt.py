@@ -403,10 +403,15 @@ class InnerLoop:
         alpha = {k: self._flat_lr(lr, k, ref) for k in lam}
         return {k: v.expand(lead + (B, self.size)) for k, v in lam.items()}, alpha, closed_form, kl_terms
 
-    def _support_loglik(self, lik, x, y, noise, mask, lead, S, per_point=False):
+    def _support_loglik(self, lik, x, y, noise, mask, lead, S, per_point=False, twice=False):
         """ℓ as a function of weights ``phi`` (*lead, B, S, D): Σ over tasks, draws and examples.
 
         With ``per_point`` the sum is over examples only: ``(*lead, B, S)``.
+        ``twice``: ℓ's gradient will itself be differentiated (second order),
+        so the network runs without worker-thread chunks: their backward
+        pass is not differentiable, and a batch the loop did not split (one
+        task, its Monte Carlo draws folded in) would lose the second-order
+        terms. The loop's own task chunks run in workers already.
         """
         B, D = x.shape[0], self.size
 
@@ -420,7 +425,7 @@ class InnerLoop:
         mask_b = None if mask is None else mask.unsqueeze(1)
 
         def loglik(phi: Tensor) -> Tensor:
-            out = self.net.batched(self.split(phi.reshape(-1, D)), x_all)
+            out = self.net.batched(self.split(phi.reshape(-1, D)), x_all, parallel=not twice)
             out = out.reshape(lead + (B, S) + out.shape[1:])
             lp = self.likelihood.observe(out, lik, noise_b, self.y_event_dim, mask_b).log_prob(y_b)
             return lp.sum(-1) if per_point else lp.sum()
@@ -449,7 +454,7 @@ class InnerLoop:
             lik = {k: v.detach() for k, v in lik.items()}
         c = beta / Ns  # weight of the closed-form KL gradient
         closed_kl = closed_form and beta > 0
-        loglik = self._support_loglik(lik, x, y, noise, mask, lead, S)
+        loglik = self._support_loglik(lik, x, y, noise, mask, lead, S, twice=second_order)
 
         def objective(phi: Tensor, src: Mapping[str, Tensor]) -> Tensor:
             """The support objective at weights ``phi`` (*lead, B, S, D) drawn from q(λ = ``src``)."""
@@ -545,8 +550,9 @@ class InnerLoop:
         if not second_order:
             lik = {k: v.detach() for k, v in lik.items()}
         prior = self._prior_terms(kl_terms, closed_form, lead, B)
-        loglik = self._support_loglik(lik, x, y, noise, mask, lead, 2 * cfg.num_samples)
-        line = self._support_loglik(lik, x, y, noise, mask, lead, 3, per_point=True) if cfg.line_search else None
+        loglik = self._support_loglik(lik, x, y, noise, mask, lead, 2 * cfg.num_samples, twice=second_order)
+        line = (self._support_loglik(lik, x, y, noise, mask, lead, 3, per_point=True, twice=second_order)
+                if cfg.line_search else None)
         noise_at = self._noise_reader(eps)
         m0, s0 = lam0["loc"], F.softplus(lam0["rho"]).pow(-2)
         m, s = (m0, s0) if second_order else (m0.detach(), s0.detach())

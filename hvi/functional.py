@@ -90,7 +90,7 @@ class FunctionalNet:
         """One network evaluation: ``x`` is ``(N, *x_shape)``, weights unbatched."""
         return functional_call(self._module(), ({**weights}, self.buffers), (x,), strict=True)
 
-    def batched(self, weights: Weights, x: Tensor, weight_batch_dims: int = 1) -> Tensor:
+    def batched(self, weights: Weights, x: Tensor, weight_batch_dims: int = 1, parallel: bool = True) -> Tensor:
         """Evaluates per-task weights on per-task inputs.
 
         Args:
@@ -100,6 +100,10 @@ class FunctionalNet:
             x: Inputs ``(B, N, *x_shape)``, shared across the sample dims.
             weight_batch_dims: Number of leading batch dims on the weights
                 (default 1: tasks only).
+            parallel: Allow worker-thread chunks (default True; with
+                ``parallel_tasks``). Pass False where the result will be
+                differentiated twice (a second-order inner loop): the chunks'
+                backward pass (:mod:`hvi.parallel`) is not itself differentiable.
 
         Returns:
             Outputs ``(*S, B, N, *out_shape)``.
@@ -111,7 +115,7 @@ class FunctionalNet:
             w = {n: t[at] for n, t in zip(names, inputs)}
             return (self._batched(w, inputs[-1][c], weight_batch_dims),)
 
-        chunks = num_task_chunks(B, x.device, self.parallel_tasks)
+        chunks = num_task_chunks(B, x.device, self.parallel_tasks and parallel)
         return map_task_chunks(run, [*weights.values(), x], B, chunks, task_dim=tdim)[0]
 
     def _batched(self, weights: Weights, x: Tensor, weight_batch_dims: int) -> Tensor:

@@ -589,3 +589,21 @@ def test_task_batch_tasks_selects_every_tensor_and_keeps_the_population():
     for name in ("support_x", "support_y", "query_x", "query_y", "task_index", "support_noise", "query_noise"):
         assert torch.equal(getattr(sub, name), getattr(noisy, name)[1:3]), name
     assert b.tasks(slice(0, 1)).support_noise is None
+
+
+@pytest.mark.parametrize("update", ["natural", "gradient"])
+def test_one_task_with_folded_draws_keeps_second_order_terms_under_threads(two_threads, update):
+    # One task and 2 draws: the loop does not split, the network sees a batch of 2 (draws folded in);
+    # its worker-thread chunks have a backward that is not differentiable, so second order must not use them.
+    batch = regression_batch(B=1, M=4)
+    grads = []
+    for parallel in (False, True):
+        cfg = hvi.InnerConfig(update=update, steps=2, num_samples=2, parallel_tasks=parallel)
+        meta = hvi.MetaModel(small_net(), GaussianPrior(init_scale=0.1), hvi.Gaussian(init_scale=0.5), inner=cfg)
+        pyro.clear_param_store()
+        pyro.set_rng_seed(5)
+        loss = make_elbo().differentiable_loss(meta.model, meta.guide, batch)
+        params = dict(pyro.get_param_store().named_parameters())
+        grads.append(dict(zip(params, torch.autograd.grad(loss, list(params.values())))))
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-10, atol=1e-12, msg=name)
