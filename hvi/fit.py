@@ -138,7 +138,7 @@ class _ShardSampler:
 
 
 @contextlib.contextmanager
-def _seeded(seed: int | None, device: torch.device | None):
+def _seeded(seed: int | None):
     """With a seed: Pyro's RNGs (torch, random, numpy) seeded inside, restored to the caller's after.
 
     ``fit(seed=...)`` is then a pure function of its seed and leaves the
@@ -154,7 +154,8 @@ def _seeded(seed: int | None, device: torch.device | None):
     import numpy as np
 
     py_state, np_state = random.getstate(), np.random.get_state()
-    devices = [device.index or 0] if device is not None and device.type == "cuda" else []
+    # Every initialized CUDA device: pyro.set_rng_seed seeds them all, whatever ``device`` says.
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     try:
         with torch.random.fork_rng(devices=devices):
             pyro.set_rng_seed(seed)
@@ -259,7 +260,7 @@ def fit(
             raise ValueError(f"chunk={chunk} works with method='abml' only; method={meta.method!r} steps on its own loss.")
         if distributed:
             raise ValueError("chunk and distributed=True cannot be combined yet; use one of them.")
-    with _seeded(seed, device):
+    with _seeded(seed):
         return _train(meta, data, steps, task_batch, optimizer, lr, clip_norm, elbo, num_particles, seed,
                       device, callback, progress, max_skips, generator, distributed, chunk)
 
