@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hvi import choices
 from hvi.cli.defaults import defaults_for
 
 __all__ = [
@@ -99,11 +100,11 @@ _KIND_TEXT = {_INT: "an integer", _FLOAT: "a finite number", _BOOL: "true or fal
 DEVICE_RE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
 _CHOICES = {
-    "method": ("abml", "maml", "fomaml", "reptile"),  # hvi.methods.METHODS (not imported: no torch here)
-    "inner_update": ("natural", "gradient"),
-    "memory_mode": ("none", "checkpoint"),
-    "q_theta": ("delta", "normal", "flow"),
-    "objective": ("query", "support+query"),
+    "method": choices.METHODS,
+    "inner_update": choices.INNER_UPDATES,
+    "memory_mode": choices.MEMORY_MODES,
+    "q_theta": choices.Q_THETAS,
+    "objective": choices.OBJECTIVES,
 }
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import click
 
+from hvi import choices
+
 __all__ = ["cli", "main"]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -264,16 +266,16 @@ def _key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, .
 @click.option("--out", "out", metavar="RUN_DIR", help="Run directory (default: runs/MODEL).")
 @click.option("--steps", type=int, metavar="N", help=_d("Total SVI steps", "steps"))
 @click.option("--task-batch", "task_batch", type=int, metavar="B", help=_d("Tasks per step", "task_batch"))
-@click.option("--method", "method", metavar="abml|maml|fomaml|reptile", help=_d("Meta-learning method: ABML (Bayesian), or the deterministic MAML, first-order MAML or Reptile on the same inner loop (docs/methods.md)", "method"))
+@click.option("--method", "method", metavar="|".join(choices.METHODS), help=_d("Meta-learning method: ABML (Bayesian), or the deterministic MAML, first-order MAML or Reptile on the same inner loop (docs/methods.md)", "method"))
 @click.option("--inner-steps", "inner_steps", type=int, metavar="K", help=_d("Inner steps on each support set", "inner_steps"))
 @click.option("--chunk", "chunk", type=int, metavar="C", help=_d("Tasks per backward pass: each task batch in chunks of C with the gradient accumulated (same step, peak memory of a chunk)", "chunk"))
-@click.option("--memory-mode", "memory_mode", type=click.Choice(["none", "checkpoint"]), help=_d("Second-order memory: keep every inner step's graph, or recompute each step in the backward pass (same gradients, memory of one step)", "memory_mode"))
-@click.option("--inner-update", "inner_update", type=click.Choice(["natural", "gradient"]), help=_d("Inner update: natural-gradient (Bayesian learning rule) or plain gradient ascent", "inner_update"))
+@click.option("--memory-mode", "memory_mode", type=click.Choice(choices.MEMORY_MODES), help=_d("Second-order memory: keep every inner step's graph, or recompute each step in the backward pass (same gradients, memory of one step)", "memory_mode"))
+@click.option("--inner-update", "inner_update", type=click.Choice(choices.INNER_UPDATES), help=_d("Inner update: natural-gradient (Bayesian learning rule) or plain gradient ascent", "inner_update"))
 @click.option("--inner-lr", "inner_lr", type=float, metavar="A", help=_d("Inner step size: a fraction of a full natural step in (0, 1], or per support example for gradient ascent", "inner_lr"))
 @click.option("--learn-lr/--no-learn-lr", "learn_lr", default=None, help=_d("Learn the inner step sizes (Meta-SGD style)", "learn_lr"))
 @click.option("--first-order/--second-order", "first_order", default=None, help=_d("Do not differentiate through the inner gradients", "first_order"))
 @click.option("--prior", metavar="NAME", help=_d("Hierarchical prior (see 'hvi priors')", "prior"))
-@click.option("--q-theta", "q_theta", type=click.Choice(["delta", "normal", "flow"]), help=_d("q(θ) of latent global sites: point mass (empirical Bayes), diagonal Normal, or a spline flow", "q_theta"))
+@click.option("--q-theta", "q_theta", type=click.Choice(choices.Q_THETAS), help=_d("q(θ) of latent global sites: point mass (empirical Bayes), diagonal Normal, or a spline flow", "q_theta"))
 @click.option("--kl-weight", "kl_weight", type=float, metavar="β", help=_d("Weight of KL(q(φ_i) ‖ p(φ_i | θ))", "kl_weight"))
 @click.option("--lr", type=float, metavar="LR", help=_d("Adam learning rate of θ", "lr"))
 @click.option("--seed", type=int, metavar="S", help=_d("Seed of initialisation, sampling and task order", "seed"))

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Normal
 
-from hvi import natural
+from hvi import choices, natural
 from hvi.families import GuideFamily, inv_softplus
 from hvi.functional import FunctionalNet
 from hvi.likelihoods import Likelihood
@@ -67,7 +67,8 @@ Lambda = dict[str, dict[str, Tensor]]
 
 
 #: The inner updates :class:`InnerConfig` accepts, and the default α of each.
-UPDATES = {"natural": 0.1, "gradient": 0.01}
+#: The default inner step size α of each update (hvi.choices.INNER_UPDATES).
+UPDATES = dict(zip(choices.INNER_UPDATES, (0.1, 0.01)))
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ class InnerConfig:
 
 
 #: InnerConfig.memory: what the second-order backward keeps of the inner steps.
-MEMORY_MODES = ("none", "checkpoint")
+MEMORY_MODES = choices.MEMORY_MODES
 
 
 def _checkpointed(step):

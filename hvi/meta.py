@@ -8,6 +8,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from hvi.adapt import InnerConfig, InnerLoop
+from hvi.choices import OBJECTIVES, Q_THETAS
 from hvi.families import GuideFamily, PointMassFamily
 from hvi.flows import GlobalFlow
 from hvi.functional import FunctionalNet
@@ -66,9 +67,9 @@ class MetaModel:
         q_theta_init_scale: float = 0.01,
         method: Method = "abml",
     ) -> None:
-        if q_theta not in ("delta", "normal", "flow"):
+        if q_theta not in Q_THETAS:
             raise ValueError(f"q_theta={q_theta!r} is not understood; use 'delta', 'normal' or 'flow'.")
-        if objective not in ("query", "support+query"):
+        if objective not in OBJECTIVES:
             raise ValueError(f"objective={objective!r} is not understood; use 'query' or 'support+query'.")
         if not q_theta_init_scale > 0:
             raise ValueError(f"q_theta_init_scale={q_theta_init_scale} must be positive.")

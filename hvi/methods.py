@@ -41,6 +41,7 @@ import pyro.poutine as poutine
 import torch
 from torch import Tensor
 
+from hvi import choices
 from hvi.adapt import InnerConfig
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ __all__ = ["METHODS", "Method", "is_deterministic", "check_method", "method_inne
 Method = Literal["abml", "maml", "fomaml", "reptile"]
 
 #: Every method, the default first.
-METHODS: tuple[str, ...] = ("abml", "maml", "fomaml", "reptile")
+METHODS: tuple[str, ...] = choices.METHODS
 
 
 def check_method(method: str) -> str:
