@@ -116,6 +116,10 @@ def constraint_to_json(c: constraints.Constraint) -> dict[str, Any]:
     Raises:
         ValueError: For a constraint without a mapping (name it in the message).
     """
+    # Exact types, on purpose: torch's constraint classes subclass each other
+    # (``positive`` is a ``greater_than``; hvi's ``positive`` subclasses torch's),
+    # and torch has no public way to name a constraint's kind; ``constraints.real``'s
+    # class is private, so its singleton's type stands for it.
     if type(c) is type(positive):
         return {"type": "positive"}
     for name, known in _SINGLETONS.items():

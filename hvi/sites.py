@@ -13,7 +13,7 @@ from torch.distributions.transforms import ExpTransform
 __all__ = ["GlobalSite", "positive"]
 
 
-class _ExpPositive(type(constraints.positive)):
+class _ExpPositive(type(constraints.positive)):  # torch's class is private: reached through its singleton
     """(0, ∞), reached from the unconstrained space by ``exp`` alone.
 
     PyTorch maps ``constraints.positive`` to exp followed by an identity
