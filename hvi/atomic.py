@@ -10,6 +10,7 @@ On any error the temporary file is removed and the old file is untouched.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -20,18 +21,18 @@ from typing import Any
 __all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "fsync_dir", "make_public"]
 
 
-def _read_umask() -> int:
+@functools.cache
+def _umask() -> int:
+    # Read once, at the first write (not at import): os.umask can only be read by
+    # setting it, which is process-wide and races with other threads.
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-_UMASK = _read_umask()  # read once at import: os.umask is process-wide and not thread-safe to query
-
-
 def make_public(path: str | os.PathLike, directory: bool = False) -> None:
     """Gives a mkstemp/mkdtemp-created path the usual permissions (0666/0777 minus the umask)."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_UMASK)
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
