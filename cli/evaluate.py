@@ -13,8 +13,8 @@ import pyro
 import torch
 from torch import Tensor
 
-from hvi.cli.registry import build_meta, build_source, configure_process, resolve_device
-from hvi.cli.run import MODEL_DIR, eval_chunk_size, read_run_config
+from hvi.cli.registry import build_meta, build_source, configure_process
+from hvi.cli.run import eval_chunk_size
 
 __all__ = ["evaluate_run", "format_table", "predict_files", "load_run"]
 
@@ -34,23 +34,13 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | os.PathLike, device: str | None = None) -> LoadedRun:
-    """Rebuilds a complete run's model and loads its final params into the param store."""
-    from hvi.checkpoint import expected_params, load_checkpoint, read_checkpoint
+    """Rebuilds a complete run's model (:func:`hvi.load_run`) and installs its final params in the param store."""
+    from hvi.runs import load_run as load
 
-    path = Path(os.fspath(run_dir)).expanduser().resolve()
-    cfg = read_run_config(path)
-    if not (path / MODEL_DIR / "checkpoint.json").is_file():
-        raise ValueError(
-            f"run {path} has no final model ({MODEL_DIR}/ is missing): it did not finish; "
-            f"resume it with 'hvi fit --out {path} --resume'."
-        )
-    dev = resolve_device("cpu" if device is None else device)
-    configure_process(cfg, dev)
-    info = dict(read_checkpoint(path / MODEL_DIR).extra)
-    meta = build_meta(cfg, dev)
-    pyro.clear_param_store()  # the store holds exactly the run's params
-    load_checkpoint(path / MODEL_DIR, expected=expected_params(meta), device=dev)
-    return LoadedRun(cfg, info, meta, dev)
+    run = load(run_dir, device)
+    configure_process(run.config, run.device)
+    run.install()  # the store holds exactly the run's params
+    return LoadedRun(dict(run.config), dict(run.info), run.meta, run.device)
 
 
 def run_source(run, data: str | None = None, verb: str = "diagnose"):

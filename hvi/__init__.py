@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from hvi.meta import MetaModel
     from hvi.metrics import classification_metrics, mean_ci, regression_metrics
     from hvi.predict import Prediction, predict
+    from hvi.runs import Run, load_run
     from hvi.priors import HierarchicalPrior, get_prior, list_priors, register_prior
     from hvi.sites import GlobalSite
     from hvi.svi import SVI
@@ -59,6 +60,8 @@ _EXPORTS: dict[str, str] = {
     "mean_ci": "hvi.metrics",
     "pareto_k": "hvi.diagnostics",
     "predict": "hvi.predict",
+    "Run": "hvi.runs",
+    "load_run": "hvi.runs",
     "register_likelihood": "hvi.likelihoods",
     "register_prior": "hvi.priors",
     "regression_metrics": "hvi.metrics",
@@ -117,6 +120,7 @@ __all__ = [
     "MetaModel",
     "NormalFamily",
     "Prediction",
+    "Run",
     "SVI",
     "TaskBatch",
     "classification_metrics",
@@ -125,6 +129,7 @@ __all__ = [
     "get_prior",
     "list_likelihoods",
     "list_priors",
+    "load_run",
     "mean_ci",
     "pareto_k",
     "predict",
