@@ -258,8 +258,6 @@ def fit(
             raise ValueError(f"chunk={chunk!r} must be a positive integer (tasks per backward pass) or None.")
         if meta.method != "abml":
             raise ValueError(f"chunk={chunk} works with method='abml' only; method={meta.method!r} steps on its own loss.")
-        if distributed:
-            raise ValueError("chunk and distributed=True cannot be combined yet; use one of them.")
     with _seeded(seed):
         return _train(meta, data, steps, task_batch, optimizer, lr, clip_norm, elbo, num_particles, seed,
                       device, callback, progress, max_skips, generator, distributed, chunk)

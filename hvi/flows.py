@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import biject_to
 
+from hvi import names
 from hvi.sites import GlobalSite
 
 __all__ = ["GlobalFlow", "MAX_DIM"]
@@ -95,7 +96,7 @@ class GlobalFlow(nn.Module):
         affine = T.AffineTransform(self.loc, F.softplus(self.raw_scale), event_dim=1)
         return dist.TransformedDistribution(base, [*self.splines, affine])
 
-    def sample_sites(self, name: str = "q_theta.z") -> dict[str, Tensor]:
+    def sample_sites(self, name: str = names.FLOW_LATENT) -> dict[str, Tensor]:
         """Samples z (auxiliary site ``name``) and every latent site as a Delta; returns the site values."""
         z = pyro.sample(name, self.dist(), infer={"is_auxiliary": True})
         lead = z.shape[:-1]
