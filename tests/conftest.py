@@ -22,3 +22,12 @@ def fresh_store():
 def runner():
     """A click test runner (stdout and stderr kept apart)."""
     return CliRunner()
+
+
+@pytest.fixture()
+def one_thread():
+    """One intra-op thread for the test (tiny problems: fastest, and immune to a busy machine); restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -31,13 +31,7 @@ def _load_bench():
 bench = _load_bench()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny problems: one intra-op thread is fastest and immune to a busy machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_smoke_json_lines():

@@ -42,7 +42,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data" / "nuts_reference.json"
@@ -60,12 +59,7 @@ bench = _load("hvi_bench_hierarchical_nuts", ROOT / "benchmarks" / "hierarchical
 script = _load("hvi_scripts_nuts_reference", ROOT / "scripts" / "nuts_reference.py")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
