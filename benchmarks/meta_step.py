@@ -556,7 +556,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "tasks/s (with all runs' tasks/s and peaks listed)")
     p.add_argument("--chunk", type=int, default=None,
                    help="engine only: tasks per backward pass (SVI.step_chunked; same step, less memory)")
-    p.add_argument("--memory-mode", choices=("none", "checkpoint"), default="none",
+    p.add_argument("--memory-mode", choices=__import__("hvi.choices").choices.MEMORY_MODES, default="none",
                    help="engine only: InnerConfig(memory=...), recompute inner steps in the backward pass")
     p.add_argument("--update", choices=("gradient", "natural"), default="gradient",
                    help="the engine's inner update (the naive reference implements 'gradient' only)")
