@@ -390,7 +390,8 @@ def to_inference_data(
             stats["mean"].append(_mean(v, v.dim() - 1))
             stats["rms"].append(_rms(v, v.dim() - 1))
         for stat, vals in stats.items():
-            put(summary_names[(key, stat)], torch.stack([t.expand(n_draw) for t in vals], -1), latent, ["layer"])
+            # On the CPU (numpy next): the NaN rows are CPU tensors, the params may live on a GPU.
+            put(summary_names[(key, stat)], torch.stack([t.cpu().expand(n_draw) for t in vals], -1), latent, ["layer"])
 
     groups: dict[str, Any] = {"posterior": posterior}
     # ---- predictive groups
