@@ -568,6 +568,12 @@ def sources_cmd(brief) -> None:
             click.echo("\n".join(source_lines(name, w)))
 
 
+# hvi analyze ntk ...: cli/analyze.py (its imports are light; torch loads when a command runs).
+from hvi.cli.analyze import analyze_group  # noqa: E402
+
+cli.add_command(analyze_group(CONTEXT, _errors))
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="hvi")
