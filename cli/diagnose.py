@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -23,7 +22,8 @@ import numpy as np
 import torch
 
 from hvi.cli.evaluate import load_run, run_source
-from hvi.cli.run import METRICS_FILE, eval_chunk_size
+from hvi.cli.run import eval_chunk_size
+from hvi.run_dir import read_metrics
 
 __all__ = ["Diagnosis", "diagnose_run", "format_report", "read_elbo_trace", "read_metrics_trace", "run_source"]
 
@@ -69,18 +69,7 @@ def read_metrics_trace(run_dir: Path) -> dict[str, np.ndarray] | None:
     """
     from hvi.elbo_parts import PARTS
 
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        return None
-    rows = {}
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            rows[int(row["step"])] = row
-        except (ValueError, KeyError, TypeError):
-            raise ValueError(f"{path} has a line that is not a metrics record; the run directory is damaged.") from None
+    rows = read_metrics(run_dir)
     if not rows:
         return None
     # Parts only where recorded (runs before them, or a method without an ELBO, have none).

@@ -207,24 +207,6 @@ def evaluate_run(
     return out
 
 
-#: The file of a run directory that ``hvi evaluate`` writes its result to.
-EVALUATION_FILE = "evaluation.json"
-
-
-def write_evaluation(run_dir: str | os.PathLike, res: Mapping[str, Any]) -> Path:
-    """Writes :func:`evaluate_run`'s result as strict JSON (NaN as null) to ``run_dir/evaluation.json``, atomically.
-
-    Raises:
-        OSError: If the run directory cannot be written (the old file, if any, is kept).
-    """
-    from hvi.atomic import write_json
-    from hvi.cli.run import finite_json
-
-    path = Path(os.fspath(run_dir)).expanduser().resolve() / EVALUATION_FILE
-    write_json(path, finite_json(dict(res)))
-    return path
-
-
 def _fmt(d: Mapping[str, float] | None) -> str:
     if d is None:
         return "-"

@@ -379,19 +379,19 @@ def evaluate_cmd(run_dir, data, as_json, num_samples, inner_steps, split, max_ta
         progress=progress and not as_json and not is_quiet(),
     )
     if as_json:
-        from hvi.cli.run import finite_json
+        from hvi.run_dir import finite_json
 
         click.echo(json.dumps(finite_json(res), allow_nan=False))
     else:
         click.echo(format_table(res))
     import logging
 
-    from hvi.cli.evaluate import write_evaluation
+    from hvi.run_dir import EVALUATION_FILE, write_evaluation
 
     try:
         logging.getLogger("hvi.cli").info("wrote %s", write_evaluation(run_dir, res))
     except OSError as e:  # the result is printed; a read-only run directory only loses the copy
-        logging.getLogger("hvi.cli").warning(f"could not write {run_dir}/evaluation.json: {e}")
+        logging.getLogger("hvi.cli").warning(f"could not write {run_dir}/{EVALUATION_FILE}: {e}")
 
 
 # --------------------------------------------------------------------------- predict

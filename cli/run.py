@@ -1,18 +1,6 @@
 """``hvi fit``: run directories, training loop hooks, validation, checkpoints and resume.
 
-Run directory (``--out RUN_DIR``)::
-
-    RUN_DIR/
-      config.json      the resolved configuration (every key of run.toml)
-      metrics.jsonl    one JSON object per training step (loss, ELBO and its
-                       parts ell, local_kl, global_kl (hvi.elbo_parts), loss per
-                       task, ``skipped`` (1 when a non-finite step was not
-                       applied), tasks/s; ``val`` metrics every val_every steps)
-      checkpoint/      the latest training state (hvi.checkpoint: params,
-                       optimizer, RNG and task-sampler state), every
-                       checkpoint_every steps and at the end
-      model/           the final model (params + config), what evaluate/predict read
-      evaluation.json  the last ``hvi evaluate`` result (written by it; removed when the run is extended)
+The run directory (``--out RUN_DIR``): its layout and files are :mod:`hvi.run_dir`'s.
 
 Life cycle:
 
@@ -48,7 +36,6 @@ import math
 import os
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -58,28 +45,35 @@ from typing import Any
 import pyro
 import torch
 
-from hvi.atomic import write_json
 from hvi.cli.config import finalize, load_toml, resolve, resolve_resume
 from hvi.cli.registry import build_meta, build_source, configure_process, infer_model_args, resolve_device
+from hvi.run_dir import (
+    append_metrics,
+    checkpoint_dir,
+    checkpoint_step,
+    find_resumable,
+    finite_json,
+    has_checkpoint,
+    model_dir,
+    new_work_dir,
+    remove_evaluation,
+    saved_info,
+    truncate_metrics,
+    write_config,
+)
+from hvi.run_dir import finalize as finalize_dir
+from hvi.run_dir import read_config as read_run_config
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "run_fit",
-    "find_resumable",
-    "read_run_config",
     "check_run_config",
-    "finite_json",
     "Interrupted",
     "validation_metrics",
     "resolved_config",
     "check_arg_tables",
 ]
-
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_DIR = "checkpoint"
-MODEL_DIR = "model"
 
 
 class Interrupted(Exception):
@@ -91,59 +85,7 @@ class Interrupted(Exception):
         self.where = where
 
 
-# --------------------------------------------------------------------------- run dirs
-
-
-def _tmp_dirs(out: Path) -> list[Path]:
-    if not out.parent.is_dir():
-        return []
-    return sorted(p for p in out.parent.glob(f"{out.name}.tmp-*") if p.is_dir())
-
-
-def _checkpoint_step(d: Path) -> int | None:
-    """The step of the newest readable checkpoint metadata in ``d/checkpoint`` (None if none)."""
-    ckpt = d / CHECKPOINT_DIR
-    for meta_path in [ckpt / "checkpoint.json", *sorted(ckpt.glob("checkpoint-[0-9]*.json"), reverse=True)]:
-        try:
-            return int(json.loads(meta_path.read_text())["step"])
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
-            continue
-    return None
-
-
-def find_resumable(out: Path) -> tuple[Path | None, int | None]:
-    """The newest interrupted ``RUN_DIR.tmp-*`` with a checkpoint, and its step."""
-    best: tuple[Path | None, int | None, float] = (None, None, -1.0)
-    for d in _tmp_dirs(out):
-        step = _checkpoint_step(d)
-        if step is None:
-            continue
-        mtime = max(p.stat().st_mtime for p in (d / CHECKPOINT_DIR).glob("checkpoint*.json"))
-        if mtime > best[2]:
-            best = (d, step, mtime)
-    return best[0], best[1]
-
-
-def read_run_config(run_dir: Path) -> dict[str, Any]:
-    """``config.json`` of a run directory (clear errors for a missing/incomplete run)."""
-    if not run_dir.is_dir():
-        tmp, step = find_resumable(run_dir)
-        if tmp is not None:
-            raise ValueError(
-                f"run {run_dir} is not complete: an interrupted run is at {tmp} (step {step}); "
-                f"finish it with 'hvi fit --out {run_dir} --resume'."
-            )
-        raise FileNotFoundError(f"run directory {run_dir} does not exist; train one with 'hvi fit --out {run_dir}'.")
-    path = run_dir / CONFIG_FILE
-    try:
-        cfg = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{run_dir} is not an hvi run directory ({CONFIG_FILE} is missing).") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); the run directory is damaged.") from None
-    if not isinstance(cfg, dict) or "model" not in cfg:
-        raise ValueError(f"{path} is not an hvi run config (no 'model').")
-    return check_run_config(cfg, path)
+# --------------------------------------------------------------------------- run configs
 
 
 #: config.json's record of a data-parallel run (not a setting: a resumed run records its own).
@@ -202,38 +144,6 @@ def check_run_config(cfg: Mapping[str, Any], path: Path) -> dict[str, Any]:
             f'config key \'likelihood\' in {path} must name the likelihood the run was trained with, e.g. "gaussian".'
         )
     return out
-
-
-def finite_json(obj: Any) -> Any:
-    """A copy of ``obj`` that strict JSON can hold: NaN and ±inf floats become None (``null``).
-
-    Python's ``json`` writes non-finite floats as the bare tokens ``NaN`` and
-    ``Infinity``, which are not JSON; every JSON file and line of a run goes
-    through this and then ``json.dumps(..., allow_nan=False)``.
-    """
-    if isinstance(obj, Mapping):
-        return {k: finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_json(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drops the metrics lines of steps after ``step`` (they are redone on resume)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            break  # a torn last line of a killed run
-    from hvi.atomic import write_text
-
-    write_text(path, "".join(f"{line}\n" for line in keep))
 
 
 # --------------------------------------------------------------------------- stopping
@@ -463,7 +373,7 @@ def run_fit(
         tmp, _ = find_resumable(out_dir)
         if tmp is not None:
             resume_from = tmp
-        elif out_dir.is_dir() and (out_dir / CHECKPOINT_DIR / "checkpoint.json").is_file():
+        elif out_dir.is_dir() and has_checkpoint(out_dir):
             copy_from = out_dir
         else:
             raise FileNotFoundError(
@@ -512,13 +422,13 @@ def run_fit(
         _complete_with_source(cfg, explicit, source)
     info = _data_info(source)
     if resume:
-        _check_same_data(saved_info=_saved_info(resume_from or out_dir), info=info, data=cfg["data"])
+        _check_same_data(saved_info=saved_info(resume_from or out_dir), info=info, data=cfg["data"])
     meta = build_meta(cfg, device)
     _probe(meta, source, cfg, device)
     expected = expected_params(meta)
     steps = cfg["steps"]
     if resume:
-        done = _checkpoint_step(resume_from or out_dir)
+        done = checkpoint_step(resume_from or out_dir)
         if done is not None and done >= steps:
             raise ValueError(
                 f"run {out_dir} already has {done} steps (>= --steps {steps}); pass a larger --steps to "
@@ -534,18 +444,14 @@ def run_fit(
     elif not main:  # writes nothing; reads a resumed run's checkpoint from rank 0's directory
         work = copy_from or out_dir
     else:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
+        work = new_work_dir(out_dir)
         created = work
-        from hvi.atomic import make_public
-
-        make_public(work, directory=True)
     ok = False
     try:
         if copy_from is not None and main:
             shutil.copytree(copy_from, work, dirs_exist_ok=True)
-            shutil.rmtree(work / MODEL_DIR, ignore_errors=True)
-            (work / "evaluation.json").unlink(missing_ok=True)  # evaluated the shorter run, not this one
+            shutil.rmtree(model_dir(work), ignore_errors=True)
+            remove_evaluation(work)  # evaluated the shorter run, not this one
         optimizer = _make_optimizer(cfg)
         generator = torch.Generator()
         generator.manual_seed(cfg["seed"])
@@ -558,7 +464,7 @@ def run_fit(
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 ckpt = load_checkpoint(
-                    work / CHECKPOINT_DIR, expected=expected, optimizer=optimizer, generator=generator, device=device
+                    checkpoint_dir(work), expected=expected, optimizer=optimizer, generator=generator, device=device
                 )
             for w in caught if main else ():  # a damaged newest checkpoint: the fallback is said on stderr, once
                 _warn(echo, f"Warning: {w.message}")
@@ -570,7 +476,7 @@ def run_fit(
                     "train longer."
                 )
             if main:
-                _truncate_metrics(work / METRICS_FILE, start)
+                truncate_metrics(work, start)
         if world is not None:
             per_rank = hvi_dist.shard_sizes(cfg["task_batch"], world.world_size)
             cfg[_DISTRIBUTED] = {
@@ -582,7 +488,7 @@ def run_fit(
                                  None)
             ok = True
             return summary
-        write_json(work / CONFIG_FILE, cfg)
+        write_config(work, cfg)
         log.info(
             "training %s on %s: x %s, y %s, %s likelihood, train/val/test tasks %s; %s, steps %d..%d, in %s",
             cfg["model"], cfg["data"], tuple(info["x_shape"]), tuple(info["y_shape"]), info["likelihood"],
@@ -594,7 +500,7 @@ def run_fit(
             save_checkpoint,
         )
         save_checkpoint(
-            work / MODEL_DIR,
+            model_dir(work),
             step=steps,
             config=cfg,
             extra=finite_json(
@@ -602,7 +508,7 @@ def run_fit(
             ),
             rng=False,
         )
-        _finalize_dir(work, out_dir)
+        finalize_dir(work, out_dir)
         log.info("run complete: %s", out_dir)
         ok = True
         summary.run_dir = out_dir
@@ -615,7 +521,7 @@ def run_fit(
         raise
     finally:
         # a distributed run that failed (e.g. another rank died) stays resumable from its last checkpoint
-        keep = world is not None and created is not None and _checkpoint_step(created) is not None
+        keep = world is not None and created is not None and checkpoint_step(created) is not None
         if not ok and created is not None and not keep:
             shutil.rmtree(created, ignore_errors=True)
 
@@ -623,14 +529,6 @@ def run_fit(
 def _warn(echo, text: str) -> None:
     """A warning through the ``hvi`` logger (the CLI's handler prints it as ``Warning: ...``; ``hvi -q`` hides it)."""
     log.warning(text.removeprefix("Warning: "))
-
-
-def _saved_info(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        meta = json.loads((run_dir / CHECKPOINT_DIR / "checkpoint.json").read_text())
-        return meta.get("extra")
-    except (OSError, ValueError):
-        return None
 
 
 def _check_same_data(saved_info: Mapping[str, Any] | None, info: Mapping[str, Any], data: str) -> None:
@@ -642,17 +540,6 @@ def _check_same_data(saved_info: Mapping[str, Any] | None, info: Mapping[str, An
                 f"cannot --resume: the data {data!r} now has {k} {info[k]} but the run was trained on "
                 f"{saved_info[k]}; the data changed."
             )
-
-
-def _finalize_dir(work: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.old-", dir=out_dir.parent))
-        os.rmdir(old)
-        os.rename(out_dir, old)
-        os.rename(work, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(work, out_dir)
 
 
 def _train_shard(meta, source, cfg, device, optimizer, generator, start: int, ckpt, fit):
@@ -680,7 +567,6 @@ def _train(
     val_every, ckpt_every = cfg["val_every"], cfg["checkpoint_every"]
     chunk = eval_chunk_size(meta, cfg["val_samples"])
     val_batches = _chunks(source, "val", cfg["val_tasks"], chunk, device)
-    metrics_path = work / METRICS_FILE
     stop = _StopFlag()
     state: dict[str, Any] = {"last_ckpt": start, "val": None, "loss": None, "t_last": time.perf_counter()}
     t0 = time.perf_counter()
@@ -702,7 +588,7 @@ def _train(
             )
             return
         save_checkpoint(
-            work / CHECKPOINT_DIR,
+            checkpoint_dir(work),
             step=g,
             optimizer=optimizer,
             generator=generator,
@@ -742,8 +628,7 @@ def _train(
         if g % val_every == 0 or g == steps:
             state["val"] = validation_metrics(meta, val_batches, cfg["val_samples"], cfg["seed"] + g, device)
             record["val"] = state["val"]
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(finite_json(record), allow_nan=False) + "\n")
+        append_metrics(work, record)
         state["loss"] = loss
         if g % ckpt_every == 0 or g == steps or stop.requested or state.get("due"):
             checkpoint(g, loss)

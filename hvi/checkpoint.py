@@ -71,7 +71,9 @@ __all__ = [
     "constraint_to_json",
     "expected_params",
     "load_checkpoint",
+    "metadata_files",
     "read_checkpoint",
+    "read_metadata",
     "save_checkpoint",
 ]
 
@@ -389,6 +391,34 @@ def save_checkpoint(
 def _history(path: Path) -> list[Path]:
     """The kept ``checkpoint-<step>.json`` files, oldest first."""
     return sorted(path.glob(_HISTORY_GLOB))
+
+
+def metadata_files(path_dir: PathLike) -> list[Path]:
+    """A checkpoint directory's metadata files, newest first: ``checkpoint.json`` (if present), then the
+    kept ``checkpoint-<step>.json`` (``save_checkpoint(..., keep=N)``)."""
+    path = Path(os.fspath(path_dir))
+    newest = path / META_FILE
+    return ([newest] if newest.is_file() else []) + list(reversed(_history(path)))
+
+
+def read_metadata(path_dir: PathLike) -> dict[str, Any] | None:
+    """The newest readable metadata (``step``, ``config``, ``extra``, ...) of a checkpoint directory.
+
+    A quick look (which step a run reached, what it recorded) that neither
+    reads nor verifies the tensors; load with :func:`read_checkpoint`.
+
+    Returns:
+        The first of :func:`metadata_files` that is a JSON object with an
+        integer ``step``, or None if there is none.
+    """
+    for meta_path in metadata_files(path_dir):
+        try:
+            meta = json.loads(meta_path.read_text())
+            int(meta["step"])
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            continue
+        return meta
+    return None
 
 
 def _tensor_file(meta_path: Path) -> str | None:

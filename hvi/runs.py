@@ -86,18 +86,18 @@ def load_run(path: str | os.PathLike, device: str | torch.device | None = None) 
 
     from hvi.checkpoint import expected_params, load_checkpoint, read_checkpoint
     from hvi.cli.registry import build_meta, resolve_device
-    from hvi.cli.run import MODEL_DIR, read_run_config
+    from hvi.run_dir import MODEL_DIR, has_final_model, model_dir, read_config
 
     root = Path(os.fspath(path)).expanduser().resolve()
-    cfg = read_run_config(root)
-    if not (root / MODEL_DIR / "checkpoint.json").is_file():
+    cfg = read_config(root)
+    if not has_final_model(root):
         raise ValueError(
             f"run {root} has no final model ({MODEL_DIR}/ is missing): it did not finish; "
             f"resume it with 'hvi fit --out {root} --resume'."
         )
     dev = resolve_device("cpu" if device is None else str(device))
-    info = dict(read_checkpoint(root / MODEL_DIR).extra)
+    info = dict(read_checkpoint(model_dir(root)).extra)
     meta = build_meta(cfg, dev)
     store = ParamStoreDict()
-    load_checkpoint(root / MODEL_DIR, expected=expected_params(meta), device=dev, param_store=store)
+    load_checkpoint(model_dir(root), expected=expected_params(meta), device=dev, param_store=store)
     return Run(root, meta, MappingProxyType(dict(cfg)), MappingProxyType(info), dev, store.get_state())

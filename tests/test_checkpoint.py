@@ -26,6 +26,7 @@ from hvi.data.base import get_source
 from hvi.models import get_model
 from hvi.priors.gaussian import GaussianPrior
 from hvi.sites import positive
+from hvi.checkpoint import META_FILE
 
 
 def _meta(hidden=(8,), learn_lr=False, q_theta="delta", hyperprior=False):
@@ -171,7 +172,7 @@ def test_files_json_and_atomic_replacement(tmp_path):
     files = sorted(p.name for p in d.iterdir())
     assert len([f for f in files if f.endswith(".safetensors")]) == 1
     assert not [f for f in files if f.endswith(".tmp")]
-    meta_json = json.loads((d / "checkpoint.json").read_text())
+    meta_json = json.loads((d / META_FILE).read_text())
     assert meta_json["format_version"] == 1 and meta_json["step"] == 2
     assert len(meta_json["tensors"]["sha256"]) == 64
     assert meta_json["params"]["likelihood.noise"]["constraint"] == {"type": "positive"}
@@ -190,7 +191,7 @@ def test_corrupted_checkpoint_fails_checksum(tmp_path):
     tfile.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="corrupted: sha256"):
         read_checkpoint(d)
-    (d / "checkpoint.json").write_text("{not json")
+    (d / META_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         read_checkpoint(d)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
@@ -247,4 +248,4 @@ def test_unknown_constraint_fails_clearly(tmp_path):
     pyro.param("odd", torch.arange(3.0), constraint=constraints.ordered_vector)
     with pytest.raises(ValueError, match="cannot store a param with constraint"):
         save_checkpoint(tmp_path / "ck", step=0, config={}, extra={})
-    assert not (tmp_path / "ck" / "checkpoint.json").exists()
+    assert not (tmp_path / "ck" / META_FILE).exists()

@@ -9,8 +9,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from hvi.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from hvi.checkpoint import META_FILE, load_checkpoint, read_checkpoint, save_checkpoint
 from hvi.cli.main import cli
+from hvi.run_dir import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, MODEL_DIR
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +26,7 @@ def _save(path, step, keep):
 
 
 def _truncate(path):
-    meta = json.loads((path / "checkpoint.json").read_text())
+    meta = json.loads((path / META_FILE).read_text())
     t = path / meta["tensors"]["file"]
     t.write_bytes(t.read_bytes()[:40])
 
@@ -52,7 +53,7 @@ def test_a_damaged_newest_checkpoint_falls_back_with_a_warning(tmp_path):
                       r"is .* Falling back to the newest good checkpoint, step 2 \(checkpoint-00000002.json\)\.$"):
         ckpt = load_checkpoint(tmp_path)
     assert ckpt.step == 2 and torch.equal(pyro.param("w").detach(), torch.full((3,), 2.0))
-    (tmp_path / "checkpoint.json").write_text("{trunc")  # the metadata itself damaged
+    (tmp_path / META_FILE).write_text("{trunc")  # the metadata itself damaged
     with pytest.warns(UserWarning, match=r"checkpoint.json is not valid JSON .*step 2"):
         assert read_checkpoint(tmp_path).step == 2
 
@@ -72,7 +73,7 @@ def _invoke(args):
 
 
 def _params(run):
-    ckpt = read_checkpoint(run / "model")
+    ckpt = read_checkpoint(run / MODEL_DIR)
     return {k: v for k, v in ckpt.params.items()}
 
 
@@ -80,9 +81,9 @@ def test_resume_after_a_damaged_checkpoint_is_still_bit_identical(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     assert _invoke(["fit", *TINY, "--steps", "5", "--out", str(a)]).exit_code == 0
     assert _invoke(["fit", *TINY, "--steps", "4", "--out", str(b)]).exit_code == 0
-    kept = sorted(p.name for p in (b / "checkpoint").glob("checkpoint-*.json"))
+    kept = sorted(p.name for p in (b / CHECKPOINT_DIR).glob("checkpoint-*.json"))
     assert kept == ["checkpoint-00000003.json", "checkpoint-00000004.json"]  # --keep-checkpoints default 2
-    _truncate(b / "checkpoint")
+    _truncate(b / CHECKPOINT_DIR)
     res = _invoke(["fit", "--out", str(b), "--resume", "--steps", "5", "--no-progress"])
     assert res.exit_code == 0, res.output
     warning = [line for line in res.stderr.splitlines() if line.startswith("Warning: ")]
@@ -92,16 +93,16 @@ def test_resume_after_a_damaged_checkpoint_is_still_bit_identical(tmp_path):
     assert "trained 5 steps (2 now)" in res.stdout
     pa, pb = _params(a), _params(b)
     assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
-    la = [json.loads(x)["loss"] for x in (a / "metrics.jsonl").read_text().splitlines()]
-    lb = [json.loads(x)["loss"] for x in (b / "metrics.jsonl").read_text().splitlines()]
+    la = [json.loads(x)["loss"] for x in (a / METRICS_FILE).read_text().splitlines()]
+    lb = [json.loads(x)["loss"] for x in (b / METRICS_FILE).read_text().splitlines()]
     assert la == lb
 
 
 def test_keep_checkpoints_option(tmp_path):
     out = tmp_path / "r"
     assert _invoke(["fit", *TINY, "--steps", "4", "--keep-checkpoints", "3", "--out", str(out)]).exit_code == 0
-    assert len(list((out / "checkpoint").glob("checkpoint-*.json"))) == 3
-    assert json.loads((out / "config.json").read_text())["keep_checkpoints"] == 3
+    assert len(list((out / CHECKPOINT_DIR).glob("checkpoint-*.json"))) == 3
+    assert json.loads((out / CONFIG_FILE).read_text())["keep_checkpoints"] == 3
     res = _invoke(["fit", *TINY, "--steps", "4", "--keep-checkpoints", "0", "--out", str(tmp_path / "z")])
     assert res.exit_code == 1 and res.stderr == "Error: keep_checkpoints=0 must be >= 1.\n"
 
@@ -132,4 +133,4 @@ def test_a_step_with_a_nan_loss_writes_no_checkpoint(tmp_path, monkeypatch):
     assert "Warning: step 3: the loss is nan (step skipped); checkpoint not written, the last one is step 2.\n" \
         in res.stderr
     assert written == [("checkpoint", 1), ("checkpoint", 2), ("checkpoint", 4), ("model", 4)]
-    assert read_checkpoint(out / "checkpoint").step == 4
+    assert read_checkpoint(out / CHECKPOINT_DIR).step == 4

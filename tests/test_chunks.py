@@ -9,6 +9,7 @@ import torch
 import hvi
 from hvi.fit import make_elbo
 from hvi.priors import GaussianPrior
+from hvi.run_dir import CONFIG_FILE
 
 DT = torch.float64
 
@@ -69,6 +70,6 @@ def test_cli_chunk_option(runner, tmp_path):
     assert res.exit_code == 0, res.output
     import json
 
-    assert json.loads((out / "config.json").read_text())["chunk"] == 2
+    assert json.loads((out / CONFIG_FILE).read_text())["chunk"] == 2
     bad = runner.invoke(cli, ["fit", "--model", "mlp", "--steps", "2", "--chunk", "0", "--out", str(tmp_path / "b")])
     assert bad.exit_code != 0 and "chunk=0 must be >= 1" in bad.output and not (tmp_path / "b").exists()

@@ -17,6 +17,7 @@ from hvi.checkpoint import read_checkpoint
 from cli_checks import assert_error
 from hvi.cli.main import cli
 from hvi.data.files import write_tasks
+from hvi.run_dir import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, MODEL_DIR
 
 TINY = ["--model", "mlp", "--steps", "3", "--task-batch", "2", "--inner-steps", "1", "--no-progress"]
 VAL = ["--val-every", "2"]
@@ -118,15 +119,15 @@ def test_help_and_version_do_not_import_torch(args):
 def test_fit_writes_a_complete_run_dir(trained):
     assert entries(trained) == ["checkpoint", "config.json", "metrics.jsonl", "model"]
     assert not list(trained.parent.glob("*.tmp-*"))
-    cfg = json.loads((trained / "config.json").read_text())
+    cfg = json.loads((trained / CONFIG_FILE).read_text())
     assert cfg["model"] == "mlp" and cfg["data"] == "sinusoid" and cfg["steps"] == 3
     assert cfg["inner_steps"] == 1 and cfg["model_args"]["in_features"] == 1
-    lines = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (trained / METRICS_FILE).read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3]
     assert {"loss", "elbo", "loss_per_task", "tasks_per_s"} <= lines[0].keys()
     assert "val" in lines[1] and {"rmse", "nll", "crps", "coverage_90"} <= lines[1]["val"].keys()
-    assert read_checkpoint(trained / "checkpoint").step == 3
-    model = read_checkpoint(trained / "model")
+    assert read_checkpoint(trained / CHECKPOINT_DIR).step == 3
+    model = read_checkpoint(trained / MODEL_DIR)
     assert model.step == 3 and model.optimizer_state is None
     assert model.extra["x_shape"] == [1]
 
@@ -201,11 +202,11 @@ def test_metrics_jsonl_is_strict_json(runner, tmp_path, monkeypatch):
     res = invoke(runner, ["fit", *TINY, "--val-every", "1", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert res.stdout.splitlines()[0].endswith(" val rmse=nan nll=inf crps=-inf coverage_90=0.5")
-    lines = [_strict_json(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [_strict_json(line) for line in (out / METRICS_FILE).read_text().splitlines()]
     val = {"rmse": None, "nll": None, "crps": None, "coverage_90": 0.5}
     assert [r["val"] for r in lines] == [val, val, val]
-    assert read_checkpoint(out / "model").extra["val"] == val
-    assert read_checkpoint(out / "checkpoint").extra["val"] == val
+    assert read_checkpoint(out / MODEL_DIR).extra["val"] == val
+    assert read_checkpoint(out / CHECKPOINT_DIR).extra["val"] == val
 
 
 def test_metrics_jsonl_flags_skipped_steps(runner, tmp_path, monkeypatch):
@@ -222,7 +223,7 @@ def test_metrics_jsonl_flags_skipped_steps(runner, tmp_path, monkeypatch):
     out = tmp_path / "r"
     res = invoke(runner, ["fit", *TINY, "--out", str(out)])
     assert res.exit_code == 0, res.output
-    lines = [_strict_json(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [_strict_json(line) for line in (out / METRICS_FILE).read_text().splitlines()]
     assert [r["skipped"] for r in lines] == [0, 1, 0]
     assert lines[1]["loss"] is None
 
@@ -272,7 +273,7 @@ def test_fit_on_a_file_source(runner, tmp_path):
     out = tmp_path / "f"
     res = invoke(runner, ["fit", *TINY, "--data", str(data), "--config", str(cfg), "--out", str(out)])
     assert res.exit_code == 0, res.output
-    saved = json.loads((out / "config.json").read_text())
+    saved = json.loads((out / CONFIG_FILE).read_text())
     assert saved["data"] == str(data) and saved["model_args"]["in_features"] == 2
 
 
@@ -280,7 +281,7 @@ def test_fit_on_a_file_source(runner, tmp_path):
 
 
 def _params(run):
-    return read_checkpoint(run / "model").params
+    return read_checkpoint(run / MODEL_DIR).params
 
 
 def test_resume_is_bit_identical(runner, tmp_path):
@@ -294,8 +295,8 @@ def test_resume_is_bit_identical(runner, tmp_path):
     assert pa.keys() == pb.keys()
     for k in pa:
         assert torch.equal(pa[k], pb[k]), k
-    la = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
-    lb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
+    la = [json.loads(x) for x in (a / METRICS_FILE).read_text().splitlines()]
+    lb = [json.loads(x) for x in (b / METRICS_FILE).read_text().splitlines()]
     assert [r["loss"] for r in la] == [r["loss"] for r in lb]
     assert [r["val"] for r in la] == [r["val"] for r in lb]
     assert not list(tmp_path.glob("*.tmp-*")) and not list(tmp_path.glob("*.old-*"))
@@ -322,7 +323,7 @@ def test_interrupted_run_resumes(runner, tmp_path, monkeypatch):
     assert "Traceback" not in res.output and "--resume" in res.stderr
     assert not b.exists()
     (tmp,) = tmp_path.glob("b.tmp-*")
-    assert read_checkpoint(tmp / "checkpoint").step == 2
+    assert read_checkpoint(tmp / CHECKPOINT_DIR).step == 2
     monkeypatch.setattr(run_mod, "validation_metrics", real)
     # a new run at the same --out is refused while the interrupted one exists
     assert_error(invoke(runner, ["fit", *common, "--out", str(b)]), "--resume")
@@ -417,7 +418,7 @@ def test_missing_or_broken_run_dir(runner, trained, tmp_path):
     import shutil
 
     shutil.copytree(trained, broken)
-    tfile = next((broken / "model").glob("*.safetensors"))
+    tfile = next((broken / MODEL_DIR).glob("*.safetensors"))
     raw = bytearray(tfile.read_bytes())
     raw[-3] ^= 0xFF
     tfile.write_bytes(bytes(raw))

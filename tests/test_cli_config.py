@@ -6,6 +6,7 @@ import pytest
 
 from cli_checks import assert_error
 from hvi.cli.main import cli
+from hvi.run_dir import CONFIG_FILE
 
 
 @pytest.fixture(autouse=True)
@@ -229,5 +230,5 @@ def test_fit_on_a_file_without_a_toml_file(runner, tmp_path, monkeypatch):
     res = invoke(runner, ["fit", *TINY, "--data", "file", "--data-arg", "path=tasks.nc", "--data-arg", "k_shot=5",
                           "--out", str(out)])
     assert res.exit_code == 0, res.output
-    saved = json.loads((out / "config.json").read_text())
+    saved = json.loads((out / CONFIG_FILE).read_text())
     assert saved["data"] == "file" and saved["data_args"] == {"path": str(data), "k_shot": 5}

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 import hvi.cli.run as run_mod
 from hvi.cli.main import UNEXPECTED, cli
+from hvi.run_dir import CONFIG_FILE
 
 TINY = ["--model", "mlp", "--steps", "2", "--task-batch", "2", "--inner-steps", "1", "--no-progress"]
 
@@ -197,9 +198,9 @@ def test_a_missing_cuda_device(run_dir):
 def _edited(run_dir, tmp_path, edit):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    cfg = json.loads((run / "config.json").read_text())
+    cfg = json.loads((run / CONFIG_FILE).read_text())
     edit(cfg)
-    (run / "config.json").write_text(json.dumps(cfg))
+    (run / CONFIG_FILE).write_text(json.dumps(cfg))
     return run
 
 
@@ -250,7 +251,7 @@ EDITS = {
 def test_an_edited_config_json(run_dir, tmp_path, case):
     edit, message = EDITS[case]
     run = _edited(run_dir, tmp_path, edit)
-    expected = message.format(path=run / "config.json")
+    expected = message.format(path=run / CONFIG_FILE)
     before = listing(tmp_path)
     assert error_line(invoke(["evaluate", str(run), "--max-tasks", "2", "--num-samples", "2"])) == expected
     predict = ["predict", str(run), "--support", "s.nc", "--query", "q.nc", "--out", str(tmp_path / "p.nc")]
@@ -266,14 +267,14 @@ def test_an_older_config_json_gets_the_evaluation_defaults(run_dir, tmp_path):
     assert json.loads(res.stdout)["num_samples"] == 100
     res = invoke(["fit", "--out", str(run), "--resume", "--steps", "3", "--no-progress"])
     assert res.exit_code == 0, res.output
-    saved = json.loads((run / "config.json").read_text())
+    saved = json.loads((run / CONFIG_FILE).read_text())
     assert (saved["eval_samples"], saved["val_tasks"], saved["checkpoint_every"]) == (100, 32, 1)
 
 
 def test_a_config_json_that_is_not_an_object(run_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    (run / "config.json").write_text("[1, 2]")
+    (run / CONFIG_FILE).write_text("[1, 2]")
     assert error_line(invoke(["evaluate", str(run)])) == (
-        f"Error: {run / 'config.json'} is not an hvi run config (no 'model')."
+        f"Error: {run / CONFIG_FILE} is not an hvi run config (no 'model')."
     )

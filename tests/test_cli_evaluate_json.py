@@ -10,9 +10,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import hvi.cli.evaluate as evaluate_mod
 from cli_checks import assert_error
 from hvi.cli.main import cli
+from hvi.run_dir import EVALUATION_FILE
 
 TINY = ["fit", "--model", "mlp", "--steps", "2", "--task-batch", "2", "--inner-steps", "1", "--no-progress"]
 EVAL = ["--max-tasks", "3", "--num-samples", "4", "--no-progress"]
@@ -39,7 +39,7 @@ def invoke(args):
 
 
 def test_json_has_per_task_values_whose_means_are_the_metrics(run_dir):
-    (run_dir / "evaluation.json").unlink(missing_ok=True)
+    (run_dir / EVALUATION_FILE).unlink(missing_ok=True)
     res = invoke(["evaluate", run_dir, "--json", *EVAL])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
@@ -59,26 +59,26 @@ def test_json_has_per_task_values_whose_means_are_the_metrics(run_dir):
     assert sorted(out["baselines"]) == ["prior", "scratch"]
     assert len({out["per_task"][t]["rmse"] for t in "012"}) == 3  # each task's own value, not the mean repeated
     # the run directory holds the same object, written atomically (no temporary file left)
-    assert json.loads((run_dir / "evaluation.json").read_text()) == out
+    assert json.loads((run_dir / EVALUATION_FILE).read_text()) == out
     assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_the_table_writes_evaluation_json_too(run_dir):
-    (run_dir / "evaluation.json").unlink(missing_ok=True)
+    (run_dir / EVALUATION_FILE).unlink(missing_ok=True)
     res = invoke(["evaluate", run_dir, *EVAL])
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith("3 test tasks of 'sinusoid'")
-    saved = json.loads((run_dir / "evaluation.json").read_text())
+    saved = json.loads((run_dir / EVALUATION_FILE).read_text())
     assert saved["num_tasks"] == 3 and len(saved["per_task"]) == 3
     assert res.stderr == ""
     res = invoke(["-v", "evaluate", run_dir, *EVAL])
-    assert res.stderr == f"wrote {run_dir / 'evaluation.json'}\n"
+    assert res.stderr == f"wrote {run_dir / EVALUATION_FILE}\n"
 
 
 def test_an_error_writes_nothing_and_a_failed_write_keeps_the_result(run_dir, monkeypatch):
-    (run_dir / "evaluation.json").write_text('{"old": 1}\n')
+    (run_dir / EVALUATION_FILE).write_text('{"old": 1}\n')
     assert_error(invoke(["evaluate", run_dir, "--max-tasks", "1"]), "--max-tasks 1 must be >= 2")
-    assert json.loads((run_dir / "evaluation.json").read_text()) == {"old": 1}
+    assert json.loads((run_dir / EVALUATION_FILE).read_text()) == {"old": 1}
 
     def read_only(path, obj):
         raise PermissionError(13, "Permission denied", str(path))
@@ -87,9 +87,8 @@ def test_an_error_writes_nothing_and_a_failed_write_keeps_the_result(run_dir, mo
     res = invoke(["evaluate", run_dir, "--json", *EVAL])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["num_tasks"] == 3
-    assert res.stderr.startswith(f"Warning: could not write {run_dir}/evaluation.json: [Errno 13] Permission denied")
-    assert json.loads((run_dir / "evaluation.json").read_text()) == {"old": 1}
-    assert evaluate_mod.EVALUATION_FILE == "evaluation.json"
+    assert res.stderr.startswith(f"Warning: could not write {run_dir}/{EVALUATION_FILE}: [Errno 13] Permission denied")
+    assert json.loads((run_dir / EVALUATION_FILE).read_text()) == {"old": 1}
 
 
 def test_extending_a_run_drops_the_old_evaluation(run_dir, tmp_path):
@@ -98,7 +97,7 @@ def test_extending_a_run_drops_the_old_evaluation(run_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     assert invoke(["evaluate", run, *EVAL]).exit_code == 0
-    assert (run / "evaluation.json").is_file()
+    assert (run / EVALUATION_FILE).is_file()
     res = invoke([*TINY, "--out", run, "--resume", "--steps", "3"])
     assert res.exit_code == 0, res.output
-    assert not (run / "evaluation.json").exists()
+    assert not (run / EVALUATION_FILE).exists()

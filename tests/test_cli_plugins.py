@@ -17,6 +17,7 @@ import hvi.cli.plugins as plugins_mod
 import hvi.cli.registry as registry_mod
 import hvi.priors.base as priors_base
 from hvi.cli.main import cli
+from hvi.run_dir import CONFIG_FILE
 
 PRIOR_MODULE = '''
 from hvi.priors import GaussianPrior, register_prior
@@ -101,7 +102,7 @@ def test_a_prior_of_an_imported_module_trains(tmp_path, monkeypatch):
     res = invoke(["--import", "fitmod", "fit", "--model", "mlp", "--prior", "fit_prior", "--steps", "1",
                   "--task-batch", "2", "--inner-steps", "1", "--no-progress", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert json.loads((out / "config.json").read_text())["prior"] == "fit_prior"
+    assert json.loads((out / CONFIG_FILE).read_text())["prior"] == "fit_prior"
 
 
 def test_import_is_repeatable_and_in_order(tmp_path, monkeypatch):

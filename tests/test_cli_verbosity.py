@@ -11,6 +11,8 @@ from click.testing import CliRunner
 from cli_checks import assert_error
 from hvi.cli.log import level_for
 from hvi.cli.main import cli
+from hvi.checkpoint import META_FILE
+from hvi.run_dir import CHECKPOINT_DIR, CONFIG_FILE, MODEL_DIR
 
 TINY = ["fit", "--model", "mlp", "--steps", "2", "--task-batch", "2", "--inner-steps", "1", "--no-progress"]
 
@@ -62,7 +64,7 @@ def test_very_verbose_adds_the_configuration_as_json(tmp_path):
     res = invoke(["-vv", *TINY, "--out", out])
     assert res.exit_code == 0, res.output
     (line,) = [line for line in res.stderr.splitlines() if line.startswith("debug: configuration: ")]
-    assert json.loads(line.removeprefix("debug: configuration: ")) == json.loads((out / "config.json").read_text())
+    assert json.loads(line.removeprefix("debug: configuration: ")) == json.loads((out / CONFIG_FILE).read_text())
 
 
 def test_quiet_says_nothing_but_errors_and_keeps_results(tmp_path):
@@ -70,7 +72,7 @@ def test_quiet_says_nothing_but_errors_and_keeps_results(tmp_path):
     res = invoke(["-q", *TINY, "--progress", "--out", out])  # not even the progress bar
     assert res.exit_code == 0, res.output
     assert (res.stdout, res.stderr) == ("", "")
-    assert (out / "model" / "checkpoint.json").is_file()
+    assert (out / MODEL_DIR / META_FILE).is_file()
     res = invoke(["-q", "evaluate", out, "--json", "--max-tasks", "2", "--num-samples", "2"])
     assert res.exit_code == 0, res.output
     assert res.stderr == ""
@@ -82,9 +84,9 @@ def test_quiet_hides_warnings_that_the_default_shows(tmp_path):
     out = tmp_path / "r"
     res = invoke([*TINY, "--steps", "3", "--checkpoint-every", "1", "--keep-checkpoints", "2", "--out", out])
     assert res.exit_code == 0, res.output
-    damaged = (out / "checkpoint" / "checkpoint.json").read_text()[:50]
+    damaged = (out / CHECKPOINT_DIR / META_FILE).read_text()[:50]
     for steps, flags, shown in ((4, [], True), (5, ["-q"], False)):
-        (out / "checkpoint" / "checkpoint.json").write_text(damaged)
+        (out / CHECKPOINT_DIR / META_FILE).write_text(damaged)
         res = invoke([*flags, *TINY, "--out", out, "--resume", "--steps", steps])
         assert res.exit_code == 0, res.output
         warnings = [line for line in res.stderr.splitlines() if line.startswith("Warning: ")]

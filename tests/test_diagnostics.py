@@ -25,6 +25,7 @@ from hvi.cli.main import cli
 from hvi.elbo_parts import trace_parts
 from hvi.fit import make_elbo
 from hvi.priors import GaussianPrior
+from hvi.run_dir import METRICS_FILE
 
 matplotlib.use("Agg")
 
@@ -627,7 +628,7 @@ def test_diagnose_writes_idata_and_plots(tiny_run, tmp_path):
     assert list(idata.posterior["layer"].values)[:2] == ["layers.0.weight", "layers.0.bias"]
     assert {"loc_mean", "loc_rms", "scale_mean", "scale_rms", "noise"} <= set(idata.posterior.data_vars)
     # The stored ELBO trace is metrics.jsonl's.
-    rows = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tiny_run / METRICS_FILE).read_text().splitlines()]
     for key in ("elbo", "ell", "local_kl", "global_kl"):
         np.testing.assert_array_equal(idata.sample_stats[key].values.reshape(-1), [r[key] for r in rows])
     for r in rows:  # metrics.jsonl's parts add up to its ELBO (the step's own traces)
@@ -728,7 +729,7 @@ def test_read_metrics_trace_keeps_only_recorded_parts(tmp_path):
         {"step": 1, "elbo": -3.0, "ell": -2.0, "local_kl": 1.0, "global_kl": None},
         {"step": 3, "elbo": -1.0, "ell": -0.5, "local_kl": 0.5, "global_kl": None},
     ]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
     trace = read_metrics_trace(tmp_path)
     assert sorted(trace) == ["elbo", "ell", "local_kl"]  # global_kl never recorded (e.g. a method without an ELBO)
     np.testing.assert_array_equal(trace["ell"], [-2.0, np.nan, -0.5])  # step 2 missing: NaN

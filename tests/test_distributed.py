@@ -22,6 +22,7 @@ import torch
 
 from hvi.checkpoint import read_checkpoint
 from hvi.distributed import shard_sizes, shard_slice
+from hvi.run_dir import CONFIG_FILE, METRICS_FILE, MODEL_DIR
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
@@ -89,12 +90,12 @@ def test_hvi_fit_under_torchrun_writes_once_and_resumes(tmp_path):
     fit(*common, "--steps", "2", "--out", str(part), nproc_option=True)
     fit("--out", str(part), "--resume", "--steps", "4", "--no-progress")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "part"]  # no stray RUN_DIR.tmp-*
-    cfg = json.loads((full / "config.json").read_text())
+    cfg = json.loads((full / CONFIG_FILE).read_text())
     assert cfg["distributed"] == {"world_size": 2, "task_batch": 4, "task_batch_per_rank": [2, 2]}
-    lines = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (full / METRICS_FILE).read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4]  # written once, by rank 0
-    assert [r["loss"] for r in lines] == [json.loads(x)["loss"] for x in (part / "metrics.jsonl").read_text().splitlines()]
-    a, b = read_checkpoint(full / "model").params, read_checkpoint(part / "model").params
+    assert [r["loss"] for r in lines] == [json.loads(x)["loss"] for x in (part / METRICS_FILE).read_text().splitlines()]
+    a, b = read_checkpoint(full / MODEL_DIR).params, read_checkpoint(part / MODEL_DIR).params
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k

@@ -42,6 +42,8 @@ import hvi
 from hvi.cli.config import KEYS
 from hvi.cli.main import cli
 from hvi.priors.gaussian import GaussianPrior
+from hvi.checkpoint import META_FILE, metadata_files
+from hvi.run_dir import CHECKPOINT_DIR, CONFIG_FILE
 
 SEED = 1313
 TINY = ["--model", "mlp", "--steps", "2", "--task-batch", "2", "--inner-steps", "1", "--no-progress"]
@@ -459,7 +461,7 @@ def _damage(path: Path, how: str, seed: int) -> None:
         raise AssertionError(how)
 
 
-CKPT_FILES = ("checkpoint.json", "tensors")
+CKPT_FILES = (META_FILE, "tensors")
 CKPT_DAMAGE = ("truncate", "random", "empty", "remove", "flip")
 
 
@@ -479,9 +481,9 @@ def _break_checkpoint_dir(d: Path, file: str, how: str, seed: int) -> None:
     if file == "tensors":
         targets = sorted(d.glob("tensors-*.safetensors"))
     else:
-        targets = [d / "checkpoint.json", *sorted(d.glob("checkpoint-*.json"))]
+        targets = metadata_files(d)  # checkpoint.json and the kept history
     for i, t in enumerate(targets):
-        if how == "flip" and file == "checkpoint.json":
+        if how == "flip" and file == META_FILE:
             # a flipped byte may land in a value that is still valid JSON: rewrite a field instead
             meta = json.loads(t.read_text())
             key = random.Random(seed + i).choice(["step", "params", "tensors", "format"])
@@ -498,7 +500,7 @@ def test_api_load_a_broken_checkpoint(run_dir, tmp_path, file, how, seed):
     run = _copy(run_dir, tmp_path)
     _break_checkpoint_dir(run / "checkpoint", file, how, seed)
     with pytest.raises((ValueError, FileNotFoundError)) as e:
-        load_checkpoint(run / "checkpoint")
+        load_checkpoint(run / CHECKPOINT_DIR)
     one_line_error(e)
 
 
@@ -680,7 +682,7 @@ CONFIG_CASES = _config_edits(40)
 
 
 def _edit_config(run: Path, how: str, key: str, arg: str) -> None:
-    path = run / "config.json"
+    path = run / CONFIG_FILE
     if how == "text":
         if key == "truncate":
             text = path.read_text()

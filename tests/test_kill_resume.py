@@ -26,6 +26,8 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from hvi.cli.main import cli
+from hvi.checkpoint import META_FILE
+from hvi.run_dir import CHECKPOINT_DIR, METRICS_FILE, MODEL_DIR
 
 ARGS = [
     "fit", "--model", "mlp", "--steps", "6", "--task-batch", "2", "--inner-steps", "1", "--checkpoint-every", "2",
@@ -85,8 +87,8 @@ DRIVER = textwrap.dedent(
 
 
 def _params(run: Path) -> dict[str, torch.Tensor]:
-    meta = json.loads((run / "model" / "checkpoint.json").read_text())
-    tensors = load_file(str(run / "model" / meta["tensors"]["file"]))
+    meta = json.loads((run / MODEL_DIR / META_FILE).read_text())
+    tensors = load_file(str(run / MODEL_DIR / meta["tensors"]["file"]))
     return {k: v for k, v in tensors.items() if k.startswith("param/")}
 
 
@@ -123,9 +125,9 @@ def test_sigkill_during_a_checkpoint_write_resumes_bit_identical(tmp_path, fresh
     # The killed run: no run directory, one interrupted RUN.tmp-* holding the torn temporary file.
     assert not out.exists()
     (work,) = (tmp_path / "runs").glob("run.tmp-*")
-    torn = [p.name for p in (work / "checkpoint").iterdir() if p.name.endswith(".tmp")]
+    torn = [p.name for p in (work / CHECKPOINT_DIR).iterdir() if p.name.endswith(".tmp")]
     assert len(torn) == 1, torn
-    assert json.loads((work / "checkpoint" / "checkpoint.json").read_text())["step"] == resumed_from
+    assert json.loads((work / CHECKPOINT_DIR / META_FILE).read_text())["step"] == resumed_from
 
     res = CliRunner().invoke(cli, [*ARGS, "--out", str(out), "--resume"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
@@ -136,5 +138,5 @@ def test_sigkill_during_a_checkpoint_write_resumes_bit_identical(tmp_path, fresh
     for k in resumed:
         assert torch.equal(resumed[k], uninterrupted[k]), k
     assert not list(out.rglob("*.tmp")), list(out.rglob("*.tmp"))
-    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (out / METRICS_FILE).read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]

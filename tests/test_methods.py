@@ -15,6 +15,7 @@ import hvi
 from hvi.families import PointMassFamily
 from hvi.methods import outer_loss
 from hvi.priors.gaussian import GaussianPrior
+from hvi.run_dir import CONFIG_FILE
 
 ALPHA, K = 0.05, 2
 
@@ -212,7 +213,7 @@ def test_cli_fit_and_evaluate_a_deterministic_method(cli_env, tmp_path, method):
     res = runner.invoke(cli, ["fit", "--method", method, "--model", "mlp", "--steps", "3", "--task-batch", "2",
                               "--inner-steps", "1", "--no-progress", "--out", str(out)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    cfg = json.loads((out / "config.json").read_text())
+    cfg = json.loads((out / CONFIG_FILE).read_text())
     assert cfg["method"] == method and cfg["inner_update"] == "gradient" and cfg["first_order"] == (method != "maml")
     assert cfg["lr"] == (0.1 if method == "reptile" else 3e-3)
     res = runner.invoke(cli, ["evaluate", str(out), "--max-tasks", "4", "--json", "--no-progress"], catch_exceptions=False)
@@ -258,4 +259,4 @@ def test_old_run_config_without_method_loads_as_abml(tmp_path):
 
     cfg = {k: v for k, v in defaults_for("mlp").items() if k != "method"}
     cfg.update(model="mlp", likelihood="gaussian", val_every=1, checkpoint_every=1)
-    assert check_run_config(cfg, tmp_path / "config.json")["method"] == "abml"
+    assert check_run_config(cfg, tmp_path / CONFIG_FILE)["method"] == "abml"

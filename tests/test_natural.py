@@ -20,6 +20,7 @@ from hvi.families import inv_softplus
 from hvi.guide import inner_lrs
 from hvi.priors import GaussianPrior, LaplacePrior
 from naive import assert_same_param_grads, outer_term
+from hvi.run_dir import CONFIG_FILE
 
 DT = torch.float64
 NOISE = 0.7
@@ -263,11 +264,11 @@ def test_runs_saved_before_the_natural_update_keep_gradient_ascent(tmp_path):
     from hvi.cli.run import check_run_config
 
     cfg = {**defaults_for("mlp"), "model": "mlp", "likelihood": "gaussian"}
-    assert check_run_config(cfg, tmp_path / "config.json")["inner_update"] == "natural"
+    assert check_run_config(cfg, tmp_path / CONFIG_FILE)["inner_update"] == "natural"
     del cfg["inner_update"]
-    assert check_run_config(cfg, tmp_path / "config.json")["inner_update"] == "gradient"
+    assert check_run_config(cfg, tmp_path / CONFIG_FILE)["inner_update"] == "gradient"
     with pytest.raises(ValueError, match="inner_update='newton' is not understood; use one of natural, gradient"):
-        check_run_config({**cfg, "inner_update": "newton"}, tmp_path / "config.json")
+        check_run_config({**cfg, "inner_update": "newton"}, tmp_path / CONFIG_FILE)
 
 
 def test_a_zero_scale_counts_as_a_diverged_inner_loop():

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hvi.run_dir import EVALUATION_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -122,4 +123,4 @@ def test_every_readme_shell_command_that_takes_under_a_minute(tmp_path):
     """All of them, in order (about 15 s of CPU: five hvi processes, a 20-step fit and its evaluation)."""
     ran = _run(tmp_path, COMMANDS)
     assert sum(_trains(c) for c in ran) >= 2
-    assert (tmp_path / "runs" / "sine" / "evaluation.json").is_file()
+    assert (tmp_path / "runs" / "sine" / EVALUATION_FILE).is_file()
