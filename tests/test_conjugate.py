@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 import hvi
+from hvi.names import q_theta_normal
 from hvi.priors import GaussianPrior
 
 D, M, N = 2, 10, 5
@@ -120,8 +121,7 @@ def test_normal_q_theta_matches_exact_posterior():
     meta = build("normal")
     optim = pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.02 ** (1 / 300)})
     hvi.fit(meta, batch, steps=300, optimizer=optim, num_particles=4, seed=0)
-    q_loc = pyro.param("q_theta.theta.w.loc.loc").detach()
-    q_scale = pyro.param("q_theta.theta.w.loc.scale").detach()
+    q_loc, q_scale = (pyro.param(p).detach() for p in q_theta_normal("theta.w.loc"))
     close(q_loc, ref["mu_mean"], rel=0.03)
     close(q_scale, ref["mu_sd"], rel=0.10, floor=0.0)
     # Each draw samples θ and adapts to it: 500 draws per call, vmapped.
@@ -142,8 +142,9 @@ def test_exact_posterior_is_a_fixed_point(q_theta):
         pyro.param("theta.w.loc", ref["mu_eb"].clone())
         mean, sd = ref["phi_eb_mean"], ref["phi_cond_sd"]
     else:
-        pyro.param("q_theta.theta.w.loc.loc", ref["mu_mean"].clone())
-        pyro.param("q_theta.theta.w.loc.scale", ref["mu_sd"].clone(), constraint=torch.distributions.constraints.positive)
+        q_loc, q_scale = q_theta_normal("theta.w.loc")
+        pyro.param(q_loc, ref["mu_mean"].clone())
+        pyro.param(q_scale, ref["mu_sd"].clone(), constraint=torch.distributions.constraints.positive)
         mean, sd = ref["phi_mean"], ref["phi_sd"]
     phi = guide_samples(meta, batch, 20000) if q_theta == "delta" else guide_samples(meta, batch, 4000, calls=8)
     # K=12 inner steps leave σ_q ~1% above its optimum and the inner MC noise

@@ -24,6 +24,7 @@ from hvi import diagnostics as dg
 from hvi.cli.main import cli
 from hvi.elbo_parts import trace_parts
 from hvi.fit import make_elbo
+from hvi.names import q_theta_normal
 from hvi.priors import GaussianPrior
 from hvi.run_dir import METRICS_FILE
 
@@ -282,8 +283,7 @@ def test_hierarchical_prior_reads_mu_and_tau_with_real_draws(tmp_path):
     assert json.loads(post.attrs["site_names"]) == {"mu": "theta.mu", "tau": "theta.tau"}
     # The draws are q(θ)'s: μ ~ N(loc, scale²), log τ ~ N(loc, scale²).
     for name, values in (("mu", post["mu"].values), ("tau", np.log(post["tau"].values))):
-        loc = float(pyro.param(f"q_theta.theta.{name}.loc").detach())
-        scale = float(pyro.param(f"q_theta.theta.{name}.scale").detach())
+        loc, scale = (float(pyro.param(p).detach()) for p in q_theta_normal(f"theta.{name}"))
         assert abs(values.mean() - loc) < 0.05 * scale and values.std() == pytest.approx(scale, rel=0.05)
     table = az.summary(idata, var_names=["mu", "tau", "phi_scale"])
     assert {"mu", "tau", "phi_scale[0, w]"} <= set(table.index)

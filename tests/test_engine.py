@@ -20,6 +20,7 @@ from hvi.adapt import InnerLoop
 from hvi.families import inv_softplus
 from hvi.fit import make_elbo
 from hvi.guide import guide_globals, inner_lrs
+from hvi.names import inner_lr, q_theta_normal
 from hvi.parallel import map_task_chunks, num_task_chunks
 from hvi.priors import GaussianPrior
 from naive import assert_same_param_grads, outer_term
@@ -100,7 +101,7 @@ def test_vmapped_inner_loop_and_outer_gradients_match_naive_loop(first_order, nu
 
     loc, scale = current_theta(meta)
     sigma = pyro.param("likelihood.noise")
-    lr = {n: {k: (pyro.param(f"inner_lr.{n}.{k}") if learn_lr else cfg.lr) for k in ("loc", "rho")} for n in loc}
+    lr = {n: {k: (pyro.param(inner_lr(n, k)) if learn_lr else cfg.lr) for k in ("loc", "rho")} for n in loc}
     B, M = batch.batch_size, batch.num_tasks
     naive_loss = 0.0
     for i in range(B):
@@ -245,7 +246,7 @@ def test_elbo_equals_hand_computation_for_a_fixed_trace(objective):
             continue  # the likelihood's noise has no hyperprior: a param, no ELBO term
         v = tr.nodes[name]["value"]
         theta[name] = v
-        qloc, qscale = store[f"q_theta.{name}.loc"], store[f"q_theta.{name}.scale"]
+        qloc, qscale = (store[p] for p in q_theta_normal(name))
         if name.endswith(".loc"):
             total = total + log_normal(v, torch.zeros_like(v), torch.ones_like(v))
             total = total - log_normal(v, qloc, qscale)

@@ -10,6 +10,7 @@ from pyro.infer import Trace_ELBO
 
 import hvi
 from hvi.flows import GlobalFlow
+from hvi.names import FLOW_LATENT, q_theta_flow
 from hvi.sites import GlobalSite, positive
 
 DT = torch.float64
@@ -27,10 +28,10 @@ def test_site_density_is_the_flow_density_with_the_log_jacobian():
     pyro.set_rng_seed(0)
     flow = GlobalFlow(sites(), init_scale=0.3)
     tr = pyro.poutine.trace(flow.sample_sites).get_trace()
-    z = tr.nodes["q_theta.z"]["value"]
+    z = tr.nodes[FLOW_LATENT]["value"]
     assert z.shape == (3,) and torch.equal(tr.nodes["tau"]["value"], z[2].exp())
     torch.testing.assert_close(tr.nodes["mu"]["value"], z[:2])
-    guide_lp = sum(tr.nodes[n]["fn"].log_prob(tr.nodes[n]["value"]) for n in ("q_theta.z", "mu", "tau"))
+    guide_lp = sum(tr.nodes[n]["fn"].log_prob(tr.nodes[n]["value"]) for n in (FLOW_LATENT, "mu", "tau"))
     # log q(μ, τ) = log q_z(μ, log τ) − log τ
     direct = flow.dist().log_prob(z) - z[2]
     torch.testing.assert_close(guide_lp, direct)
@@ -63,7 +64,7 @@ def test_flow_trains_with_vectorized_particles():
     res = hvi.fit(meta, batch, steps=3, num_particles=4, seed=0)
     assert len(res.losses) == 3 and all(torch.isfinite(torch.tensor(res.losses)))
     names = set(pyro.get_param_store().keys())
-    assert any(n.startswith("q_theta.flow$$$") for n in names), names
+    assert any(n.startswith(q_theta_flow("")) for n in names), names
     loss = Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=2).loss(meta.model, meta.guide, batch)
     assert torch.isfinite(torch.tensor(loss))
 
@@ -90,7 +91,7 @@ def test_a_flow_checkpoint_round_trips(tmp_path):
     with torch.no_grad():
         meta.flow.loc.zero_()
         meta.guide(batch)
-    torch.testing.assert_close(meta.flow.loc.detach(), saved["q_theta.flow$$$loc"])
+    torch.testing.assert_close(meta.flow.loc.detach(), saved[q_theta_flow("loc")])
 
 
 def test_a_network_sized_latent_is_refused_with_the_fix():

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
 import hvi
+from hvi import names as names_mod
 from hvi.data.sinusoid import SinusoidSource
 from hvi.models import get_model
 from hvi.priors import (
@@ -117,9 +118,9 @@ def expected_param_names(meta: hvi.MetaModel) -> set[str]:
         if not site.latent:
             names.add(name)
         elif meta.q_theta == "delta":
-            names.add(f"q_theta.{name}")
+            names.add(names_mod.q_theta_point(name))
         else:
-            names.update({f"q_theta.{name}.loc", f"q_theta.{name}.scale"})
+            names.update(names_mod.q_theta_normal(name))
     return names
 
 
@@ -131,10 +132,11 @@ def initial_param_values(meta: hvi.MetaModel) -> dict[str, Tensor]:
         if not site.latent:
             out[name] = init
         elif meta.q_theta == "delta":
-            out[f"q_theta.{name}"] = init
+            out[names_mod.q_theta_point(name)] = init
         else:
-            out[f"q_theta.{name}.loc"] = torch.distributions.biject_to(site.constraint).inv(init)
-            out[f"q_theta.{name}.scale"] = torch.full_like(init, meta.q_theta_init_scale)
+            loc, scale = names_mod.q_theta_normal(name)
+            out[loc] = torch.distributions.biject_to(site.constraint).inv(init)
+            out[scale] = torch.full_like(init, meta.q_theta_init_scale)
     return out
 
 
@@ -197,7 +199,7 @@ def test_builtin_fits_sinusoid_and_optimizes_its_own_sites(sinusoid, name, q_the
     store = pyro.get_param_store()
     for key, value in result.params.items():
         start = init[key]
-        if key.endswith(".loc") and key.startswith("q_theta.") and q_theta == "normal":
+        if q_theta == "normal" and key in {names_mod.q_theta_normal(n)[0] for n in meta.sites}:
             value = store.get_param(key).unconstrained().detach()  # q(θ)'s loc lives unconstrained
         assert value.shape == start.shape, key
         assert not torch.allclose(value, start), f"{key} did not change"
@@ -512,7 +514,7 @@ def test_prior_with_its_own_guide_family(sinusoid):
     )
     result = hvi.fit(meta, sinusoid, steps=2, task_batch=4, lr=1e-2)
     assert all(math.isfinite(v) for v in result.losses)
-    assert "inner_lr.layers.0.weight.log_scale" in result.params
+    assert names_mod.inner_lr("layers.0.weight", "log_scale") in result.params
     batch = sinusoid.sample("val", 2, torch.Generator().manual_seed(0))
     with torch.no_grad():
         lam = meta.guide(batch)["lambda"]["layers.0.weight"]
