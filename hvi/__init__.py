@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from hvi.functional import FunctionalNet
     from hvi.likelihoods import Categorical, Gaussian, Likelihood, get_likelihood, list_likelihoods, register_likelihood
     from hvi.meta import MetaModel
-    from hvi.metrics import classification_metrics, mean_ci, regression_metrics
+    from hvi.metrics import calibration_error, classification_metrics, mean_ci, regression_metrics
     from hvi.predict import Prediction, predict
     from hvi.runs import Run, load_run
     from hvi.priors import HierarchicalPrior, get_prior, list_priors, register_prior
@@ -58,6 +58,7 @@ _EXPORTS: dict[str, str] = {
     "list_likelihoods": "hvi.likelihoods",
     "list_priors": "hvi.priors",
     "mean_ci": "hvi.metrics",
+    "calibration_error": "hvi.metrics",
     "pareto_k": "hvi.diagnostics",
     "predict": "hvi.predict",
     "Run": "hvi.runs",
@@ -123,6 +124,7 @@ __all__ = [
     "Run",
     "SVI",
     "TaskBatch",
+    "calibration_error",
     "classification_metrics",
     "fit",
     "get_likelihood",

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from hvi.predict import Prediction
 
-__all__ = ["ci_summary", "skill_score", "point_metrics", "regression_metrics", "classification_metrics", "gaussian_crps", "mean_ci"]
+__all__ = ["ci_summary", "skill_score", "point_metrics", "regression_metrics", "classification_metrics", "calibration_error", "gaussian_crps", "mean_ci"]
 
 _SQRT2 = math.sqrt(2.0)
 
@@ -93,6 +93,30 @@ def classification_metrics(
     for b in range(bins):
         ece = ece + (gaps * (which == b)).sum(1).abs() / n
     return {"accuracy": _per_task(correct, mask), "nll": _per_task(nll, mask), "ece": ece}
+
+
+def calibration_error(probs: Tensor, y: Tensor, bins: int = 15) -> Tensor:
+    """Pooled expected calibration error of class probabilities over every prediction.
+
+    ECE = Σ_b (n_b/n)·|accuracy_b − confidence_b| over ``bins`` equal-width
+    confidence bins (Guo et al. 2017), all predictions of all tasks pooled, as
+    few-shot papers report it (:func:`classification_metrics` gives one per task).
+
+    Args:
+        probs: Class probabilities ``(..., C)``.
+        y: Labels ``(...)``.
+        bins: Number of confidence bins (default 15).
+
+    Returns:
+        A scalar tensor.
+    """
+    p = probs.reshape(-1, probs.shape[-1])
+    conf, guess = p.max(-1)
+    correct = (guess == y.reshape(-1)).to(p.dtype)
+    edges = torch.linspace(0, 1, bins + 1, device=p.device, dtype=p.dtype)
+    which = torch.bucketize(conf, edges[1:-1])
+    gap = torch.zeros(bins, dtype=p.dtype, device=p.device).index_add_(0, which, conf - correct)
+    return gap.abs().sum() / conf.numel()
 
 
 def ci_summary(values: Tensor) -> dict[str, float]:
