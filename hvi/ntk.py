@@ -50,7 +50,8 @@ class NTKSpectrum:
 
     Attributes:
         eigenvalues: ``(N,)``, descending.
-        eigenvectors: ``(N, N)``, column ``k`` the unit eigenvector of ``eigenvalues[k]``.
+        eigenvectors: ``(N, N)``, column ``k`` the unit eigenvector of ``eigenvalues[k]``,
+            its sign chosen so that its entries sum to ``>= 0``.
     """
 
     eigenvalues: Tensor
@@ -137,7 +138,10 @@ def ntk_spectrum(kernel: Tensor) -> NTKSpectrum:
         raise ValueError(f"kernel must be a square (N, N) matrix, got shape {tuple(kernel.shape)}.")
     vals, vecs = torch.linalg.eigh((kernel + kernel.T) / 2)
     order = torch.argsort(vals, descending=True)
-    return NTKSpectrum(vals[order], vecs[:, order])
+    vecs = vecs[:, order]
+    # An eigenvector's sign is arbitrary: fix it (non-negative sum) so that plots of two kernels compare.
+    vecs = vecs * torch.where(vecs.sum(0) < 0, -1.0, 1.0).to(vecs.dtype)
+    return NTKSpectrum(vals[order], vecs)
 
 
 def energy_fraction(eigenvectors: Tensor, y: Tensor) -> Tensor:

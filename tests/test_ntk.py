@@ -48,6 +48,7 @@ def test_spectrum_and_energy_fraction(one_thread):
     assert bool((spec.eigenvalues[:-1] >= spec.eigenvalues[1:]).all())
     assert float(spec.eigenvalues[-1]) > -1e-10  # positive semi-definite
     torch.testing.assert_close(spec.eigenvectors.T @ spec.eigenvectors, torch.eye(16, dtype=torch.float64))
+    assert bool((spec.eigenvectors.sum(0) >= 0).all())  # signs fixed
     y = torch.randn(3, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     frac = energy_fraction(spec.eigenvectors, y)
     assert frac.shape == (3, 16)
