@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import pyro
 import torch
@@ -121,7 +121,22 @@ class InnerConfig:
             in the backward pass (``torch.utils.checkpoint``, non-reentrant):
             the same gradients, activation memory of one step instead of K,
             about one more forward and inner backward per step. First order
-            keeps no step graph either way.
+            keeps no step graph either way. ``"implicit"`` (iMAML/iBaML, see
+            :mod:`hvi.implicit`) runs the steps without a graph and
+            differentiates the converged λ* through the implicit function
+            theorem at the inner objective's stationary point: memory of one
+            step whatever K, a backward of ``implicit_cg_steps`` Hessian-vector
+            products, and gradients that are **approximate** (exact only at a
+            stationary point; use enough steps for the loop to converge, e.g.
+            K·α ≳ 3 under ``"natural"``). Normal family and Normal p(φ | θ)
+            only; α gets no gradient, so not with ``learn_lr``, and not with
+            ``first_order``.
+        implicit_cg_steps: Conjugate-gradient iterations of the implicit
+            backward solve (default 10; ``memory="implicit"`` only).
+        implicit_damping: δ ≥ 0 of the implicit solve (−∇²F + δ·M) v = λ̄, M
+            the diagonal curvature preconditioner (default 0.0). δ > 0 steadies
+            an indefinite Hessian (a non-convex network far from convergence) at
+            the price of shrinking the gradient by about 1/(1 + δ).
     """
 
     steps: int = 5
@@ -134,6 +149,8 @@ class InnerConfig:
     update: str = "natural"
     line_search: bool = False
     memory: str = "none"
+    implicit_cg_steps: int = 10
+    implicit_damping: float = 0.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.steps, int) and self.steps >= 0):
@@ -159,6 +176,7 @@ class InnerConfig:
             raise ValueError(
                 f"inner memory={self.memory!r} is not understood; use one of {', '.join(map(repr, MEMORY_MODES))}."
             )
+        self._check_implicit()
         if not (isinstance(self.num_samples, int) and self.num_samples >= 1):
             raise ValueError(f"inner num_samples={self.num_samples!r} must be an integer >= 1.")
         if not 0 <= self.kl_weight < math.inf:
@@ -167,6 +185,25 @@ class InnerConfig:
             raise ValueError(
                 f"kl_weight={self.kl_weight} leaves the natural-gradient step without a prior "
                 "precision; use kl_weight > 0 (e.g. 1e-3) or update='gradient'."
+            )
+
+    def _check_implicit(self) -> None:
+        steps, damping = self.implicit_cg_steps, self.implicit_damping
+        if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
+            raise ValueError(f"inner implicit_cg_steps={steps!r} must be an integer >= 1 (e.g. 10).")
+        if not (isinstance(damping, (int, float)) and 0 <= damping < math.inf):
+            raise ValueError(f"inner implicit_damping={damping!r} must be a finite number >= 0 (e.g. 0.0 or 0.1).")
+        if self.memory != "implicit":
+            return
+        if self.first_order:
+            raise ValueError(
+                "inner memory='implicit' replaces the second-order backward, which first_order=True "
+                "does not have; use first_order=False, or memory='none' with first_order=True."
+            )
+        if self.learn_lr:
+            raise ValueError(
+                "inner memory='implicit' gives the step size α no gradient (the stationary point does "
+                "not depend on it); use learn_lr=False, or memory='checkpoint' to learn α exactly."
             )
 
     def lr_for(self, key: str) -> float:
@@ -180,6 +217,15 @@ class InnerConfig:
 
 #: InnerConfig.memory: what the second-order backward keeps of the inner steps.
 MEMORY_MODES = choices.MEMORY_MODES
+
+
+class _LastNoise(TaskNoise):
+    """Per-task noise streams that keep the last draw they gave (``.last``)."""
+
+    def next(self, generators: list[torch.Generator]) -> Tensor:
+        out = super().next(generators)
+        object.__setattr__(self, "last", out)
+        return out
 
 
 def _checkpointed(step):
@@ -239,6 +285,16 @@ class InnerLoop:
         self.net = net
         self.prior = prior
         self.family = prior.family if family is None else family
+        if config.memory == "implicit" and not self.family.diagonal_normal:
+            raise ValueError(
+                f"memory='implicit' needs the diagonal Normal family, but q(φ) uses "
+                f"{type(self.family).__name__}; use InnerConfig(memory='checkpoint')."
+            )
+        if config.memory == "implicit" and not config.kl_weight > 0:
+            raise ValueError(
+                f"memory='implicit' needs kl_weight > 0 (got {config.kl_weight}): the KL makes the "
+                "inner objective's stationary point unique; use e.g. kl_weight=1e-3, or memory='checkpoint'."
+            )
         if config.update == "natural" and not self.family.diagonal_normal:
             raise ValueError(
                 f"update='natural' needs the diagonal Normal family, but the prior uses "
@@ -445,6 +501,8 @@ class InnerLoop:
 
     def _run(self, theta, lik, lr, x, y, noise, mask, eps, steps, lead, needs_graph) -> dict[str, Tensor]:
         cfg = self.config
+        if cfg.memory == "implicit" and needs_graph and steps > 0:
+            return self._run_implicit(theta, lik, lr, x, y, noise, mask, eps, steps, lead)
         if cfg.update == "natural":
             return self._run_natural(theta, lik, lr, x, y, noise, mask, eps, steps, lead, needs_graph)
         B, Ns = x.shape[0], x.shape[1]
@@ -495,6 +553,35 @@ class InnerLoop:
         for m in range(steps):
             lam = run_step(lam, noise_at(m))
         return lam
+
+    # -- memory="implicit": no graph through the steps (hvi.implicit) ---------------
+    def _run_implicit(self, theta, lik, lr, x, y, noise, mask, eps, steps, lead) -> dict[str, Tensor]:
+        """λ^(K) from graph-free steps, with the implicit derivative at the stationary point attached."""
+        from hvi import implicit
+
+        cfg = self.config
+        B = x.shape[0]
+        _, _, closed_form, kl_terms = self._start(theta, lr, lead, B, second_order=True)
+        if not closed_form:
+            kinds = sorted({type(p).__name__ for p in kl_terms.values()})
+            raise ValueError(
+                f"memory='implicit' needs a Normal p(φ | θ) (e.g. GaussianPrior), but the prior gives "
+                f"{', '.join(kinds)}; use InnerConfig(memory='checkpoint')."
+            )
+        # F's fixed draws are the last step's noise; per-task streams record it as they run.
+        record = _LastNoise(**{f.name: getattr(eps, f.name) for f in fields(eps)}) if isinstance(eps, TaskNoise) else eps
+        lam = self._run(theta, lik, lr, x, y, noise, mask, record, steps, lead, needs_graph=False)
+        last = record.last if isinstance(eps, TaskNoise) else eps[..., steps - 1, :, :]
+        points = natural.probes(last) if cfg.update == "natural" else last
+        J = points.shape[-2]
+        keys = tuple(lik)
+
+        def loglik_for(values):
+            return self._support_loglik(values, x, y, noise, mask, lead, J, twice=True)
+
+        system = implicit.NormalStationarity(loglik_for, keys, points, cfg.kl_weight, clip=cfg.update == "natural")
+        return implicit.attach(system, lam, kl_terms, [lik[k] for k in keys],
+                               cfg.implicit_cg_steps, float(cfg.implicit_damping))
 
     # -- the natural-gradient update (hvi.natural) -------------------------------
     def _prior_terms(self, kl_terms, closed_form, lead, B):

@@ -12,8 +12,8 @@ __all__ = ["INNER_UPDATES", "MEMORY_MODES", "Q_THETAS", "OBJECTIVES", "METHODS"]
 
 #: ``InnerConfig.update``: the natural-gradient step (Bayesian learning rule) or plain gradient ascent.
 INNER_UPDATES: tuple[str, ...] = ("natural", "gradient")
-#: ``InnerConfig.memory``: keep every inner step's graph, or recompute each step in the backward pass.
-MEMORY_MODES: tuple[str, ...] = ("none", "checkpoint")
+#: ``InnerConfig.memory``: keep every inner step's graph, recompute each step in the backward pass, or differentiate the converged λ implicitly.
+MEMORY_MODES: tuple[str, ...] = ("none", "checkpoint", "implicit")
 #: ``MetaModel(q_theta=...)``: point mass, diagonal Normal or spline flow over the latent global sites.
 Q_THETAS: tuple[str, ...] = ("delta", "normal", "flow")
 #: ``MetaModel(objective=...)``: the outer ELBO's data.
