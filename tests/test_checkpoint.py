@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import random
 
 import numpy as np
@@ -15,6 +16,7 @@ from torch.distributions import biject_to
 import hvi.data.sinusoid  # noqa: F401  (registers the source)
 from hvi import InnerConfig, MetaModel
 from hvi.checkpoint import (
+    META_FILE,
     constraint_from_json,
     constraint_to_json,
     expected_params,
@@ -26,7 +28,6 @@ from hvi.data.base import get_source
 from hvi.models import get_model
 from hvi.priors.gaussian import GaussianPrior
 from hvi.sites import positive
-from hvi.checkpoint import META_FILE
 
 
 def _meta(hidden=(8,), learn_lr=False, q_theta="delta", hyperprior=False):
@@ -177,8 +178,60 @@ def test_files_json_and_atomic_replacement(tmp_path):
     assert len(meta_json["tensors"]["sha256"]) == 64
     assert meta_json["params"]["likelihood.noise"]["constraint"] == {"type": "positive"}
     assert meta_json["params"]["theta.layers.0.weight.loc"]["constraint"] == {"type": "real"}
-    # nothing is pickled
-    assert not list(d.glob("*.pt")) and not list(d.glob("*.pkl"))
+
+
+class _Payload:
+    """What a malicious checkpoint would hold: unpickling it creates the file ``marker``."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def _pickle_payload(kind: str, marker) -> bytes:
+    if kind == "pickle":
+        return pickle.dumps({"param/w": _Payload(marker)})
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"param/w": torch.zeros(3), "hook": _Payload(marker)}, buf)  # a torch.save file (zip + pickle)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["pickle", "torch.save"])
+@pytest.mark.parametrize("checksum", ["stale", "forged"])
+def test_a_pickle_in_place_of_the_tensor_file_is_refused_and_never_runs(tmp_path, kind, checksum):
+    import hashlib
+
+    pyro.clear_param_store()
+    pyro.param("w", torch.ones(3))
+    d = save_checkpoint(tmp_path / "ck", step=1, config={}, extra={})
+    marker = tmp_path / "payload-ran"
+    payload = _pickle_payload(kind, marker)
+    tfile = next(d.glob("*.safetensors"))
+    tfile.write_bytes(payload)
+    if checksum == "forged":  # the attacker rewrote checkpoint.json too: the checksum passes, the parser refuses
+        meta = json.loads((d / META_FILE).read_text())
+        meta["tensors"]["sha256"] = hashlib.sha256(payload).hexdigest()
+        (d / META_FILE).write_text(json.dumps(meta))
+    expected = "corrupted: sha256 of" if checksum == "stale" else "corrupted: cannot read tensors-"
+    for read in (read_checkpoint, lambda path: load_checkpoint(path, expected={"w": (3,)})):
+        with pytest.raises(ValueError, match=expected) as info:
+            read(d)
+        assert "\n" not in str(info.value) and str(info.value).startswith(f"checkpoint {d} is corrupted: ")
+        assert not marker.exists()
+    assert torch.equal(pyro.param("w").detach(), torch.ones(3))  # the store was not touched
+    # The payload is live: unpickling it (what torch.load(weights_only=False) would do) runs it.
+    live = tmp_path / "live"
+    if kind == "pickle":
+        pickle.loads(_pickle_payload(kind, live))
+    else:
+        import io
+
+        torch.load(io.BytesIO(_pickle_payload(kind, live)), weights_only=False)
+    assert live.exists()
 
 
 def test_corrupted_checkpoint_fails_checksum(tmp_path):

@@ -102,6 +102,19 @@ def close(actual, expected, rel, floor=0.02):
     assert bool((err <= bound).all()), f"max excess {float((err - bound).max()):.4f}\n{actual}\n{expected}"
 
 
+def at_exact_theta(q_theta: str, ref: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sets θ (or q(θ)) to the exact answer in a fresh param store; returns the exact marginal mean and sd of φ_i."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    if q_theta == "delta":
+        pyro.param("theta.w.loc", ref["mu_eb"].clone())
+        return ref["phi_eb_mean"], ref["phi_cond_sd"]
+    q_loc, q_scale = q_theta_normal("theta.w.loc")
+    pyro.param(q_loc, ref["mu_mean"].clone())
+    pyro.param(q_scale, ref["mu_sd"].clone(), constraint=torch.distributions.constraints.positive)
+    return ref["phi_mean"], ref["phi_sd"]
+
+
 def test_point_mass_matches_empirical_bayes_posterior():
     batch = make_data()
     ref = exact(batch)
@@ -136,21 +149,33 @@ def test_exact_posterior_is_a_fixed_point(q_theta):
     batch = make_data()
     ref = exact(batch)
     meta = build(q_theta)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    if q_theta == "delta":
-        pyro.param("theta.w.loc", ref["mu_eb"].clone())
-        mean, sd = ref["phi_eb_mean"], ref["phi_cond_sd"]
-    else:
-        q_loc, q_scale = q_theta_normal("theta.w.loc")
-        pyro.param(q_loc, ref["mu_mean"].clone())
-        pyro.param(q_scale, ref["mu_sd"].clone(), constraint=torch.distributions.constraints.positive)
-        mean, sd = ref["phi_mean"], ref["phi_sd"]
+    mean, sd = at_exact_theta(q_theta, ref)
     phi = guide_samples(meta, batch, 20000) if q_theta == "delta" else guide_samples(meta, batch, 4000, calls=8)
     # K=12 inner steps leave σ_q ~1% above its optimum and the inner MC noise
     # widens the mixture by ~1%; anything beyond 6% is a real error.
     close(phi.mean(0), mean, rel=0.02, floor=0.02)
     close(phi.std(0), sd, rel=0.06, floor=0.0)
+
+
+@pytest.mark.parametrize("q_theta", ["delta", "normal"])
+def test_predictive_is_the_exact_posterior_predictive(q_theta):
+    """At the exact θ, hvi.predict's mean and sd for a new y of task i are the closed form
+    N(E[φ_i | D], Var(φ_i | D) + σ²): an independent number, not predict's own formula."""
+    batch = make_data()
+    ref = exact(batch)
+    meta = build(q_theta)
+    mean, sd = at_exact_theta(q_theta, ref)
+    nq = 3
+    query = hvi.TaskBatch(batch.support_x, batch.support_y, torch.zeros(M, nq, 1, dtype=torch.float64),
+                          torch.zeros(M, nq, D, dtype=torch.float64))
+    # Each draw of a Normal q(θ) adapts on its own θ: fewer draws (6 s).
+    pred = hvi.predict(meta, query, num_samples=4000 if q_theta == "delta" else 500)
+    want_sd = (sd**2 + SIGMA**2).sqrt()[:, None, :].expand(M, nq, D)
+    # Within 2.5% (500 draws: ~0.6% sd error per entry; q(φ) ~1% wide of its optimum): σ alone
+    # (no weight uncertainty) would be 7% low, the draws' spread alone 60% low.
+    close(pred.mean, mean[:, None, :].expand(M, nq, D), rel=0.02, floor=0.04)
+    close(pred.std, want_sd, rel=0.025, floor=0.0)
+    assert float((pred.std - SIGMA).min()) > 0.05
 
 
 def test_flow_q_theta_matches_exact_posterior(seed=0):

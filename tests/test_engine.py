@@ -311,9 +311,9 @@ def test_prediction_shapes_and_moments():
     pred = hvi.predict(meta, batch, num_samples=50)
     assert pred.mean.shape == (3, 7, 1) and pred.std.shape == (3, 7, 1)
     assert pred.samples.shape == (50, 3, 7, 1)
-    sigma = pyro.param("likelihood.noise").detach()
-    # Var = Var_s f_s + σ²: the std exceeds σ and matches the law of total variance.
-    torch.testing.assert_close(pred.std**2, pred.samples.var(0, unbiased=False) + sigma**2)
+    # The sd's value is checked against the closed-form posterior predictive in
+    # test_conjugate.py::test_predictive_is_the_exact_posterior_predictive.
+    assert bool((pred.std > pyro.param("likelihood.noise").detach()).all())
     m = hvi.regression_metrics(pred, batch.query_y)
     assert set(m) >= {"rmse", "nll", "crps", "coverage_90"} and m["rmse"].shape == (3,)
 
