@@ -232,8 +232,14 @@ def _checkpointed(step):
     """``step`` whose activations are recomputed in the backward pass instead of kept."""
     from torch.utils.checkpoint import checkpoint
 
+    def quiet(*args):
+        # The recomputation runs in the backward pass, outside adapt()'s
+        # validation_enabled(False): argument checks there would be a host sync per step.
+        with pyro.validation_enabled(False):
+            return step(*args)
+
     def run(*args):
-        return checkpoint(step, *args, use_reentrant=False)
+        return checkpoint(quiet, *args, use_reentrant=False)
 
     return run
 

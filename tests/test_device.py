@@ -115,22 +115,16 @@ UPDATES = ["natural", "gradient"]
 ORDERS = {"second": False, "first": True}
 
 # Found by these tests: with memory="checkpoint", second order, the inner steps are recomputed in
-# the outer backward pass, outside adapt()'s pyro.validation_enabled(False); the likelihood's
-# Normal then validates its arguments (torch.distributions' _is_all_true: a host sync per step,
-# and .item() on meta tensors). Fix in hvi/adapt.py::_checkpointed (disable validation inside the
-# checkpointed function); reported, not edited here (adapt.py is another engineer's).
-_CHECKPOINT_SYNC = pytest.mark.xfail(
-    strict=True, raises=(HostSync, RuntimeError),
-    reason="checkpointed steps validate distribution arguments when recomputed in the backward pass",
-)
+# the outer backward pass, outside adapt()'s pyro.validation_enabled(False), so the likelihood's
+# Normal validated its arguments there (a host sync per step). hvi/adapt.py::_checkpointed now
+# disables validation inside the checkpointed function; the cases below keep it that way.
 
 
 def _cases():
     for update in UPDATES:
         for order, first in ORDERS.items():
             for memory in ("none", "checkpoint"):
-                marks = [_CHECKPOINT_SYNC] if memory == "checkpoint" and not first else []
-                yield pytest.param(update, first, memory, marks=marks, id=f"{update}-{order}-{memory}")
+                yield pytest.param(update, first, memory, id=f"{update}-{order}-{memory}")
 
 
 def _setup(update: str, first_order: bool, memory: str, net: torch.nn.Module | None = None, steps: int = 3):
@@ -225,8 +219,7 @@ def _fit_syncs(update: str, memory: str, steps: int) -> tuple[int, list[str]]:
 
 @pytest.mark.parametrize("update,memory", [
     ("natural", "none"), ("gradient", "none"),
-    pytest.param("gradient", "checkpoint", marks=pytest.mark.xfail(
-        strict=True, reason="checkpointed steps validate distribution arguments when recomputed")),
+    ("gradient", "checkpoint"),
 ])
 def test_a_fit_meta_step_syncs_as_often_at_one_inner_step_as_at_four(update, memory, one_thread):
     n1, log1 = _fit_syncs(update, memory, 1)
