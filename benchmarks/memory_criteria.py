@@ -3,12 +3,17 @@
 * checkpointed inner steps: peak RSS at 20 inner steps against 2, on the
   64×64, base-32 U-Net at task batch 1 (second order, ``--memory-mode checkpoint``;
   the unchecked loop beside it);
+* implicit meta-gradients: the same, ``--memory-mode implicit``;
 * task chunks: peak RSS at task batch 16 against 1, second order, 32×32 base 16,
   in chunks of 1 task (``--chunk 1``; the unchunked batch beside it).
 
 ::
 
     python benchmarks/memory_criteria.py --out docs/results/memory_criteria.json
+    python benchmarks/memory_criteria.py --only "implicit steps" --out docs/results/memory_criteria_implicit.json
+
+``--only`` runs the named criteria alone (into a file of their own: each file
+holds one run of its command).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ RUNS = (
     ("checkpoint steps", ["--size", "64", "--base", "32", "--task-batch", "1", "--inner-steps", "2,20",
                           "--memory-mode", "checkpoint"]),
     ("checkpoint steps", ["--size", "64", "--base", "32", "--task-batch", "1", "--inner-steps", "2,20"]),
+    ("implicit steps", ["--size", "64", "--base", "32", "--task-batch", "1", "--inner-steps", "2,20",
+                        "--memory-mode", "implicit"]),
     ("task chunks", ["--task-batch", "1,16", "--inner-steps", "5", "--chunk", "1"]),
     ("task chunks", ["--task-batch", "1,16", "--inner-steps", "5"]),
 )
@@ -36,9 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="docs/results/memory_criteria.json")
     p.add_argument("--steps", type=int, default=2, help="timed meta-steps per configuration")
+    p.add_argument("--only", action="append", choices=sorted({label for label, _ in RUNS}),
+                   help="run only this criterion (repeatable; default: all)")
     args = p.parse_args(argv)
     rows = []
     for label, extra in RUNS:
+        if args.only and label not in args.only:
+            continue
         cmd = [sys.executable, str(HERE / "meta_step.py"), "--impl", "engine", "--steps", str(args.steps),
                "--warmup", "1", "--json", *extra]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
