@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     methods = args.methods.split(",")
     results: dict[str, dict] = {}
     for k_shot in shots:
-        source = hvi.data.get_source("glyphs", n_way=5, k_shot=k_shot, k_query=5)
+        source = hvi.data.get_source("glyphs", n_way=5, k_shot=k_shot, k_query=5,
+                                      num_tasks=(5000, 500, max(500, args.test_tasks)))
         test = source.get_tasks("test", torch.arange(args.test_tasks))
         for variant in methods:
             method, update, alpha, first_order, outer_lr, beta = SETTINGS[variant]
