@@ -200,20 +200,24 @@ def solar_headroom() -> str:
 
 
 def memory_criteria() -> str:
-    d = json.loads((RESULTS / "memory_criteria.json").read_text())
-    by: dict = {}
-    for r in d["results"]:
-        key = (r["criterion"], r["memory_mode"], r.get("chunk"))
-        by.setdefault(key, {})[r["inner_steps"] if r["criterion"] == "checkpoint steps" else r["task_batch"]] = r
     rows = ["| criterion | setting | small | large | peak RSS small → large | ratio |", "|---|---|---|---|---|---|"]
-    for (crit, mode, chunk), rs in by.items():
-        lo, hi = min(rs), max(rs)
-        a, b = rs[lo]["peak_rss_mb"], rs[hi]["peak_rss_mb"]
-        what = "K" if crit == "checkpoint steps" else "B"
-        setting = f"memory {mode}" + (f", chunk {chunk}" if chunk else "")
-        size = f"{rs[lo]['size']}×{rs[lo]['size']} base {rs[lo]['base']}"
-        rows.append(f"| {crit} ({size}) | {setting} | {what} = {lo} | {what} = {hi} | {a:.0f} → {b:.0f} MB | {b / a:.2f}× |")
-    return ("\n".join(rows) + f"\n\nSecond order, one fresh worker process per configuration. From `{d['command']}` ({d['date']}).")
+    notes = []
+    # memory_criteria.json, then the runs of single criteria (--only) in files of their own.
+    for path in sorted(RESULTS.glob("memory_criteria*.json")):
+        d = json.loads(path.read_text())
+        notes.append(f"`{d['command']}` ({d['date']})")
+        by: dict = {}
+        for r in d["results"]:
+            key = (r["criterion"], r["memory_mode"], r.get("chunk"))
+            by.setdefault(key, {})[r["inner_steps"] if r["criterion"].endswith(" steps") else r["task_batch"]] = r
+        for (crit, mode, chunk), rs in by.items():
+            lo, hi = min(rs), max(rs)
+            a, b = rs[lo]["peak_rss_mb"], rs[hi]["peak_rss_mb"]
+            what = "K" if crit.endswith(" steps") else "B"
+            setting = f"memory {mode}" + (f", chunk {chunk}" if chunk else "")
+            size = f"{rs[lo]['size']}×{rs[lo]['size']} base {rs[lo]['base']}"
+            rows.append(f"| {crit} ({size}) | {setting} | {what} = {lo} | {what} = {hi} | {a:.0f} → {b:.0f} MB | {b / a:.2f}× |")
+    return ("\n".join(rows) + "\n\nSecond order, one fresh worker process per configuration. From " + "; ".join(notes) + ".")
 
 
 def cli_startup() -> str:
