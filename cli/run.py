@@ -457,8 +457,10 @@ def run_fit(
         generator.manual_seed(cfg["seed"])
         start = 0
         ckpt = None
+        # A program of one run: the store holds exactly this run's params (the checkpoint's when resuming;
+        # hvi.fit keeps a caller's other params, and the model/ checkpoint saves the whole store).
+        pyro.clear_param_store()
         if resume:
-            pyro.clear_param_store()  # the run's params are exactly the checkpoint's, as hvi.fit does for a new run
             import warnings
 
             with warnings.catch_warnings(record=True) as caught:

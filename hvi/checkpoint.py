@@ -629,9 +629,9 @@ def load_checkpoint(
     The checkpoint's params (on ``device``) go into ``param_store``, by
     default Pyro's global one: each replaces the param of the same name, and
     params of other names are kept. To hold exactly the saved params, clear
-    the store first (``pyro.clear_param_store()``, as :func:`hvi.fit` does
-    for a new run) or pass a fresh ``pyro.params.param_store.ParamStoreDict()``
-    and use it with ``pyro.get_param_store().scope(store.get_state())``. The
+    the store first (``pyro.clear_param_store()``, as ``hvi fit`` does) or
+    pass a fresh ``pyro.params.param_store.ParamStoreDict()`` and use it
+    with ``pyro.get_param_store().scope(store.get_state())``. The
     optimizer's per-param state, the task generator and (with
     ``restore_rng``) the global RNGs are restored when given. The checkpoint
     is read and checked in full first: one that is corrupted or does not

@@ -165,6 +165,31 @@ def _seeded(seed: int | None):
         np.random.set_state(np_state)
 
 
+@contextlib.contextmanager
+def _own_param_store(resume: bool):
+    """A new fit's param store: empty inside; afterwards the caller's params with the fitted ones set over them.
+
+    Inside, Pyro's global store holds only what the fit creates (every param
+    starts from the model's init, as in an empty store). On the way out, also
+    after an error or an interrupt, the caller's params are back (the same
+    tensors, unchanged) and the fitted params are set over them (the same
+    tensors the optimizer stepped; a caller's param of the same name is
+    replaced). ``resume=True`` trains the global store's params as they are.
+    """
+    if resume:
+        yield
+        return
+    store = pyro.get_param_store()
+    caller = store.get_state()
+    store.clear()
+    try:
+        yield
+    finally:
+        fitted = store.get_state()
+        store.clear()
+        store.set_state({k: {**caller[k], **fitted[k]} for k in ("params", "constraints")})
+
+
 def fit(
     meta: MetaModel,
     data: TaskSampler,
@@ -207,7 +232,12 @@ def fit(
             for this call (default 0), then restores the caller's RNG states;
             None draws from (and advances) the caller's global RNGs instead.
         device: Moves each batch there (default: leave as is).
-        resume: Keep the param store as it is (continue training) instead of clearing it.
+        resume: False (default): train from the model's initial values in a
+            param store of the fit's own; afterwards Pyro's global store holds
+            the caller's params, unchanged, and the fitted params over them
+            (a same-named param is replaced), where :func:`hvi.predict` and
+            the checkpoints read them. True: continue training the params in
+            the global store as they are (e.g. loaded from a checkpoint).
         generator: Task-sampling generator (default: a new one seeded with ``seed``).
         callback: Called as ``callback(step, loss, batch)`` after every step.
         progress: Show a tqdm progress bar.
@@ -251,14 +281,12 @@ def fit(
             device = torch.device(device)
         except (RuntimeError, TypeError):
             raise ValueError(f"device={device!r} is not understood; use 'cpu', 'cuda' or 'cuda:N'.") from None
-    if not resume:
-        pyro.clear_param_store()
     if chunk is not None:
         if not (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1):
             raise ValueError(f"chunk={chunk!r} must be a positive integer (tasks per backward pass) or None.")
         if meta.method != "abml":
             raise ValueError(f"chunk={chunk} works with method='abml' only; method={meta.method!r} steps on its own loss.")
-    with _seeded(seed):
+    with _seeded(seed), _own_param_store(resume):
         return _train(meta, data, steps, task_batch, optimizer, lr, clip_norm, elbo, num_particles, seed,
                       device, callback, progress, max_skips, generator, distributed, chunk)
 

@@ -42,8 +42,10 @@ def _meta(hidden=(8,), learn_lr=False, q_theta="delta", hyperprior=False):
 
 
 def _train(meta, steps=2):
+    """Trains ``meta`` in an emptied global store (hvi.fit keeps a caller's params; these tests save the store)."""
     from hvi.fit import fit
 
+    pyro.clear_param_store()
     optim = pyro.optim.Adam({"lr": 1e-2})
     gen = torch.Generator().manual_seed(0)
     src = get_source("sinusoid", num_tasks=(20, 4, 4))

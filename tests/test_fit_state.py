@@ -42,3 +42,43 @@ def test_fit_without_a_seed_uses_and_advances_the_global_rng():
     state = torch.get_rng_state()
     hvi.fit(meta, batch, steps=2, seed=None)
     assert not torch.equal(state, torch.get_rng_state())
+
+
+def test_fit_keeps_the_callers_params_and_leaves_its_own_in_the_store():
+    meta, batch = small()
+    pyro.clear_param_store()
+    mine = pyro.param("mine", torch.tensor([1.0, 2.0]), constraint=torch.distributions.constraints.positive)
+    mine_u = pyro.get_param_store().get_state()["params"]["mine"]
+    stale = pyro.param("theta.0.weight.loc", torch.full((8, 1), 7.0))  # a same-named param: replaced, not a start
+    result = hvi.fit(meta, batch, steps=2, seed=0)
+    store = pyro.get_param_store()
+    # The caller's param: the same tensor, value and constraint as before.
+    assert store.get_state()["params"]["mine"] is mine_u and torch.equal(pyro.param("mine").detach(), mine.detach())
+    assert store.get_state()["constraints"]["mine"] is torch.distributions.constraints.positive
+    # The fitted params are where predict and checkpoints read them: the global store.
+    assert set(store.keys()) == set(result.params) | {"mine"}
+    for k, v in result.params.items():
+        assert torch.equal(pyro.param(k).detach(), v), k
+    assert not torch.equal(pyro.param("theta.0.weight.loc").detach(), stale.detach())
+    # Trained from the model's init, not from the stale value: the same as a fit in an empty store.
+    pyro.clear_param_store()
+    fresh = hvi.fit(meta, batch, steps=2, seed=0)
+    assert result.losses == fresh.losses
+    # resume=True continues the store's params (a second fit of 2 steps differs from the first).
+    again = hvi.fit(meta, batch, steps=2, seed=0, resume=True)
+    assert again.losses != fresh.losses
+
+
+def test_an_interrupted_fit_restores_the_callers_params_and_keeps_what_it_trained():
+    meta, batch = small()
+    pyro.clear_param_store()
+    pyro.param("mine", torch.tensor(3.0))
+
+    def stop(step, loss, b):
+        raise KeyboardInterrupt
+
+    try:
+        hvi.fit(meta, batch, steps=5, seed=0, callback=stop)
+    except KeyboardInterrupt:
+        pass
+    assert pyro.param("mine").item() == 3.0 and "theta.0.weight.loc" in pyro.get_param_store()
