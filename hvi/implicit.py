@@ -16,14 +16,13 @@ likelihood's sites. Where ∇_λ F(λ*; θ) = 0, the implicit function theorem g
 
 for the outer gradient λ̄. The natural update clips negative curvature
 (h_d < 0, a non-convex network): there its fixed point is s_d = s_p,d, not
-∂F/∂σ_d = 0. Those precisions are pinned to the prior's, ρ_d = ρ_p,d(θ), and
-the rest is the stationary point of F in the free coordinates u (the means and
-the unclipped ρ) given them, so the system is solved on u only and the pinned
-ρ_d pass their λ̄ straight to ρ_p,d(θ) (decided from h at λ* with the last
-step's points).
+∂F/∂σ_d = 0. Those precisions are pinned to the prior's, ρ_d = ρ_p,d(θ)
+(which entries: from h at λ* with the last step's points). The rest is the
+stationary point of F in the free coordinates u (the means and the unclipped
+ρ) given them, so the system is solved on u only, and the pinned ρ_d pass
+their λ̄ straight to ρ_p,d(θ).
 
-v is found by a fixed number of preconditioned
-conjugate-gradient steps (:func:`cg_solve`, batched: every task and θ particle
+v is found by a fixed number of preconditioned conjugate-gradient steps (:func:`cg_solve`, batched: every task and θ particle
 solves its own D-dimensional system), each one Hessian-vector product by
 double backward through one evaluation of F. Memory is that of one inner
 step's second-order graph whatever K is; the cost of the backward pass is
@@ -40,8 +39,8 @@ same points). The gradient is **approximate** where
   the objective of the last step's draws only (Monte Carlo error of order
   σ/√J in the gradient update; none for the natural update on a likelihood
   whose curvature is diagonal, where the sign points are exact);
-* the noise changed from step to step in the natural update's clipping decision
-  (below);
+* under the natural update, an h_d near 0 is clipped in some steps and not in
+  others (which ρ_d are pinned is decided at the last step's points);
 * CG stops before convergence, or ``damping`` > 0 (v solves (−∇²F + δ·M) v = λ̄,
   M the diagonal preconditioner below: a bias toward zero of order δ).
 
