@@ -18,9 +18,12 @@ from torch.func import functional_call, vmap
 
 from hvi.parallel import map_task_chunks, num_task_chunks
 
-__all__ = ["FunctionalNet"]
+__all__ = ["FunctionalNet", "AUTOCAST_DTYPES"]
 
 Weights = Mapping[str, Tensor]
+
+#: ``FunctionalNet.configure(autocast=...)``: the reduced precision the network's forward runs in.
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class FunctionalNet:
@@ -35,6 +38,9 @@ class FunctionalNet:
             :attr:`init_weights` (the starting point of the prior mean).
         parallel_tasks: On CPU, evaluate chunks of tasks in parallel worker
             threads (see :mod:`hvi.parallel`; default True).
+
+    The network's speed options, ``compile`` and ``autocast``, are set with
+    :meth:`configure` (``meta.net.configure(...)`` on a :class:`~hvi.MetaModel`).
 
     Raises:
         ValueError: If the module has no parameters or tracks running statistics.
@@ -62,6 +68,50 @@ class FunctionalNet:
         self.buffers: dict[str, Tensor] = dict(module.named_buffers())
         self.parallel_tasks = bool(parallel_tasks)
         self._per_thread = threading.local()
+        self.compile: bool | str = False
+        self.autocast = "none"
+
+    def configure(self, *, compile: bool | str | None = None, autocast: str | None = None) -> "FunctionalNet":
+        """Speed options of the network's forward; None leaves a setting as it is.
+
+        Args:
+            compile: ``torch.compile`` the batched forward (True: the default
+                ``inductor`` backend; a string names another backend, e.g.
+                ``"aot_eager"``; False: off, the default). Each thread compiles
+                its own on its first call of each kind (tasks batched or one
+                task, with or without sample dims); a new input shape
+                recompiles. Calls made with ``batched(..., parallel=False)``,
+                the second-order inner loop's, always run uncompiled:
+                AOTAutograd's compiled backward is not itself differentiable
+                ("torch.compile with aot_autograd does not currently support
+                double backward"). So it speeds up first-order inner loops,
+                the outer (query) forward and prediction.
+            autocast: ``"bf16"`` or ``"fp16"``: run the forward in that
+                precision (bf16 on CPU) and return the output in the weights'
+                dtype, so likelihoods, the KL and the gradients with respect to
+                λ and θ accumulate in full precision; ``"none"`` (default):
+                full precision. ``torch.autocast`` itself has no effect inside
+                ``torch.func.vmap`` (outputs stay float32), so the weights,
+                floating buffers and inputs are cast instead: every op of the
+                forward runs in reduced precision, where autocast would keep
+                reductions in float32.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: If ``autocast`` is not one of ``AUTOCAST_DTYPES`` or ``compile`` is not a bool or a string.
+        """
+        if compile is not None:
+            if not isinstance(compile, (bool, str)):
+                raise ValueError(f"compile={compile!r} must be True, False or a torch.compile backend name (e.g. 'inductor').")
+            self.compile = compile
+            self._per_thread = threading.local()  # drop compiled functions
+        if autocast is not None:
+            if autocast not in AUTOCAST_DTYPES:
+                raise ValueError(f"autocast={autocast!r} is not understood; use one of {', '.join(map(repr, AUTOCAST_DTYPES))}.")
+            self.autocast = autocast
+        return self
 
     def _module(self) -> nn.Module:
         # functional_call swaps the module's tensors in and out while it runs, so
@@ -88,7 +138,19 @@ class FunctionalNet:
 
     def __call__(self, weights: Weights, x: Tensor) -> Tensor:
         """One network evaluation: ``x`` is ``(N, *x_shape)``, weights unbatched."""
-        return functional_call(self._module(), ({**weights}, self.buffers), (x,), strict=True)
+        return self._apply(self._module(), weights, x)
+
+    def _apply(self, module: nn.Module, weights: Weights, x: Tensor) -> Tensor:
+        dtype = AUTOCAST_DTYPES[self.autocast]
+        if dtype is None:
+            return functional_call(module, ({**weights}, self.buffers), (x,), strict=True)
+        # torch.autocast has no effect inside torch.func.vmap (torch 2.13: outputs stay float32),
+        # so the weights, floating buffers and inputs are cast: the whole forward runs in `dtype`.
+        ref = next(iter(weights.values()))
+        low = {n: v.to(dtype) for n, v in weights.items()}
+        bufs = {n: v.to(dtype) if v.is_floating_point() else v for n, v in self.buffers.items()}
+        xx = x.to(dtype) if x.is_floating_point() else x
+        return functional_call(module, (low, bufs), (xx,), strict=True).to(ref.dtype)
 
     def batched(self, weights: Weights, x: Tensor, weight_batch_dims: int = 1, parallel: bool = True) -> Tensor:
         """Evaluates per-task weights on per-task inputs.
@@ -103,7 +165,9 @@ class FunctionalNet:
             parallel: Allow worker-thread chunks (default True; with
                 ``parallel_tasks``). Pass False where the result will be
                 differentiated twice (a second-order inner loop): the chunks'
-                backward pass (:mod:`hvi.parallel`) is not itself differentiable.
+                backward pass (:mod:`hvi.parallel`) is not itself differentiable,
+                nor is a compiled forward's (:meth:`configure`), so such a
+                call also runs uncompiled.
 
         Returns:
             Outputs ``(*S, B, N, *out_shape)``.
@@ -113,19 +177,37 @@ class FunctionalNet:
         def run(inputs: list[Tensor], c: slice) -> tuple[Tensor]:
             at = (slice(None),) * tdim + (c,)
             w = {n: t[at] for n, t in zip(names, inputs)}
-            return (self._batched(w, inputs[-1][c], weight_batch_dims),)
+            return (self._batched(w, inputs[-1][c], weight_batch_dims, compiled=bool(self.compile) and parallel),)
 
         chunks = num_task_chunks(B, x.device, self.parallel_tasks and parallel)
         return map_task_chunks(run, [*weights.values(), x], B, chunks, task_dim=tdim)[0]
 
-    def _batched(self, weights: Weights, x: Tensor, weight_batch_dims: int) -> Tensor:
-        if x.shape[0] == 1:
+    def _batched(self, weights: Weights, x: Tensor, weight_batch_dims: int, compiled: bool = False) -> Tensor:
+        if compiled:
+            cache = getattr(self._per_thread, "compiled", None)
+            if cache is None:
+                cache = self._per_thread.compiled = {}
+            key = (weight_batch_dims, x.shape[0] == 1)
+            if key not in cache:
+                backend = "inductor" if self.compile is True else self.compile
+                cache[key] = torch.compile(self._batched_fn(x.shape[0] == 1, weight_batch_dims), backend=backend)
+            return cache[key](weights, x)
+        return self._batched_fn(x.shape[0] == 1, weight_batch_dims)(weights, x)
+
+    def _batched_fn(self, single: bool, weight_batch_dims: int):
+        # This thread's module, picked here: a compiled function traces only the network.
+        module = self._module()
+
+        def call(w: Weights, xx: Tensor) -> Tensor:
+            return self._apply(module, w, xx)
+
+        if single:
             # One task: vmap's batching rules (e.g. grouped convolutions) only cost here.
-            fn = lambda w, xx: self(  # noqa: E731
+            fn = lambda w, xx: call(  # noqa: E731
                 {n: v.squeeze(0) for n, v in w.items()}, xx.squeeze(0)
             ).unsqueeze(0)
         else:
-            fn = vmap(self.__call__, in_dims=(0, 0))
+            fn = vmap(call, in_dims=(0, 0))
         for _ in range(weight_batch_dims - 1):
             fn = vmap(fn, in_dims=(0, None))
-        return fn(weights, x)
+        return fn
