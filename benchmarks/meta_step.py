@@ -175,6 +175,9 @@ def make_engine(cfg: dict[str, Any]):
             memory=cfg.get("memory_mode", "none"),
         ),
     )
+    # --compile / --autocast: the network's forward (FunctionalNet.configure).
+    compile_opt = cfg.get("compile") or False
+    meta.net.configure(compile=True if compile_opt == "inductor" else compile_opt, autocast=cfg.get("autocast", "none"))
     svi = SVI(meta.model, meta.guide, pyro.optim.Adam({"lr": cfg["lr"]}), loss=make_elbo())
     return meta, svi
 
@@ -378,12 +381,12 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     if busy0 is not None and busy1 is not None:
         # Share of the machine's CPU time that other processes took while we ran.
         others = max(0.0, (busy1 - busy0) - (own1 - own0)) / ((wall1 - wall0) * (os.cpu_count() or 1))
-    flops = count_flops(step)
+    flops = count_flops(step) if cfg.get("count_flops", True) else None
 
     B = cfg["task_batch"]
     med = statistics.median(times) if times else float("nan")
     tasks_per_s = B / med if times else float("nan")
-    gflop_per_task = flops / B / 1e9
+    gflop_per_task = None if flops is None else flops / B / 1e9
     return {
         "impl": cfg["impl"],
         "model": cfg["model"],
@@ -398,6 +401,8 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "update": cfg.get("update", "gradient"),
         "memory_mode": cfg.get("memory_mode", "none"),
         "chunk": cfg.get("chunk"),
+        "compile": cfg.get("compile"),
+        "autocast": cfg.get("autocast", "none"),
         "tasks_per_s": round(tasks_per_s, 4),
         "step_s_median": round(med, 5),
         "step_s_min": round(min(times), 5) if times else None,
@@ -411,8 +416,8 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mb": round(peak, 1),
         "rss_setup_mb": round(rss_setup, 1),
         "peak_rss_delta_mb": round(peak - rss_setup, 1),
-        "gflop_per_task": round(gflop_per_task, 6),
-        "gflop_per_s": round(gflop_per_task * tasks_per_s, 3),
+        "gflop_per_task": None if flops is None else round(gflop_per_task, 6),
+        "gflop_per_s": None if flops is None else round(gflop_per_task * tasks_per_s, 3),
         "loss_last": losses[-1] if losses else None,
         "loss_finite": all(math.isfinite(v) for v in losses),
         "inner_lr": cfg["inner_lr"],
@@ -493,7 +498,7 @@ def _print_table(rows: list[dict[str, Any]], matmul: dict[str, Any] | None) -> N
                 share = r.get("others_cpu_share")
                 cells.append("?" if share is None else f"{100 * share:.0f}%")
             else:
-                cells.append(fmt.format(r[key]))
+                cells.append("–" if r[key] is None else fmt.format(r[key]))
         table.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in table)) for i, (h, _, _) in enumerate(cols)]
     if rows:
@@ -584,6 +589,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="os.nice() increment for the workers; on a machine shared with other jobs, "
                         "-20 (needs root) keeps them from descheduling the benchmark's OpenMP "
                         "threads, which otherwise wait on each other and run 10-80x slower")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="engine only: torch.compile the network's forward (FunctionalNet.configure; default "
+                        "backend inductor). The second-order inner loop's forward stays uncompiled: "
+                        "AOTAutograd's compiled backward is not differentiable twice")
+    p.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none",
+                   help="engine only: the network's forward in reduced precision (bf16 on CPU)")
+    p.add_argument("--no-matmul", action="store_true", help="skip the matmul reference worker")
+    p.add_argument("--no-flops", action="store_true",
+                   help="skip the FLOP-counted extra step (FlopCounterMode, slow): GFLOP columns are empty")
     p.add_argument("--matmul-size", type=int, default=2048, help="n of the n×n matmul reference")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data and noise")
     p.add_argument("--timeout", type=float, default=None, help="seconds allowed per worker")
@@ -601,6 +615,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--size must be divisible by 2**(depth-1) = {2 ** (args.depth - 1)}")
     if args.update == "natural" and args.impl != "engine":
         p.error("--update natural: the naive reference implements only the gradient update; add --impl engine")
+    if (args.compile or args.autocast != "none") and args.impl != "engine":
+        p.error("--compile and --autocast configure the engine's network; add --impl engine")
     if args.inner_lr is None:
         args.inner_lr = 0.1 if args.update == "natural" else 1e-5
     return args
@@ -644,7 +660,8 @@ def main(argv: list[str] | None = None) -> int:
                     "kl_weight": args.kl_weight, "prior_scale": args.prior_scale,
                     "noise_scale": args.noise_scale, "lr": args.lr, "threads": args.threads,
                     "seed": args.seed, "omp_wait_policy": args.omp_wait_policy,
-                    "nice": args.nice, "malloc": args.malloc,
+                    "nice": args.nice, "malloc": args.malloc, "count_flops": not args.no_flops,
+                    "compile": args.compile, "autocast": args.autocast,
                 })
     # --repeat R: R rounds over all configurations (interleaved, so slow drifts of the
     # machine hit every configuration alike); each configuration reports its median run.
@@ -665,13 +682,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 print(json.dumps(row), flush=True)
         rows.append(row)
-    matmul = _run_child(
+    matmul = None if args.no_matmul else _run_child(
         {"impl": "matmul", "n": args.matmul_size, "threads": args.threads,
          "omp_wait_policy": args.omp_wait_policy, "nice": args.nice, "malloc": args.malloc},
         args.timeout,
     )
     if args.json:
-        print(json.dumps(matmul), flush=True)
+        if matmul is not None:
+            print(json.dumps(matmul), flush=True)
     else:
         _print_table(rows, matmul)
     return 0
