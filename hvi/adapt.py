@@ -583,7 +583,15 @@ class InnerLoop:
         keys = tuple(lik)
 
         def loglik_for(values):
-            return self._support_loglik(values, x, y, noise, mask, lead, J, twice=True)
+            loglik = self._support_loglik(values, x, y, noise, mask, lead, J, twice=True)
+
+            def quiet(phi):
+                # Called in the outer backward pass, outside adapt()'s validation_enabled(False):
+                # argument checks there would be host syncs.
+                with pyro.validation_enabled(False):
+                    return loglik(phi)
+
+            return quiet
 
         system = implicit.NormalStationarity(loglik_for, keys, points, cfg.kl_weight, clip=cfg.update == "natural")
         return implicit.attach(system, lam, kl_terms, [lik[k] for k in keys],

@@ -24,6 +24,7 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import hvi
 from hvi.guide import guide_globals, inner_lrs
@@ -223,6 +224,26 @@ def test_fit_trains_with_implicit_gradients(one_thread):
     losses = torch.as_tensor(result.losses)
     assert bool(torch.isfinite(losses).all())
     assert float(losses[-5:].mean()) < float(losses[:5].mean())
+
+
+class NoScalarReads(TorchDispatchMode):
+    """Fails on a read of a tensor's value by the host (``.item()``, ``bool(t)``, validation checks)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            raise AssertionError("host sync: a tensor's value was read on the host")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("update", ["natural", "gradient"])
+def test_the_loop_and_the_implicit_backward_make_no_host_sync(one_thread, update):
+    # The solve runs in the outer backward pass, outside adapt()'s validation_enabled(False):
+    # the likelihood's argument checks were a host sync there.
+    meta = tanh_meta("implicit", 3, update=update, lr=0.1 if update == "natural" else 0.01)
+    batch = regression_batch()
+    with NoScalarReads():
+        _, grads = loop_grads(meta, batch, 3, 2, fixed=False)
+    assert bool(torch.isfinite(grads).all()) and bool(grads.abs().sum() > 0)
 
 
 def test_cg_solves_a_batch_of_spd_systems():
