@@ -82,7 +82,7 @@ def test_bare_hvi_prints_the_full_help(runner):
     assert res.stdout == invoke(runner, ["--help"]).stdout
     commands = res.stdout.split("Commands:\n", 1)[1].splitlines()
     assert [line.split()[0] for line in commands] == [
-        "diagnose", "evaluate", "fit", "models", "predict", "priors", "sources"
+        "analyze", "diagnose", "evaluate", "fit", "models", "predict", "priors", "sources"
     ]
 
 
