@@ -12,6 +12,9 @@
     python benchmarks/results_table.py cli_startup     # hvi bare / --help / models --brief, with their times
     python benchmarks/results_table.py memory_criteria # peak RSS at 20 vs 2 inner steps (checkpoint), batch 16 vs 1 (chunks)
     python benchmarks/results_table.py memory_modes    # second-order memory: every step's graph vs checkpointed steps
+    python benchmarks/results_table.py scaling         # tasks/s and peak RSS vs task batch, inner steps, image size
+    python benchmarks/results_table.py scaling_guide   # per memory mode: CPU cost vs none, peak RSS growth per axis
+    python benchmarks/results_table.py net_options     # torch.compile and a bf16 forward: speed and meta-gradient error
     python benchmarks/results_table.py zoo             # every zoo model's defaults: adapted vs prior vs scratch
     python benchmarks/results_table.py --update README.md docs/*.md   # rewrite the marked tables in place
 
@@ -255,6 +258,119 @@ def distributed() -> str:
             f"average {m['loadavg_1m_at_end']:.1f} at the end). From `{d['command']}` ({d['date']}).")
 
 
+def _sweep_source(d: dict) -> str:
+    """The command(s) that wrote scaling.json: an earlier full run, and any reruns of some sizes."""
+    now = f"`{d['command']}` ({d['date']})"
+    if not d.get("previous"):
+        return now
+    before = "; ".join(f"`{p['command']}` ({p['date']})" for p in d["previous"])
+    return f"{before}, with the configurations at the rerun sizes replaced by {now}"
+
+
+def scaling() -> str:
+    """Tasks/s and peak RSS of every series against task batch, inner steps and image size (scaling_sweep.py)."""
+    d = json.loads((RESULTS / "scaling.json").read_text())
+    g, rows = d["grid"], d["results"]
+    series = list(dict.fromkeys(r["series"] for r in rows))
+    out = []
+    for axis, label, fixed in (
+        ("task_batch", "task batch B", f"K = {g['inner_steps']}, {g['size']}×{g['size']}"),
+        ("inner_steps", "inner steps K", f"B = {g['task_batch']}, {g['size']}×{g['size']}"),
+        ("size", "image size", f"K = {g['inner_steps']}, B = {min(g['size_batches'])}"),
+    ):
+        on = [r for r in rows if axis in r["axes"].split("+") and (axis != "size" or r["task_batch"] == min(g["size_batches"]))]
+        values = sorted({r[axis] for r in on})
+        table = [f"| {label} ({fixed}) | " + " | ".join(series) + " |", "|---" * (len(series) + 1) + "|"]
+        for v in values:
+            cells = []
+            for s in series:
+                hit = [r for r in on if r["series"] == s and r[axis] == v]
+                cells.append(f"{hit[0]['task_batch'] / hit[0]['cpu_s_median']:.2f} · {hit[0]['peak_rss_mb']:.0f} MB"
+                             if hit else "–")
+            table.append(f"| {v} | " + " | ".join(cells) + " |")
+        out.append("\n".join(table))
+    m = d["machine"]
+    loads = [r["loadavg_1m"][-1] for r in rows if r.get("loadavg_1m")]
+    failed = "; ".join(f"{f['series']} at {f['call']}: {f['error'][:80]}" for f in d.get("failures", []))
+    return ("\n\n".join(out) + "\n\nTasks per CPU-second of the worker (task batch / median CPU time of a step: wall "
+            "time on this busy machine mostly measured other jobs) · peak RSS, per configuration; second order unless "
+            f"the series says first; "
+            f"`bayes_unet` base {g['base']}, 5-shot, 5 query points, {g['threads']} thread(s), {g['warmup']} warm-up + "
+            f"{g['steps']} timed meta-steps, one fresh process per configuration; inner step size α = {g['inner_lr']:g} at "
+            f"{g['size']}×{g['size']}, scaled by (size / {g['size']})⁻² so that a step moves the weights as far per pixel "
+            f"(the support log-likelihood sums over pixels). Taken under load on {m['cpus']} shared "
+            f"CPU cores: 1-minute load average {min(loads):.1f}–{max(loads):.1f} during the runs"
+            + ("" if d.get("complete", True) else "; the sweep was interrupted (incomplete)")
+            + (f"; failed: {failed}" if failed else "") + f". From {_sweep_source(d)}.")
+
+
+def scaling_guide() -> str:
+    """Per series: its CPU cost against the engine's default, and how its peak RSS grows along each axis."""
+    d = json.loads((RESULTS / "scaling.json").read_text())
+    g, rows = d["grid"], d["results"]
+
+    def at(series, size, k, b):
+        hit = [r for r in rows if r["series"] == series and (r["size"], r["inner_steps"], r["task_batch"]) == (size, k, b)]
+        return hit[0] if hit else None
+
+    def cpu(r):
+        return r["cpu_s_median"] / r["task_batch"]
+
+    def growth(series, lo, hi):
+        a, b = at(series, *lo), at(series, *hi)
+        if not (a and b):
+            return "–"
+        return (f"{a['peak_rss_mb']:.0f} → {b['peak_rss_mb']:.0f} MB ({b['peak_rss_mb'] / a['peak_rss_mb']:.2f}×; "
+                f"+{a['peak_rss_delta_mb']:.0f} → +{b['peak_rss_delta_mb']:.0f} over setup)")
+
+    s0, k0, b0, b_min = g["size"], g["inner_steps"], g["task_batch"], min(g["size_batches"])
+    k_lo, k_hi = min(g["inner_steps_list"]), max(g["inner_steps_list"])
+    B_lo, B_hi = min(g["task_batches"]), max(g["task_batches"])
+    z_lo, z_hi = min(g["sizes"]), max(g["sizes"])
+    ref_base, ref_long = at("engine, memory none", s0, k0, b0), at("engine, memory none", s0, k_hi, b0)
+    table = [f"| series | CPU per task vs memory none (K = {k0} · K = {k_hi}) | peak RSS, K = {k_lo} → {k_hi} (B = {b0}) "
+             f"| peak RSS, B = {B_lo} → {B_hi} (K = {k0}) | peak RSS, {z_lo}² → {z_hi}² pixels (B = {b_min}) |",
+             "|---|---|---|---|---|"]
+    for series in dict.fromkeys(r["series"] for r in rows):
+        costs = []
+        for ref, k in ((ref_base, k0), (ref_long, k_hi)):
+            r = at(series, s0, k, b0)
+            costs.append(f"{cpu(r) / cpu(ref):.2f}×" if r and ref else "–")
+        table.append(f"| {series} | {' · '.join(costs)} | {growth(series, (s0, k_lo, b0), (s0, k_hi, b0))} "
+                     f"| {growth(series, (s0, k0, B_lo), (s0, k0, B_hi))} | {growth(series, (z_lo, k0, b_min), (z_hi, k0, b_min))} |")
+    return ("\n".join(table) + f"\n\nFrom the sweep above (CPU seconds per task of a meta-step; peak RSS of the whole "
+            f"process, and its growth over the process's RSS after setup, about 300 MB of which is torch and Pyro; "
+            f"{g['size']}×{g['size']} `bayes_unet` base {g['base']} unless the column says otherwise). "
+            f"From {_sweep_source(d)}.")
+
+
+def net_options() -> str:
+    """The network's speed options (FunctionalNet.configure): tasks/s, and bf16/fp16 meta-gradients vs float32."""
+    d = json.loads((RESULTS / "net_options.json").read_text())
+    rows = ["| order | network forward | tasks per CPU-s | vs plain | wall tasks/s | peak RSS MB | loss finite | 1-min load |",
+            "|---|---|---|---|---|---|---|---|"]
+    base = {r["first_order"]: r for r in d["results"] if r["options"] == "none" and "error" not in r}
+    for r in d["results"]:
+        order = "first" if r["first_order"] else "second"
+        if "error" in r:
+            rows.append(f"| {order} | `{r['options']}` | failed: {r['error'][:100]} | | | | | |")
+            continue
+        b = base.get(r["first_order"])
+        cpu = r["task_batch"] / r["cpu_s_median"]
+        ratio = f"{cpu / (b['task_batch'] / b['cpu_s_median']):.2f}×" if b else "–"
+        rows.append(f"| {order} | `{r['options']}` | {cpu:.2f} | {ratio} | {r['tasks_per_s']:.2f} | {r['peak_rss_mb']:.0f} "
+                    f"| {'yes' if r['loss_finite'] else 'no'} | {r['loadavg_1m'][-1]:.1f} |")
+    acc = ["| order | precision | ‖g − g_fp32‖ / ‖g_fp32‖ | max \\|g − g_fp32\\| / max \\|g_fp32\\| | finite |", "|---|---|---|---|---|"]
+    for a in d["accuracy"]:
+        acc.append(f"| {'first' if a['first_order'] else 'second'} | {a['autocast']} | {a['rel_grad_diff']:.1e} "
+                   f"| {a['max_abs_rel_diff']:.1e} | {'yes' if a['finite'] else 'no'} |")
+    r0 = next((r for r in d["results"] if "error" not in r), None)
+    setup = (f"`bayes_unet` base {r0['base']}, {r0['size']}×{r0['size']}, K = {r0['inner_steps']}, task batch "
+             f"{r0['task_batch']}, one thread, {r0['steps']} timed steps after 1 warm-up (which compiles)") if r0 else ""
+    return ("\n".join(rows) + f"\n\n{setup}; under load. Meta-gradient of one step in reduced precision against float32 "
+            f"({d['accuracy'][0]['setup']}):\n\n" + "\n".join(acc) + f"\n\nFrom `{d['command']}` ({d['date']}).")
+
+
 #: A generated table in a Markdown page: between these markers (tests/test_docs.py checks them).
 MARKED = re.compile(r"^<!-- results_table\.py (\w+) -->\n(.*?)^<!-- end -->$", re.S | re.M)
 
@@ -278,7 +394,7 @@ def update(paths: list[str], tables: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    tables = {"memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "distributed": distributed}
+    tables = {"scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "distributed": distributed}
     if args[:1] == ["--update"] and len(args) > 1:
         update(args[1:], tables)
         return 0

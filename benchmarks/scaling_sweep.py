@@ -55,19 +55,19 @@ ROOT = HERE.parent
 #: CSV columns (a row's other keys stay in the JSON).
 CSV_KEYS = (
     "series", "axes", "impl", "memory_mode", "first_order", "size", "base", "k_shot", "inner_steps",
-    "task_batch", "tasks_per_s", "step_s_median", "peak_rss_mb", "peak_rss_delta_mb", "threads", "loadavg_1m",
+    "task_batch", "tasks_per_cpu_s", "tasks_per_s", "step_s_median", "cpu_s_median", "peak_rss_mb", "peak_rss_delta_mb", "threads", "loadavg_1m",
     "others_cpu_share", "loss_finite",
 )
 
 GRIDS: dict[str, dict[str, Any]] = {
     "quick": {
-        "base": 8, "threads": 1, "steps": 2, "warmup": 1, "flops": False,
+        "base": 8, "threads": 1, "steps": 2, "warmup": 1, "flops": False, "inner_lr": 1e-5,
         "size": 32, "inner_steps": 5, "task_batch": 2,
         "task_batches": [1, 2, 4, 8, 16], "inner_steps_list": [1, 2, 5, 10, 20],
         "sizes": [32, 64, 128], "size_batches": [1],
     },
     "full": {
-        "base": 16, "threads": 2, "steps": 5, "warmup": 2, "flops": True,
+        "base": 16, "threads": 2, "steps": 5, "warmup": 2, "flops": True, "inner_lr": 1e-5,
         "size": 32, "inner_steps": 5, "task_batch": 8,
         "task_batches": [1, 2, 4, 8, 16], "inner_steps_list": [1, 2, 5, 10, 20],
         "sizes": [32, 64, 128], "size_batches": [1, 8],
@@ -122,6 +122,13 @@ def _loadavg() -> list[float] | None:
         return None
 
 
+def inner_lr(grid: dict[str, Any], size: int) -> float:
+    """α at ``size``: the base size's α scaled by (base size / size)², so that a step moves
+    the weights as far per pixel (a support image's log-likelihood sums over its pixels;
+    at 1e-5 the 128×128 inner loop diverges)."""
+    return grid["inner_lr"] * (grid["size"] / size) ** 2
+
+
 def run_meta_step(series: dict[str, Any], call: dict[str, Any], grid: dict[str, Any],
                   timeout: float | None) -> tuple[list[dict[str, Any]], str | None]:
     """The rows one meta_step.py call printed (one fresh worker per configuration), and its error if it failed."""
@@ -131,7 +138,7 @@ def run_meta_step(series: dict[str, Any], call: dict[str, Any], grid: dict[str, 
         "--inner-steps", ",".join(map(str, call["inner_steps"])),
         "--task-batch", ",".join(map(str, call["task_batch"])),
         "--threads", str(grid["threads"]), "--steps", str(grid["steps"]), "--warmup", str(grid["warmup"]),
-        "--no-matmul",
+        "--no-matmul", "--inner-lr", f"{inner_lr(grid, call['size']):.6g}",
     ]
     if series["impl"] == "engine":
         cmd += ["--memory-mode", series["memory_mode"]]
@@ -157,19 +164,29 @@ def run_meta_step(series: dict[str, Any], call: dict[str, Any], grid: dict[str, 
     return rows, error
 
 
+def tasks_per_cpu_s(row: dict[str, Any]) -> float:
+    """Tasks per second of the worker's own CPU time (median step): what a busy machine distorts least.
+
+    On one thread it is the step's compute; wall-clock tasks/s also counts the
+    time other processes held the cores (``others_cpu_share``).
+    """
+    return round(row["task_batch"] / row["cpu_s_median"], 4)
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_KEYS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
+            r = {**r, "tasks_per_cpu_s": tasks_per_cpu_s(r)}
             w.writerow({k: (r.get(k)[-1] if k == "loadavg_1m" and isinstance(r.get(k), list) else r.get(k))
                         for k in CSV_KEYS})
     os.replace(tmp, path)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Tasks/s (top) and peak RSS (bottom) against each axis, one line per series."""
+    """Tasks per CPU-second (top) and peak RSS (bottom) against each axis, one line per series."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,7 +208,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
             if not pts:
                 continue
             xs = [r[axis] for r in pts]
-            ax[0, j].plot(xs, [r["tasks_per_s"] for r in pts], label=s, **styles[s])
+            ax[0, j].plot(xs, [tasks_per_cpu_s(r) for r in pts], label=s, **styles[s])
             ax[1, j].plot(xs, [r["peak_rss_mb"] for r in pts], label=s, **styles[s])
         for i in range(2):
             ax[i, j].set_xscale("log", base=2)
@@ -199,20 +216,26 @@ def plot(result: dict[str, Any], path: Path) -> None:
             ax[i, j].get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
             ax[i, j].grid(alpha=0.3)
         ax[0, j].set_yscale("log")
+        ax[0, j].yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax[0, j].yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax[0, j].yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax[0, j].set_title(f"vs {label} ({fixed})", fontsize=10)
         ax[1, j].set_xlabel(label)
-    ax[0, 0].set_ylabel("tasks / s (higher is better)")
+    ax[0, 0].set_ylabel("tasks per CPU-second (higher is better)")
     ax[1, 0].set_ylabel("peak RSS, MB (lower is better)")
-    ax[0, 0].legend(fontsize=9)
-    load = result["machine"]["loadavg_before"], result["machine"]["loadavg_after"]
+    handles, labels = ax[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=10)
+    loads = [v for r in rows for v in (r.get("loadavg_1m") or []) if v is not None]
     fig.suptitle(
-        f"Second-order meta-step of a U-Net (base {grid['base']}, 5-shot), {grid['threads']} thread(s), "
-        f"one process per point; CPU shared (1-min load {load[0][0]:.1f} → {load[1][0]:.1f})", fontsize=11)
+        f"Meta-step of a U-Net (base {grid['base']}, 5-shot), {grid['threads']} thread(s), one process per point; "
+        f"{result['machine']['cpus']} shared CPU cores, 1-min load {min(loads):.1f}–{max(loads):.1f} while timing",
+        fontsize=11)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def save(args, argv, name, grid, rows, failures, load_before, t0, complete: bool) -> dict[str, Any]:
+def save(args, argv, name, grid, rows, failures, load_before, t0, complete: bool,
+         previous: list[dict[str, str]]) -> dict[str, Any]:
     """Writes the JSON (with provenance) and the CSV of the rows so far."""
     machine = {
         "cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": _loadavg(),
@@ -221,7 +244,8 @@ def save(args, argv, name, grid, rows, failures, load_before, t0, complete: bool
                 "and others_cpu_share)",
     }
     result = write_result(args.out, "benchmarks/scaling_sweep.py", argv,
-                          {"complete": complete, "grid": {"name": name, **grid}, "machine": machine,
+                          {"complete": complete, **({"previous": previous} if previous else {}),
+                           "grid": {"name": name, **grid}, "machine": machine,
                            "failures": failures, "results": rows})
     write_csv(Path(args.csv), rows)
     return result
@@ -237,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--series", default=None,
                    help="semicolon list of series to run (default all), e.g. 'naive loop;engine, first order'")
     p.add_argument("--plot-only", action="store_true", help="redraw the PNG (and CSV) from the JSON")
+    p.add_argument("--replace-sizes", default=None, metavar="S1,S2",
+                   help="rerun only the configurations at these image sizes and replace them in the existing "
+                        "JSON (whose earlier commands are kept under 'previous')")
     args = p.parse_args(argv)
     if args.plot_only:
         result = json.loads(Path(args.out).read_text())
@@ -247,13 +274,24 @@ def main(argv: list[str] | None = None) -> int:
     name = "quick" if args.quick else "full"
     grid = GRIDS[name]
     series = series_list()
+    kept: list[dict[str, Any]] = []
+    previous: list[dict[str, str]] = []
+    calls = invocations(grid)
+    if args.replace_sizes:
+        sizes = {int(v) for v in args.replace_sizes.split(",")}
+        old = json.loads(Path(args.out).read_text())
+        if old["grid"]["name"] != name:
+            p.error(f"--replace-sizes: {args.out} holds the {old['grid']['name']!r} grid, not {name!r}")
+        previous = old.get("previous", []) + [{"command": old["command"], "date": old["date"]}]
+        kept = [r for r in old["results"] if r["size"] not in sizes]
+        calls = [c for c in calls if c["size"] in sizes]
     if args.series:
         wanted = [s.strip() for s in args.series.split(";")]
         series = [s for s in series if s["series"] in wanted]
     load_before, t0 = _loadavg(), time.time()
-    rows: list[dict[str, Any]] = []
-    failures = []
-    for call in invocations(grid):
+    rows: list[dict[str, Any]] = list(kept)
+    failures: list[dict[str, Any]] = []
+    for call in calls:
         for s in series:
             got, error = run_meta_step(s, call, grid, args.timeout)
             rows += got
@@ -265,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                 failures.append({"series": s["series"], "call": call, "error": error})
                 print(f"{s['series']} {call}: FAILED {error}", file=sys.stderr, flush=True)
             # Written after every call: an interrupted sweep keeps what it measured ("complete": false).
-            result = save(args, argv, name, grid, rows, failures, load_before, t0, complete=False)
-    result = save(args, argv, name, grid, rows, failures, load_before, t0, complete=True)
+            result = save(args, argv, name, grid, rows, failures, load_before, t0, False, previous)
+    result = save(args, argv, name, grid, rows, failures, load_before, t0, True, previous)
     plot(result, Path(args.png))
     print(f"wrote {args.out}, {args.csv} and {args.png} ({result['machine']['wall_s']:.0f} s)")
     return 0
