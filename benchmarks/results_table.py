@@ -7,6 +7,8 @@
     python benchmarks/results_table.py meta_step       # a meta-step's time and memory, gradient vs natural
     python benchmarks/results_table.py cli_quickstart  # the README's hvi fit / evaluate / diagnose transcript
     python benchmarks/results_table.py sinusoid_methods  # ABML vs MAML, FOMAML, Reptile, one budget
+    python benchmarks/results_table.py siren_study     # SIREN meta-initialization: PSNR vs steps, meta vs standard init
+    python benchmarks/results_table.py siren_ntk       # the SIREN's NTK: energy of held-out faces in the top-k eigenfunctions
     python benchmarks/results_table.py distributed     # hvi fit on 1 and 2 processes (torchrun, gloo)
     python benchmarks/results_table.py solar_headroom  # the best linear blend of the solar baselines vs climatology
     python benchmarks/results_table.py cli_startup     # hvi bare / --help / models --brief, with their times
@@ -155,6 +157,58 @@ def sinusoid_methods() -> str:
     return ("\n".join(rows) + f"\n\nQuery MSE ± 95% CI over {cfg['test_tasks']} held-out tasks after 1, 5, 10 inner steps; "
             f"every method {cfg['steps']} outer steps of {cfg['task_batch']} tasks, one CPU thread. "
             f"From `{d['command']}` ({d['date']}).")
+
+
+def siren_study() -> str:
+    d = json.loads((RESULTS / "siren_study.json").read_text())
+    t, match, cfg = d["psnr_by_inner_steps"], d["steps_to_match_2_meta_steps"], d["config"]
+    curves = ("standard SGD", "standard SGD lr/10", "standard Adam")
+    alpha = cfg["inner_lr"]
+    labels = {"standard SGD": f"standard init, SGD α = {alpha:g}", "standard SGD lr/10": f"standard init, SGD α = {alpha / 10:g}",
+              "standard Adam": "standard init, Adam 1e-4", "maml": "MAML init, SGD α", "reptile": "Reptile init, SGD α",
+              "abml": "ABML init (predictive mean), SGD α"}
+    rows = ["| init, inner optimizer | 0 steps | 1 step | 2 steps | 5 steps | 10 steps | standard-init steps to match its 2 steps: "
+            + " / ".join(labels[c].split(", ")[1] for c in curves) + " | meta-training |", "|---" * 8 + "|"]
+
+    def reach(m: dict) -> str:
+        return "never" if m["steps"] is None else f"{m['steps']} ({m['steps'] / 2:g}×)"
+
+    for name, row in t.items():
+        cells = [f"{row[k]['mean']:.2f} ± {row[k]['ci95']:.2f}" for k in ("0", "1", "2", "5", "10")]
+        if name in match:
+            tail = " / ".join(reach(match[name][c]) for c in curves)
+            fit = f"{d['fits'][name]['fit_seconds']:.0f} s"
+        else:
+            tail, fit = "", "–"
+        rows.append(f"| {labels.get(name, name)} | " + " | ".join(cells) + f" | {tail} | {fit} |")
+    u = d.get("abml_uncertainty")
+    abml = ""
+    if u:
+        abml = (f" ABML's std of the network output over {u['weight_draws']} weight draws after 2 steps averages "
+                f"{u['epistemic_std_mean_2_steps']:.4f} (intensity in [0, 1]); its correlation with the absolute error, per image, "
+                f"averages {u['corr_abs_error_vs_epistemic_std_2_steps']:.2f} (its likelihood σ is fixed at √½, so the "
+                "predictive std is that σ).")
+    return ("\n".join(rows)
+            + f"\n\nPSNR (dB) ± 95% CI over {cfg['test_images']} held-out faces (25×25, all pixels fitted). 'never': not within "
+            f"the {cfg['match_steps']} steps of the standard-init curves. Meta-training: siren width {cfg['width']}, depth "
+            f"{cfg['depth']}, ω0 = 30, {cfg['steps']} outer Adam steps at {cfg['outer_lr']:g} of {cfg['task_batch']} faces, "
+            f"{cfg['inner_steps']} inner SGD steps at α = {alpha:g}; ABML β = {cfg['abml_kl']:g}, initial prior scale "
+            f"{cfg['abml_scale']:g}.{abml} The whole study took {d['seconds_total'] / 60:.0f} min on {cfg['threads']} thread(s) "
+            f"(load average {d['load_average_start'][0]:.1f} at the start, {d['load_average_end'][0]:.1f} at the end). "
+            f"From `{d['command']}` ({d['date']}).")
+
+
+def siren_ntk() -> str:
+    d = json.loads((RESULTS / "siren_study.json").read_text())
+    ks = ("1", "2", "5", "10", "20", "50", "100", "200")
+    rows = ["| init | " + " | ".join(f"k = {k}" for k in ks) + " | top eigenvalue |", "|---" * (len(ks) + 2) + "|"]
+    for name, r in d["ntk"].items():
+        f = r["energy_fraction_centered"]
+        rows.append(f"| {name} | " + " | ".join(f"{f[k]:.3f}" for k in ks) + f" | {r['eigenvalues_top5'][0]:.4g} |")
+    raw = ", ".join(f"{n} {r['energy_fraction_raw']['1']:.3f}" for n, r in d["ntk"].items())
+    return ("\n".join(rows) + f"\n\nFraction of the held-out faces' energy (each face minus its mean) in the span of the top-k "
+            f"eigenvectors of the empirical NTK on the 25×25 grid, mean over {d['config']['test_images']} faces. The raw faces' "
+            f"fraction at k = 1 (their mean, mostly): {raw}. From `{d['command']}` ({d['date']}).")
 
 
 def meta_step() -> str:
@@ -394,7 +448,7 @@ def update(paths: list[str], tables: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    tables = {"scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "distributed": distributed}
+    tables = {"scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk}
     if args[:1] == ["--update"] and len(args) > 1:
         update(args[1:], tables)
         return 0
