@@ -225,7 +225,9 @@ def resolve(cli: Mapping[str, Any], toml: Mapping[str, Any]) -> tuple[dict[str, 
     check_value("method", method, "--config" if "method" not in given else "the command line")
     cfg = defaults_for(model, method)
     default_data = cfg.get("data")
-    if given.get("data", toml.get("data", default_data)) != default_data:
+    data = given.get("data", toml.get("data", default_data))
+    if data != default_data:
+        cfg = defaults_for(model, method, data)
         cfg["data_args"] = {}  # a different source does not inherit the default source's arguments
     explicit: set[str] = set()
     for layer in (toml, given):

@@ -232,3 +232,14 @@ def test_fit_on_a_file_without_a_toml_file(runner, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     saved = json.loads((out / CONFIG_FILE).read_text())
     assert saved["data"] == "file" and saved["data_args"] == {"path": str(data), "k_shot": 5}
+
+
+def test_a_built_in_source_other_than_the_rows_applies_its_data_defaults():
+    from hvi.cli.config import resolve
+
+    solar, _ = resolve({"model": "bayes_unet"}, {})
+    clouds, _ = resolve({"model": "bayes_unet", "data": "clouds"}, {})
+    assert (solar["inner_lr"], clouds["inner_lr"]) == (0.3, 0.1)
+    assert resolve({"model": "bayes_unet", "data": "clouds", "inner_lr": 0.2}, {})[0]["inner_lr"] == 0.2
+    assert resolve({"model": "bayes_unet"}, {"data": "clouds", "inner_lr": 0.05})[0]["inner_lr"] == 0.05
+    assert resolve({"model": "bayes_unet", "data": "clouds", "method": "maml"}, {})[0]["inner_lr"] == 0.01
