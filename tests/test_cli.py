@@ -7,6 +7,7 @@ import signal
 
 import numpy as np
 import pyro
+import cli_checks
 import pytest
 import torch
 import xarray as xr
@@ -29,7 +30,7 @@ def _fresh_store(fresh_store):
 
 
 def invoke(runner, args):
-    return runner.invoke(cli, args, catch_exceptions=False)
+    return cli_checks.invoke(args, runner)
 
 
 def entries(path):

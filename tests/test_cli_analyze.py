@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cli_checks import assert_error
+from cli_checks import assert_error, invoke
 from hvi.cli.main import cli
 
 TINY = ["--steps", "2", "--task-batch", "2", "--inner-steps", "1", "--no-progress"]
@@ -16,10 +16,6 @@ TINY = ["--steps", "2", "--task-batch", "2", "--inner-steps", "1", "--no-progres
 @pytest.fixture(autouse=True)
 def _fresh_store(fresh_store):
     """Every test here starts from an empty param store (tests/conftest.py)."""
-
-
-def invoke(args):
-    return CliRunner().invoke(cli, args, catch_exceptions=False, prog_name="hvi")
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import cli_checks
 import pytest
 
 from cli_checks import assert_error
-from hvi.cli.main import cli
 from hvi.run_dir import CONFIG_FILE
 
 
@@ -15,7 +15,7 @@ def _fresh_store(fresh_store):
 
 
 def invoke(runner, args):
-    return runner.invoke(cli, args, catch_exceptions=False, prog_name="hvi")
+    return cli_checks.invoke(args, runner)
 
 
 # --------------------------------------------------------------------------- listings

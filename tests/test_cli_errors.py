@@ -7,6 +7,7 @@ import shutil
 
 import pyro
 import pytest
+from cli_checks import invoke
 import torch
 from click.testing import CliRunner
 
@@ -35,10 +36,6 @@ def run_dir(tmp_path_factory):
     res = CliRunner().invoke(cli, ["fit", *TINY, "--out", str(out)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     return out
-
-
-def invoke(args, **kwargs):
-    return CliRunner().invoke(cli, args, catch_exceptions=False, **kwargs)
 
 
 def error_line(res, code=1):
@@ -105,8 +102,8 @@ def test_debug_shows_the_traceback_of_an_expected_error_too(tmp_path):
 @pytest.mark.parametrize(
     "extra, code, message",
     [
-        (["--steps", "1.5"], 2, "Error: Invalid value for '--steps': '1.5' is not a valid integer. (see 'cli fit --help')"),
-        (["--lr", "abc"], 2, "Error: Invalid value for '--lr': 'abc' is not a valid float. (see 'cli fit --help')"),
+        (["--steps", "1.5"], 2, "Error: Invalid value for '--steps': '1.5' is not a valid integer. (see 'hvi fit --help')"),
+        (["--lr", "abc"], 2, "Error: Invalid value for '--lr': 'abc' is not a valid float. (see 'hvi fit --help')"),
         (["--seed", "-1"], 1, "Error: seed=-1 must be >= 0."),
         (["--threads", "0"], 1, "Error: threads=0 must be >= 1."),
         (["--inner-lr", "nan"], 1,
@@ -160,9 +157,9 @@ def test_a_source_without_its_required_argument(tmp_path):
     "extra, code, message",
     [
         (["--max-tasks", "x"], 2,
-         "Error: Invalid value for '--max-tasks': 'x' is not a valid integer. (see 'cli evaluate --help')"),
+         "Error: Invalid value for '--max-tasks': 'x' is not a valid integer. (see 'hvi evaluate --help')"),
         (["--num-samples", "0"], 2,
-         "Error: Invalid value for '--num-samples': 0 is not in the range x>=1. (see 'cli evaluate --help')"),
+         "Error: Invalid value for '--num-samples': 0 is not in the range x>=1. (see 'hvi evaluate --help')"),
         (["--max-tasks", "1"], 1, "Error: --max-tasks 1 must be >= 2 (a CI needs two tasks)."),
     ],
 )

@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli_checks import assert_error
+from cli_checks import assert_error, invoke
 from hvi.cli.main import cli
 from hvi.run_dir import EVALUATION_FILE
 
@@ -32,10 +32,6 @@ def run_dir(tmp_path_factory):
     torch.set_num_threads(threads)
     assert res.exit_code == 0, res.output
     return out
-
-
-def invoke(args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_json_has_per_task_values_whose_means_are_the_metrics(run_dir):

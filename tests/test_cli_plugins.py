@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pyro
 import pytest
+from cli_checks import invoke
 import torch
-from click.testing import CliRunner
 
 import hvi.cli.plugins as plugins_mod
 import hvi.cli.registry as registry_mod
 import hvi.priors.base as priors_base
-from hvi.cli.main import cli
 from hvi.run_dir import CONFIG_FILE
 
 PRIOR_MODULE = '''
@@ -62,10 +61,6 @@ def _isolated(monkeypatch):
         sys.modules.pop(name, None)
     pyro.clear_param_store()
     torch.set_num_threads(threads)
-
-
-def invoke(args, **kwargs):
-    return CliRunner().invoke(cli, args, catch_exceptions=False, **kwargs)
 
 
 def listing(stdout: str) -> dict[str, str]:

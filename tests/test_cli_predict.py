@@ -6,12 +6,11 @@ import math
 
 import numpy as np
 import pytest
+from cli_checks import invoke
 import torch
 import xarray as xr
-from click.testing import CliRunner
 
 from hvi.cli.evaluate import mixture_quantiles, parse_quantiles
-from hvi.cli.main import cli
 from hvi.data.files import write_tasks
 
 TINY = ["--model", "mlp", "--steps", "3", "--task-batch", "2", "--inner-steps", "1", "--no-progress"]
@@ -20,10 +19,6 @@ TINY = ["--model", "mlp", "--steps", "3", "--task-batch", "2", "--inner-steps", 
 @pytest.fixture(autouse=True)
 def _fresh_store(fresh_store):
     """Every test here starts from an empty param store (tests/conftest.py)."""
-
-
-def invoke(args):
-    return CliRunner().invoke(cli, args, catch_exceptions=False, prog_name="hvi")
 
 
 @pytest.fixture(scope="module")

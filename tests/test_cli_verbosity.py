@@ -6,11 +6,9 @@ import json
 import logging
 
 import pytest
-from click.testing import CliRunner
 
-from cli_checks import assert_error
+from cli_checks import assert_error, invoke
 from hvi.cli.log import level_for
-from hvi.cli.main import cli
 from hvi.checkpoint import META_FILE
 from hvi.run_dir import CHECKPOINT_DIR, CONFIG_FILE, MODEL_DIR
 
@@ -22,10 +20,6 @@ def _fresh(fresh_store, monkeypatch):
     monkeypatch.delenv("HVI_DEBUG", raising=False)
     yield
     logging.getLogger("hvi").setLevel(logging.NOTSET)
-
-
-def invoke(args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_levels():
@@ -101,4 +95,4 @@ def test_quiet_hides_warnings_that_the_default_shows(tmp_path):
 def test_quiet_and_verbose_together_is_a_usage_error():
     res = invoke(["-q", "-v", "models"])
     assert res.exit_code == 2
-    assert res.stderr == "Error: -q and -v contradict each other; pass one of them. (see 'cli --help')\n"
+    assert res.stderr == "Error: -q and -v contradict each other; pass one of them. (see 'hvi --help')\n"
