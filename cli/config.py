@@ -223,11 +223,9 @@ def resolve(cli: Mapping[str, Any], toml: Mapping[str, Any]) -> tuple[dict[str, 
         raise ValueError(f"unknown model {model!r}; registered models: {', '.join(list_models())} (see 'hvi models').")
     method = given.get("method", toml.get("method", "abml"))
     check_value("method", method, "--config" if "method" not in given else "the command line")
-    cfg = defaults_for(model, method)
-    default_data = cfg.get("data")
-    data = given.get("data", toml.get("data", default_data))
-    if data != default_data:
-        cfg = defaults_for(model, method, data)
+    data = given.get("data", toml.get("data"))
+    cfg = defaults_for(model, method, data)
+    if data is not None and data != cfg.get("data"):
         cfg["data_args"] = {}  # a different source does not inherit the default source's arguments
     explicit: set[str] = set()
     for layer in (toml, given):
