@@ -172,7 +172,7 @@ def make_engine(cfg: dict[str, Any]):
         inner=InnerConfig(
             steps=cfg["inner_steps"], lr=cfg["inner_lr"], kl_weight=cfg["kl_weight"],
             first_order=cfg["first_order"], update=cfg.get("update", "gradient"),
-            memory=cfg.get("memory_mode", "none"),
+            memory=cfg.get("memory_mode", "none"), curvature_every=cfg.get("curvature_every", 1),
         ),
     )
     # --compile / --autocast: the network's forward (FunctionalNet.configure).
@@ -400,6 +400,7 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "first_order": cfg["first_order"],
         "update": cfg.get("update", "gradient"),
         "memory_mode": cfg.get("memory_mode", "none"),
+        "curvature_every": cfg.get("curvature_every", 1),
         "chunk": cfg.get("chunk"),
         "compile": cfg.get("compile"),
         "autocast": cfg.get("autocast", "none"),
@@ -565,6 +566,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="engine only: InnerConfig(memory=...), recompute inner steps in the backward pass")
     p.add_argument("--update", choices=("gradient", "natural"), default="gradient",
                    help="the engine's inner update (the naive reference implements 'gradient' only)")
+    p.add_argument("--curvature-every", type=int, default=1,
+                   help="natural update: InnerConfig(curvature_every=n), measure the curvature every n-th inner step")
     p.add_argument("--inner-lr", type=float, default=None,
                    help="inner step size α: per support example for 'gradient' (default 1e-5, small "
                         "enough that random image data do not diverge), a fraction of a full step "
@@ -615,6 +618,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--size must be divisible by 2**(depth-1) = {2 ** (args.depth - 1)}")
     if args.update == "natural" and args.impl != "engine":
         p.error("--update natural: the naive reference implements only the gradient update; add --impl engine")
+    if args.curvature_every < 1 or (args.curvature_every > 1 and args.update != "natural"):
+        p.error("--curvature-every must be >= 1, and > 1 only with --update natural")
     if (args.compile or args.autocast != "none") and args.impl != "engine":
         p.error("--compile and --autocast configure the engine's network; add --impl engine")
     if args.inner_lr is None:
@@ -657,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
                     "inner_steps": K, "task_batch": B, "first_order": args.first_order,
                     "steps": args.steps, "warmup": args.warmup, "inner_lr": args.inner_lr,
                     "update": args.update, "memory_mode": args.memory_mode, "chunk": args.chunk,
+                    "curvature_every": args.curvature_every,
                     "kl_weight": args.kl_weight, "prior_scale": args.prior_scale,
                     "noise_scale": args.noise_scale, "lr": args.lr, "threads": args.threads,
                     "seed": args.seed, "omp_wait_policy": args.omp_wait_policy,

@@ -68,6 +68,7 @@ KEYS: dict[str, tuple[str, bool]] = {
     "first_order": (_BOOL, False),
     "kl_weight": (_FLOAT, False),
     "inner_samples": (_INT, False),
+    "curvature_every": (_INT, False),
     "memory_mode": (_STR, False),
     "chunk": (_INT, True),
     "steps": (_INT, False),
@@ -141,7 +142,7 @@ def check_value(key: str, value: Any, where: str) -> Any:
         value = json.loads(json.dumps(dict(value)))  # plain JSON (tuples → lists)
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ValueError(f"{key}={value!r} is not understood; use one of {', '.join(_CHOICES[key])}.")
-    positive_int = {"inner_samples", "steps", "task_batch", "val_tasks", "val_samples", "eval_samples", "chunk"}
+    positive_int = {"inner_samples", "curvature_every", "steps", "task_batch", "val_tasks", "val_samples", "eval_samples", "chunk"}
     if key in positive_int and value < 1:
         raise ValueError(f"{key}={value} must be >= 1.")
     if key == "eval_tasks" and value < 2:

@@ -37,6 +37,7 @@ COMMON: dict[str, Any] = {
     "first_order": False,
     "kl_weight": 1.0,
     "inner_samples": 1,
+    "curvature_every": 1,
     "memory_mode": "none",
     "chunk": None,
     "steps": 1000,

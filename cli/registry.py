@@ -223,6 +223,7 @@ def build_meta(cfg: Mapping[str, Any], device: torch.device, seed: int | None = 
         lr=cfg["inner_lr"],
         learn_lr=cfg["learn_lr"],
         num_samples=cfg["inner_samples"],
+        curvature_every=cfg.get("curvature_every", 1),  # runs saved before the key: every step
         kl_weight=cfg["kl_weight"],
         first_order=cfg["first_order"],
     )

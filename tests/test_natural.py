@@ -73,6 +73,37 @@ def test_one_natural_step_is_the_exact_local_posterior_at_any_prior_scale(ratio,
     assert err_mean < 1e-9 and err_sd < 1e-9, (err_mean, err_sd)
 
 
+@pytest.mark.parametrize("ratio", [1e-3, 1.0, 1e3])
+def test_reused_curvature_keeps_the_exact_posterior_on_later_steps(ratio):
+    # Steps 2..3 keep step 1's h and take the gradient at the mean: on a quadratic
+    # ℓ the posterior is their fixed point, so q stays on it (no Monte Carlo noise).
+    net = VectorNet()
+    tau = ratio * NOISE
+    meta = hvi.MetaModel(
+        net, GaussianPrior(init_scale=tau, learn_scale=False), hvi.Gaussian(noise=NOISE),
+        inner=hvi.InnerConfig(steps=3, update="natural", lr=1.0, curvature_every=3),
+    )
+    batch = conjugate_batch()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    with torch.no_grad():
+        lam = meta.guide(batch)["lambda"]["w"]
+    prec = 1 / tau**2 + batch.support_y.shape[1] / NOISE**2
+    mean = (net.w.detach() / tau**2 + batch.support_y.sum(1) / NOISE**2) / prec
+    torch.testing.assert_close(lam["loc"], mean, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(F.softplus(lam["rho"]), torch.full_like(mean, prec**-0.5), rtol=1e-9, atol=0.0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(curvature_every=0), "curvature_every=0 must be an integer >= 1"),
+    (dict(curvature_every=2, update="gradient"), "curvature_every=2 needs update='natural'"),
+    (dict(curvature_every=2, memory="implicit"), "curvature_every=2 needs update='natural' and memory"),
+])
+def test_curvature_every_is_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        hvi.InnerConfig(**kwargs)
+
+
 def test_one_gradient_step_is_far_from_it_where_the_natural_step_is_exact():
     # The reason for the natural step: no one α serves every prior scale.
     errors = {r: one_step_error(r * NOISE, "gradient", 0.01) for r in (1e-3, 1.0, 1e3)}
@@ -133,12 +164,14 @@ def naive_natural(meta, loc, scale, sigma_y, lr, x, y, eps, cfg):
     def ell(weights):
         return Normal(functional_call(meta.net.module, weights, (x,)), sigma_y).log_prob(y).sum()
 
+    h_last = {}
     for t in range(cfg.steps):
+        measure = t % cfg.curvature_every == 0  # else: the last h, and the gradient at m
         sign = {n: torch.where(eps[n][t] >= 0, 1.0, -1.0).to(DT) for n in names}
-        e = {n: torch.cat([sign[n], -sign[n]]) for n in names}  # (2S, *w): ±r pairs
+        e = {n: torch.cat([sign[n], -sign[n]]) if measure else torch.zeros_like(sign[n][:1]) for n in names}
         sd = {n: s[n].rsqrt() for n in names}
         grads = {n: [] for n in names}
-        for k in range(2 * cfg.num_samples):
+        for k in range(e[names[0]].shape[0]):
             phi = {n: m[n] + sd[n] * e[n][k] for n in names}
             if fo:
                 phi = {n: v.detach().requires_grad_() for n, v in phi.items()}
@@ -150,7 +183,9 @@ def naive_natural(meta, loc, scale, sigma_y, lr, x, y, eps, cfg):
         for n in names:
             gs = torch.stack(grads[n])
             g = gs.mean(0)
-            h = -(gs * e[n]).mean(0) / c(sd[n])
+            if measure:
+                h_last[n] = -(gs * e[n]).mean(0) / c(sd[n])
+            h = h_last[n]
             prec = c(scale[n].pow(-2))
             s_new[n] = s[n] + lr[n]["rho"] * (prec + h.clamp_min(0) / beta - c(s[n]))
             G[n] = g / beta - prec * (c(m[n]) - c(loc[n]))
@@ -172,9 +207,11 @@ def naive_natural(meta, loc, scale, sigma_y, lr, x, y, eps, cfg):
 
 
 @pytest.mark.parametrize("first_order", [False, True])
-@pytest.mark.parametrize("num_samples,learn_lr,line_search", [(1, False, True), (2, True, True), (1, False, False)])
-def test_natural_loop_and_outer_gradients_match_naive_loop(first_order, num_samples, learn_lr, line_search):
-    cfg = hvi.InnerConfig(steps=3, lr=0.6, num_samples=num_samples, kl_weight=0.7,
+@pytest.mark.parametrize("num_samples,learn_lr,line_search,every",
+                         [(1, False, True, 1), (2, True, True, 1), (1, False, False, 1), (2, True, False, 2),
+                          (1, False, True, 3)])
+def test_natural_loop_and_outer_gradients_match_naive_loop(first_order, num_samples, learn_lr, line_search, every):
+    cfg = hvi.InnerConfig(steps=3, lr=0.6, num_samples=num_samples, kl_weight=0.7, curvature_every=every,
                           first_order=first_order, learn_lr=learn_lr, line_search=line_search)
     meta = hvi.MetaModel(small_net(), GaussianPrior(init_scale=0.1), hvi.Gaussian(noise="learned", init_scale=0.5),
                          inner=cfg)
@@ -278,3 +315,22 @@ def test_a_zero_scale_counts_as_a_diverged_inner_loop():
     # softplus(-1000) underflows to exactly 0 in float64: finite λ, improper q.
     assert not bool(fam.is_valid({**ok, "rho": torch.tensor([0.0, -1000.0, 0.0], dtype=DT)}))
     assert not bool(fam.is_valid({**ok, "loc": torch.tensor([0.0, float("nan"), 0.0], dtype=DT)}))
+
+
+def test_reused_curvature_is_checkpointed_exactly():
+    # The kept h crosses checkpointed steps as an input: the meta-gradients stay exact.
+    out = []
+    for memory in ("none", "checkpoint"):
+        meta = hvi.MetaModel(small_net(), GaussianPrior(init_scale=0.1), hvi.Gaussian(init_scale=0.5),
+                             inner=hvi.InnerConfig(steps=4, lr=0.5, num_samples=2, curvature_every=2,
+                                                   learn_lr=True, memory=memory))
+        pyro.clear_param_store()
+        pyro.set_rng_seed(2)
+        loss = Trace_ELBO().differentiable_loss(meta.model, meta.guide, regression_batch())
+        params = dict(pyro.get_param_store().named_parameters())
+        out.append((loss, dict(zip(params, torch.autograd.grad(loss, list(params.values()))))))
+    (l0, g0), (l1, g1) = out
+    torch.testing.assert_close(l1, l0, rtol=1e-12, atol=1e-12)
+    assert set(g0) == set(g1) and any(bool(v.abs().sum() > 0) for v in g0.values())
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-10, atol=1e-12)
