@@ -261,6 +261,103 @@ def _checkpointed(step):
     return run
 
 
+class _Redraw:
+    """One step's noise from per-task streams, drawn once and redrawn from the streams' states.
+
+    The forward pass uses the draw; once :meth:`release` drops it, a checkpointed
+    step's recomputation redraws the same numbers from the generator states taken
+    before the draw (about 5 kB per task on CPU, instead of ``S·D`` numbers).
+    """
+
+    def __init__(self, eps: TaskNoise, streams: list[torch.Generator]) -> None:
+        self.eps = eps
+        self.states = [g.get_state() for g in streams]
+        self.drawn: Tensor | None = eps.next(streams)
+
+    def __call__(self) -> Tensor:
+        if self.drawn is not None:
+            return self.drawn
+        gens = []
+        for state in self.states:
+            g = torch.Generator(device=self.eps.device)
+            g.set_state(state)
+            gens.append(g)
+        return self.eps.next(gens)
+
+    def release(self) -> None:
+        self.drawn = None
+
+
+class _StepInputs:
+    """The tensors a checkpointed loop keeps of its steps, in one buffer allocated before the loop.
+
+    ``torch.utils.checkpoint`` keeps each step's tensor inputs (λ^(m)) for the
+    recomputation. Kept as they come, each is an allocation made among one
+    step's temporaries that outlives them, and the C allocator's heap grows
+    around them. While :meth:`keeping` is active, the checkpoint saves a copy
+    of the given tensors in the next row of a buffer made once, and the step's
+    own input is freed after the step.
+
+    Args:
+        like: The tensors of one step, by key (shapes, dtype, device).
+        rows: Number of steps whose inputs will be kept.
+    """
+
+    def __init__(self, like: Mapping[str, Tensor], rows: int) -> None:
+        self.buffers = {k: v.new_empty((rows,) + v.shape) for k, v in like.items()}
+        self.row = 0
+
+    def keeping(self, tensors: Mapping[str, Tensor]) -> torch.autograd.graph.saved_tensors_hooks:
+        """A saved-tensors hook that stores ``tensors`` in the next row (other tensors pass through)."""
+        row = self.row
+        self.row += 1
+        targets = {k: v for k, v in tensors.items() if k in self.buffers}
+
+        def pack(t: Tensor):
+            for k, v in targets.items():
+                if t is v or (t.data_ptr() == v.data_ptr() and t.shape == v.shape and t.stride() == v.stride()):
+                    kept = self.buffers[k][row]
+                    kept.copy_(t.detach())
+                    return kept
+            return t
+
+        return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+
+
+def _checkpointed_loop(step, lam: dict[str, Tensor], noise_at, steps: int) -> dict[str, Tensor]:
+    """λ^(K) from ``steps`` calls ``lam = step(lam, noise)``, each checkpointed.
+
+    Kept per step for the backward pass: λ^(m) (in one :class:`_StepInputs`
+    buffer) and the noise streams' states (a :class:`_Redraw`) or the view of a
+    noise tensor that is kept anyway; the step's activations and noise are
+    recomputed. The recomputation gives bit-identical values, so the gradients
+    are those of the unchecked loop.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    keys = list(lam)
+
+    def quiet(*args):
+        # The recomputation runs in the backward pass, outside adapt()'s
+        # validation_enabled(False): argument checks there would be a host sync per step.
+        with pyro.validation_enabled(False):
+            return step(dict(zip(keys, args[:-1])), args[-1])
+
+    store = None
+    for m in range(steps):
+        e = noise_at(m)
+        if m == 0:  # λ^(0) is θ's own (kept by the outer graph): no copy
+            lam = checkpoint(quiet, *lam.values(), e, use_reentrant=False)
+        else:
+            if store is None:
+                store = _StepInputs(lam, steps - 1)
+            with store.keeping(lam):
+                lam = checkpoint(quiet, *lam.values(), e, use_reentrant=False)
+        if isinstance(e, _Redraw):
+            e.release()
+    return lam
+
+
 def _ascend(lam: Tensor, alpha: Tensor | float, grad: Tensor) -> Tensor:
     """λ + α·∇ in one kernel (α a float, or a per-weight tensor when learned)."""
     if isinstance(alpha, Tensor):
@@ -513,12 +610,18 @@ class InnerLoop:
         return loglik
 
     @staticmethod
-    def _noise_reader(eps):
-        """Step m's noise ``(*lead, B, S, D)``, from a tensor or drawn from per-task streams in order."""
+    def _noise_reader(eps, replay: bool = False):
+        """Step m's noise ``(*lead, B, S, D)``, from a tensor or drawn from per-task streams in order.
+
+        ``replay``: per-task streams give a :class:`_Redraw` (call it for the tensor),
+        which a checkpointed step can redraw in the backward pass.
+        """
         streams = eps.generators() if isinstance(eps, TaskNoise) else None
 
-        def noise_at(m: int) -> Tensor:
-            return eps[..., m, :, :] if streams is None else eps.next(streams)
+        def noise_at(m: int) -> Tensor | _Redraw:
+            if streams is None:
+                return eps[..., m, :, :]
+            return _Redraw(eps, streams) if replay else eps.next(streams)
 
         return noise_at
 
@@ -544,7 +647,8 @@ class InnerLoop:
                 return loglik(phi) / (S * Ns) - beta * self._kl(src, kl_terms, phi) / Ns
             return loglik(phi) / (S * Ns)
 
-        noise_at = self._noise_reader(eps)
+        checkpointed = second_order and cfg.memory == "checkpoint"
+        noise_at = self._noise_reader(eps, replay=checkpointed)
 
         if not second_order:
             start = {k: v.detach() for k, v in lam.items()}
@@ -556,7 +660,8 @@ class InnerLoop:
 
         # One step as a function: its temporaries (φ, gradients, σ) die when it
         # returns instead of staying bound through the next step's forward.
-        def step(lam: dict[str, Tensor], e: Tensor) -> dict[str, Tensor]:
+        def step(lam: dict[str, Tensor], e: Tensor | _Redraw) -> dict[str, Tensor]:
+            e = e() if isinstance(e, _Redraw) else e
             src = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in lam.items()}
             if closed_form:
                 sigma = F.softplus(src["rho"])
@@ -572,9 +677,10 @@ class InnerLoop:
                 g["rho"] = torch.addcmul(g["rho"], dkl_dsigma, torch.sigmoid(src["rho"]), value=-c)
             return {k: _ascend(lam[k], alpha[k], g[k]) for k in lam}
 
-        run_step = _checkpointed(step) if cfg.memory == "checkpoint" else step
+        if checkpointed:
+            return _checkpointed_loop(step, lam, noise_at, steps)
         for m in range(steps):
-            lam = run_step(lam, noise_at(m))
+            lam = step(lam, noise_at(m))
         return lam
 
     # -- memory="implicit": no graph through the steps (hvi.implicit) ---------------
