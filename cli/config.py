@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from hvi import choices
+from hvi.settings import FIELDS as SETTINGS_FIELDS
+from hvi.settings import FitSettings, check_int, check_positive, check_setting
 from hvi.cli.defaults import defaults_for
 
 __all__ = [
@@ -97,9 +99,6 @@ MUTABLE_ON_RESUME = frozenset(
 
 _KIND_TEXT = {_INT: "an integer", _FLOAT: "a finite number", _BOOL: "true or false", _STR: "a string", _DICT: "a table"}
 
-#: The accepted ``device`` / ``--device`` strings: cpu, cuda, cuda:N.
-DEVICE_RE = re.compile(r"cpu|cuda(:[0-9]+)?")
-
 _CHOICES = {
     "method": choices.METHODS,
     "inner_update": choices.INNER_UPDATES,
@@ -122,7 +121,11 @@ def _kind_ok(kind: str, v: Any) -> bool:
 
 
 def check_value(key: str, value: Any, where: str) -> Any:
-    """Validates one config value; returns it normalised (floats as float)."""
+    """Validates one config value; returns it normalised (floats as float).
+
+    The keys of :class:`hvi.FitSettings` are checked by :func:`hvi.settings.check_setting`
+    (the checks and messages of :func:`hvi.fit`), except that ``steps`` must be >= 1 here.
+    """
     if key not in KEYS:
         raise ValueError(
             f"unknown config key {key!r} in {where}; known keys: {', '.join(sorted(KEYS))}."
@@ -142,21 +145,21 @@ def check_value(key: str, value: Any, where: str) -> Any:
         value = json.loads(json.dumps(dict(value)))  # plain JSON (tuples → lists)
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ValueError(f"{key}={value!r} is not understood; use one of {', '.join(_CHOICES[key])}.")
-    positive_int = {"inner_samples", "curvature_every", "steps", "task_batch", "val_tasks", "val_samples", "eval_samples", "chunk"}
-    if key in positive_int and value < 1:
-        raise ValueError(f"{key}={value} must be >= 1.")
-    if key == "eval_tasks" and value < 2:
-        raise ValueError(f"eval_tasks={value} must be >= 2 (a CI needs two tasks).")
-    if key in {"val_every", "checkpoint_every", "threads", "keep_checkpoints"} and value < 1:
-        raise ValueError(f"{key}={value} must be >= 1.")
-    if key in {"inner_steps", "seed"} and value < 0:
-        raise ValueError(f"{key}={value} must be >= 0.")
-    if key in {"inner_lr", "lr", "clip_norm"} and not value > 0:
-        raise ValueError(f"{key}={value} must be positive.")
-    if key == "kl_weight" and not value > 0:
-        raise ValueError(f"kl_weight={value} must be positive (e.g. 1e-3 to down-weight the KL).")
-    if key == "device" and not DEVICE_RE.fullmatch(value):
-        raise ValueError(f"device={value!r} is not understood; use cpu, cuda or cuda:N (N = 0, 1, ...).")
+    if key == "steps":  # stricter than hvi.fit's steps >= 0: a run trains at least one step
+        return check_int(key, value, 1, " (hvi fit trains at least one step)")
+    if key in SETTINGS_FIELDS:
+        return check_setting(key, value)
+    if key in {"inner_samples", "curvature_every", "val_tasks", "val_samples", "eval_samples", "val_every",
+               "checkpoint_every", "threads", "keep_checkpoints"}:
+        return check_int(key, value, 1)
+    if key == "eval_tasks":
+        return check_int(key, value, 2, " (a CI needs two tasks)")
+    if key == "inner_steps":
+        return check_int(key, value, 0)
+    if key == "inner_lr":
+        return check_positive(key, value)
+    if key == "kl_weight":
+        return check_positive(key, value, " (e.g. 1e-3 to down-weight the KL)")
     return value
 
 
@@ -298,6 +301,7 @@ def finalize(cfg: dict[str, Any]) -> dict[str, Any]:
     for k, v in cfg.items():
         if k in KEYS:
             check_value(k, v, "the resolved config")
+    FitSettings.from_config(cfg)  # the merged fit settings, as hvi.fit checks them
     return cfg
 
 

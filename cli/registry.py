@@ -161,14 +161,9 @@ def resolve_device(name: str) -> torch.device:
     Raises:
         ValueError: If ``name`` is not one of these forms, or the CUDA device does not exist.
     """
-    from hvi.cli.config import DEVICE_RE
+    from hvi.settings import check_device
 
-    if not isinstance(name, str) or not DEVICE_RE.fullmatch(name):
-        raise ValueError(f"--device {name!r} is not understood; use cpu, cuda or cuda:N (N = 0, 1, ...).")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:  # an index beyond what torch parses, e.g. cuda:99999999999999999999
-        raise ValueError(f"--device {name!r} is not understood; use cpu, cuda or cuda:N (N = 0, 1, ...).") from None
+    dev = torch.device(check_device(name))
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu.")

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from hvi.diagnostics import pareto_k, to_inference_data
     from hvi.families import GuideFamily, NormalFamily
     from hvi.fit import FitResult, fit
+    from hvi.settings import FitSettings
     from hvi.functional import FunctionalNet
     from hvi.likelihoods import Categorical, Gaussian, Likelihood, get_likelihood, list_likelihoods, register_likelihood
     from hvi.meta import MetaModel
@@ -38,6 +39,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "Categorical": "hvi.likelihoods",
     "FitResult": "hvi.fit",
+    "FitSettings": "hvi.settings",
     "FunctionalNet": "hvi.functional",
     "Gaussian": "hvi.likelihoods",
     "GlobalSite": "hvi.sites",
@@ -110,6 +112,7 @@ sys.modules[__name__].__class__ = _Package
 __all__ = [
     "Categorical",
     "FitResult",
+    "FitSettings",
     "FunctionalNet",
     "Gaussian",
     "GlobalSite",

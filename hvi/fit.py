@@ -19,6 +19,7 @@ from torch import Tensor
 from hvi.data.base import TaskSource
 from hvi.meta import MetaModel
 from hvi.methods import outer_loss
+from hvi.settings import FitSettings
 from hvi.svi import SVI
 from hvi.tasks import TaskBatch
 from hvi.validation import validate_for_model
@@ -262,33 +263,23 @@ def fit(
         A :class:`FitResult`.
 
     Raises:
+        ValueError: If a setting is out of range: ``steps``, ``task_batch``,
+            ``lr``, ``clip_norm``, ``seed``, ``device``, ``max_skips`` and
+            ``chunk`` are checked by :class:`hvi.FitSettings` (as ``hvi fit``'s are).
         FloatingPointError: After ``max_skips`` non-finite steps in a row.
 
     On CPU under Linux, call :func:`hvi.tune_allocator` once before training
     (``hvi fit`` does): otherwise every inner step refaults its activations'
     memory from the kernel.
     """
-    if not (isinstance(steps, int) and steps >= 0):
-        raise ValueError(f"steps={steps!r} must be a non-negative integer.")
-    if not (isinstance(max_skips, int) and max_skips >= 1):
-        raise ValueError(f"max_skips={max_skips!r} must be an integer >= 1.")
-    if clip_norm is not None and not (
-        isinstance(clip_norm, (int, float)) and not isinstance(clip_norm, bool) and 0 < clip_norm < math.inf
-    ):
-        raise ValueError(f"clip_norm={clip_norm!r} must be a positive finite number (or None: no clipping).")
-    if device is not None:
-        try:
-            device = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"device={device!r} is not understood; use 'cpu', 'cuda' or 'cuda:N'.") from None
-    if chunk is not None:
-        if not (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1):
-            raise ValueError(f"chunk={chunk!r} must be a positive integer (tasks per backward pass) or None.")
-        if meta.method != "abml":
-            raise ValueError(f"chunk={chunk} works with method='abml' only; method={meta.method!r} steps on its own loss.")
-    with _seeded(seed), _own_param_store(resume):
-        return _train(meta, data, steps, task_batch, optimizer, lr, clip_norm, elbo, num_particles, seed,
-                      device, callback, progress, max_skips, generator, distributed, chunk)
+    s = FitSettings(steps=steps, task_batch=task_batch, lr=lr, clip_norm=clip_norm, seed=seed, device=device,
+                    max_skips=max_skips, chunk=chunk)
+    device = None if s.device is None else torch.device(s.device)
+    if chunk is not None and meta.method != "abml":
+        raise ValueError(f"chunk={chunk} works with method='abml' only; method={meta.method!r} steps on its own loss.")
+    with _seeded(s.seed), _own_param_store(resume):
+        return _train(meta, data, s.steps, s.task_batch, optimizer, s.lr, s.clip_norm, elbo, num_particles, s.seed,
+                      device, callback, progress, s.max_skips, generator, distributed, s.chunk)
 
 
 def _train(meta, data, steps, task_batch, optimizer, lr, clip_norm, elbo, num_particles, seed, device, callback,
@@ -311,8 +302,6 @@ def _train(meta, data, steps, task_batch, optimizer, lr, clip_norm, elbo, num_pa
     if world is not None:
         _dist.check_same_rng(device)
     if optimizer is None:
-        if not lr > 0:
-            raise ValueError(f"lr={lr} must be positive.")
         clip = {} if clip_norm is None else {"clip_norm": float(clip_norm)}
         # Reptile's outer update is θ + ε·(φ̄_K − θ): plain SGD at ε = lr on its pseudo-gradient.
         optimizer = (pyro.optim.SGD if meta.method == "reptile" else pyro.optim.Adam)({"lr": lr}, clip)

@@ -104,7 +104,7 @@ def test_keep_checkpoints_option(tmp_path):
     assert len(list((out / CHECKPOINT_DIR).glob("checkpoint-*.json"))) == 3
     assert json.loads((out / CONFIG_FILE).read_text())["keep_checkpoints"] == 3
     res = _invoke(["fit", *TINY, "--steps", "4", "--keep-checkpoints", "0", "--out", str(tmp_path / "z")])
-    assert res.exit_code == 1 and res.stderr == "Error: keep_checkpoints=0 must be >= 1.\n"
+    assert res.exit_code == 1 and res.stderr == "Error: keep_checkpoints=0 must be an integer >= 1.\n"
 
 
 def test_a_step_with_a_nan_loss_writes_no_checkpoint(tmp_path, monkeypatch):

@@ -57,7 +57,7 @@ def test_chunked_step_keeps_the_elbo_parts():
 
 def test_bad_chunk_is_one_clear_error():
     meta, batch = setup("delta")
-    with pytest.raises(ValueError, match=r"chunk=0 must be a positive integer"):
+    with pytest.raises(ValueError, match=r"chunk=0 must be an integer >= 1"):
         hvi.fit(meta, batch, steps=1, chunk=0)
 
 
@@ -72,4 +72,4 @@ def test_cli_chunk_option(runner, tmp_path):
 
     assert json.loads((out / CONFIG_FILE).read_text())["chunk"] == 2
     bad = runner.invoke(cli, ["fit", "--model", "mlp", "--steps", "2", "--chunk", "0", "--out", str(tmp_path / "b")])
-    assert bad.exit_code != 0 and "chunk=0 must be >= 1" in bad.output and not (tmp_path / "b").exists()
+    assert bad.exit_code != 0 and "chunk=0 must be an integer >= 1" in bad.output and not (tmp_path / "b").exists()
