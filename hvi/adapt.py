@@ -41,7 +41,8 @@ objective to φ, and the chain rule to (μ, ρ) is written out.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
 import pyro
@@ -307,21 +308,29 @@ class _StepInputs:
         self.buffers = {k: v.new_empty((rows,) + v.shape) for k, v in like.items()}
         self.row = 0
 
-    def keeping(self, tensors: Mapping[str, Tensor]) -> torch.autograd.graph.saved_tensors_hooks:
-        """A saved-tensors hook that stores ``tensors`` in the next row (other tensors pass through)."""
+    @contextmanager
+    def keeping(self, tensors: Mapping[str, Tensor]) -> Iterator[None]:
+        """Saved tensors hooks that store ``tensors`` in the next row (other tensors pass through)."""
         row = self.row
         self.row += 1
+        # The hooks outlive the block (autograd keeps them with what they saved): their
+        # closure must not keep the tensors themselves, or nothing would be saved.
         targets = {k: v for k, v in tensors.items() if k in self.buffers}
 
         def pack(t: Tensor):
-            for k, v in targets.items():
+            for k, v in list(targets.items()):
                 if t is v or (t.data_ptr() == v.data_ptr() and t.shape == v.shape and t.stride() == v.stride()):
                     kept = self.buffers[k][row]
                     kept.copy_(t.detach())
+                    del targets[k]
                     return kept
             return t
 
-        return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                yield
+        finally:
+            targets.clear()
 
 
 def _checkpointed_loop(step, lam: dict[str, Tensor], noise_at, steps: int) -> dict[str, Tensor]:
