@@ -49,6 +49,7 @@ import pyro
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.distributions import Normal
 
 from hvi import choices, natural
@@ -331,6 +332,75 @@ class _StepInputs:
                 yield
         finally:
             targets.clear()
+
+
+
+class _RecomputedSteps(torch.autograd.Function):
+    """K inner steps as one autograd node that keeps λ^(m) and recomputes each step backward.
+
+    ``forward(ctx, spec, *λ^(0) values, *params)`` runs ``spec.step`` K times
+    without a graph (the inner gradients with ``create_graph=False``), writing
+    λ^(1..K−1) into one buffer allocated before the first step. ``backward``
+    goes through the steps in reverse: it recomputes step m from λ^(m) with
+    ``create_graph=True`` and takes the vector-Jacobian product with respect to
+    λ^(m) and ``params`` (the tensors of θ the step reads: likelihood sites,
+    prior terms, α). Per step only λ^(m) and the noise streams' states are
+    kept; no per-step graph either, whose small allocations, interleaved with
+    the steps' temporaries, made the C allocator's heap grow.
+
+    ``spec`` has ``keys`` (λ's keys), ``steps``, ``noise_at(m)`` (step m's
+    noise: a tensor, or a :class:`_Redraw`) and ``step(lam, e, params,
+    create_graph) -> λ``.
+    """
+
+    @staticmethod
+    def forward(ctx, spec, *tensors):
+        n = len(spec.keys)
+        lam = {k: v.detach() for k, v in zip(spec.keys, tensors[:n])}
+        params = [p.detach() for p in tensors[n:]]
+        rows = {k: v.new_empty((spec.steps - 1,) + v.shape) for k, v in lam.items()} if spec.steps > 1 else {}
+        noises = []
+        for m in range(spec.steps):
+            if m > 0:
+                for k, v in lam.items():
+                    rows[k][m - 1].copy_(v)
+            e = spec.noise_at(m)
+            with torch.enable_grad():
+                out = spec.step(lam, e, params, create_graph=False)
+            lam = {k: v.detach() for k, v in out.items()}
+            del out
+            if isinstance(e, _Redraw):
+                e.release()
+            noises.append(e)
+        ctx.spec, ctx.rows, ctx.noises = spec, rows, noises
+        ctx.save_for_backward(*tensors)
+        return tuple(lam[k] for k in spec.keys)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        spec, rows, noises = ctx.spec, ctx.rows, ctx.noises
+        n = len(spec.keys)
+        tensors = ctx.saved_tensors
+        lam0, params = tensors[:n], tensors[n:]
+        need = ctx.needs_input_grad[1 + n:]
+        leaves = [p.detach().requires_grad_(bool(w)) for p, w in zip(params, need)]
+        wanted = [p for p, w in zip(leaves, need) if w]
+        out_grads = [g if g is not None else torch.zeros_like(v) for g, v in zip(grads, lam0)]
+        total = [None] * len(wanted)
+        # The recomputation runs outside adapt()'s validation_enabled(False):
+        # argument checks there would be a host sync per step.
+        with pyro.validation_enabled(False):
+            for m in reversed(range(spec.steps)):
+                src = [(lam0[i] if m == 0 else rows[k][m - 1]).detach().requires_grad_() for i, k in enumerate(spec.keys)]
+                with torch.enable_grad():
+                    out = spec.step(dict(zip(spec.keys, src)), noises[m], leaves, create_graph=True)
+                    found = torch.autograd.grad([out[k] for k in spec.keys], src + wanted, out_grads, allow_unused=True)
+                del out
+                out_grads = [g if g is not None else torch.zeros_like(v) for g, v in zip(found[:n], src)]
+                total = [t if g is None else g if t is None else t + g for t, g in zip(total, found[n:])]
+        it = iter(total)
+        return (None, *out_grads, *(next(it) if w else None for w in need))
 
 
 def _checkpointed_loop(step, lam: dict[str, Tensor], noise_at, steps: int) -> dict[str, Tensor]:
@@ -650,7 +720,7 @@ class InnerLoop:
         closed_kl = closed_form and beta > 0
         loglik = self._support_loglik(lik, x, y, noise, mask, lead, S, twice=second_order)
 
-        def objective(phi: Tensor, src: Mapping[str, Tensor]) -> Tensor:
+        def objective(phi: Tensor, src: Mapping[str, Tensor], loglik=loglik) -> Tensor:
             """The support objective at weights ``phi`` (*lead, B, S, D) drawn from q(λ = ``src``)."""
             if beta > 0 and not closed_form:
                 return loglik(phi) / (S * Ns) - beta * self._kl(src, kl_terms, phi) / Ns
@@ -669,7 +739,9 @@ class InnerLoop:
 
         # One step as a function: its temporaries (φ, gradients, σ) die when it
         # returns instead of staying bound through the next step's forward.
-        def step(lam: dict[str, Tensor], e: Tensor | _Redraw) -> dict[str, Tensor]:
+        def step(lam: dict[str, Tensor], e: Tensor | _Redraw, parts=None, create_graph: bool = True) -> dict[str, Tensor]:
+            """λ after one step from ``lam``; ``parts``: (ℓ, KL terms, α) in place of the loop's own."""
+            loglik_, kl_terms_, alpha_ = (loglik, kl_terms, alpha) if parts is None else parts
             e = e() if isinstance(e, _Redraw) else e
             src = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in lam.items()}
             if closed_form:
@@ -677,20 +749,50 @@ class InnerLoop:
                 phi = torch.addcmul(src["loc"].unsqueeze(-2), sigma.unsqueeze(-2), e)
             else:
                 phi = self.family.sample({k: v.unsqueeze(-2) for k, v in src.items()}, e)
-            grads = torch.autograd.grad(objective(phi, src), list(src.values()), create_graph=True)
+            grads = torch.autograd.grad(objective(phi, src, loglik_), list(src.values()), create_graph=create_graph)
             g = dict(zip(src, grads))
             if closed_kl:  # fused kernels (addcmul): fewer temporaries of λ's size per step
-                prior_loc, prior_prec = kl_terms
+                prior_loc, prior_prec = kl_terms_
                 g["loc"] = torch.addcmul(g["loc"], src["loc"] - prior_loc, prior_prec, value=-c)
                 dkl_dsigma = sigma * prior_prec - sigma.reciprocal()
                 g["rho"] = torch.addcmul(g["rho"], dkl_dsigma, torch.sigmoid(src["rho"]), value=-c)
-            return {k: _ascend(lam[k], alpha[k], g[k]) for k in lam}
+            return {k: _ascend(lam[k], alpha_[k], g[k]) for k in lam}
 
+        if checkpointed and closed_form:
+            return self._recomputed(step, lam, lik, kl_terms if closed_kl else None, alpha, noise_at, steps,
+                                    lambda lk: self._support_loglik(lk, x, y, noise, mask, lead, S, twice=True))
         if checkpointed:
             return _checkpointed_loop(step, lam, noise_at, steps)
         for m in range(steps):
             lam = step(lam, noise_at(m))
         return lam
+
+    @staticmethod
+    def _recomputed(step, lam, lik, kl_terms, alpha, noise_at, steps, make_loglik) -> dict[str, Tensor]:
+        """λ^(K) through one :class:`_RecomputedSteps` node (memory="checkpoint", closed-form KL gradient).
+
+        The step's tensors of θ (likelihood sites, the prior's (μ_p, s_p), learned
+        or per-weight α) become the node's inputs, so that its backward can
+        differentiate a recomputed step with respect to them.
+        """
+        lik_keys = list(lik)
+        alpha_keys = [k for k, a in alpha.items() if isinstance(a, Tensor)]
+        params = [*lik.values(), *(kl_terms or ()), *(alpha[k] for k in alpha_keys)]
+
+        class Spec:
+            keys = list(lam)
+
+            @staticmethod
+            def step(lam_, e, values, create_graph):
+                it = iter(values)
+                lk = {k: next(it) for k in lik_keys}
+                kl = None if kl_terms is None else (next(it), next(it))
+                al = {k: next(it) if k in alpha_keys else a for k, a in alpha.items()}
+                return step(lam_, e, (make_loglik(lk), kl, al), create_graph)
+
+        Spec.steps, Spec.noise_at = steps, staticmethod(noise_at)
+        out = _RecomputedSteps.apply(Spec, *lam.values(), *params)
+        return dict(zip(Spec.keys, out))
 
     # -- memory="implicit": no graph through the steps (hvi.implicit) ---------------
     def _run_implicit(self, theta, lik, lr, x, y, noise, mask, eps, steps, lead) -> dict[str, Tensor]:
