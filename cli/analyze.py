@@ -100,7 +100,7 @@ def ntk_analysis(
     """
     import torch
 
-    from hvi.cli.registry import build_source
+    from hvi.builders import build_source
     from hvi.data.images import pixel_grid
     from hvi.ntk import empirical_ntk, energy_fraction, ntk_spectrum
     from hvi.runs import load_run

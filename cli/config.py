@@ -18,7 +18,7 @@ likelihood). Example ``run.toml``::
     [prior_args]
     init_scale = 0.03
 
-Resolution: per-model defaults (:mod:`hvi.cli.defaults`) < TOML < CLI.
+Resolution: per-model defaults (:mod:`hvi.defaults`) < TOML < CLI.
 """
 
 from __future__ import annotations
@@ -33,135 +33,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hvi import choices
-from hvi.settings import FIELDS as SETTINGS_FIELDS
-from hvi.settings import FitSettings, check_int, check_positive, check_setting
-from hvi.cli.defaults import defaults_for
+from hvi.defaults import defaults_for
+from hvi.settings import KEYS, MUTABLE_ON_RESUME, TABLE_KEYS, FitSettings, check_value, is_path
 
-__all__ = [
-    "KEYS",
-    "MUTABLE_ON_RESUME",
-    "load_toml",
-    "resolve",
-    "resolve_resume",
-    "is_path",
-    "dump_toml",
-]
-
-_INT, _FLOAT, _BOOL, _STR, _DICT = "int", "float", "bool", "str", "table"
-
-#: Config key → (kind, may be None).
-KEYS: dict[str, tuple[str, bool]] = {
-    "model": (_STR, False),
-    "model_args": (_DICT, False),
-    "data": (_STR, False),
-    "data_args": (_DICT, False),
-    "prior": (_STR, False),
-    "prior_args": (_DICT, False),
-    "likelihood": (_STR, True),
-    "likelihood_args": (_DICT, False),
-    "method": (_STR, False),
-    "q_theta": (_STR, False),
-    "objective": (_STR, False),
-    "inner_steps": (_INT, False),
-    "inner_update": (_STR, False),
-    "inner_lr": (_FLOAT, False),
-    "learn_lr": (_BOOL, False),
-    "first_order": (_BOOL, False),
-    "kl_weight": (_FLOAT, False),
-    "inner_samples": (_INT, False),
-    "curvature_every": (_INT, False),
-    "memory_mode": (_STR, False),
-    "chunk": (_INT, True),
-    "steps": (_INT, False),
-    "task_batch": (_INT, False),
-    "lr": (_FLOAT, False),
-    "clip_norm": (_FLOAT, True),
-    "seed": (_INT, False),
-    "device": (_STR, False),
-    "threads": (_INT, True),
-    "val_every": (_INT, True),
-    "val_tasks": (_INT, False),
-    "val_samples": (_INT, False),
-    "checkpoint_every": (_INT, True),
-    "keep_checkpoints": (_INT, False),
-    "eval_samples": (_INT, False),
-    "eval_tasks": (_INT, True),
-}
-
-#: Keys that may change when a run is resumed; every other key must match the saved run.
-MUTABLE_ON_RESUME = frozenset(
-    {
-        "steps", "device", "threads", "val_every", "val_tasks", "val_samples", "checkpoint_every", "memory_mode", "chunk",
-        "keep_checkpoints", "eval_samples", "eval_tasks",
-    }
-)
-
-_KIND_TEXT = {_INT: "an integer", _FLOAT: "a finite number", _BOOL: "true or false", _STR: "a string", _DICT: "a table"}
-
-_CHOICES = {
-    "method": choices.METHODS,
-    "inner_update": choices.INNER_UPDATES,
-    "memory_mode": choices.MEMORY_MODES,
-    "q_theta": choices.Q_THETAS,
-    "objective": choices.OBJECTIVES,
-}
-
-
-def _kind_ok(kind: str, v: Any) -> bool:
-    if kind == _INT:
-        return isinstance(v, int) and not isinstance(v, bool)
-    if kind == _FLOAT:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    if kind == _BOOL:
-        return isinstance(v, bool)
-    if kind == _STR:
-        return isinstance(v, str)
-    return isinstance(v, Mapping)
-
-
-def check_value(key: str, value: Any, where: str) -> Any:
-    """Validates one config value; returns it normalised (floats as float).
-
-    The keys of :class:`hvi.FitSettings` are checked by :func:`hvi.settings.check_setting`
-    (the checks and messages of :func:`hvi.fit`), except that ``steps`` must be >= 1 here.
-    """
-    if key not in KEYS:
-        raise ValueError(
-            f"unknown config key {key!r} in {where}; known keys: {', '.join(sorted(KEYS))}."
-        )
-    kind, nullable = KEYS[key]
-    if value is None:
-        if nullable:
-            return None
-        raise ValueError(f"config key {key!r} in {where} must not be empty.")
-    if not _kind_ok(kind, value):
-        raise ValueError(
-            f"config key {key!r} in {where} must be {_KIND_TEXT[kind]}, got {value!r} ({type(value).__name__})."
-        )
-    if kind == _FLOAT:
-        value = float(value)
-    if kind == _DICT:
-        value = json.loads(json.dumps(dict(value)))  # plain JSON (tuples → lists)
-    if key in _CHOICES and value not in _CHOICES[key]:
-        raise ValueError(f"{key}={value!r} is not understood; use one of {', '.join(_CHOICES[key])}.")
-    if key == "steps":  # stricter than hvi.fit's steps >= 0: a run trains at least one step
-        return check_int(key, value, 1, " (hvi fit trains at least one step)")
-    if key in SETTINGS_FIELDS:
-        return check_setting(key, value)
-    if key in {"inner_samples", "curvature_every", "val_tasks", "val_samples", "eval_samples", "val_every",
-               "checkpoint_every", "threads", "keep_checkpoints"}:
-        return check_int(key, value, 1)
-    if key == "eval_tasks":
-        return check_int(key, value, 2, " (a CI needs two tasks)")
-    if key == "inner_steps":
-        return check_int(key, value, 0)
-    if key == "inner_lr":
-        return check_positive(key, value)
-    if key == "kl_weight":
-        return check_positive(key, value, " (e.g. 1e-3 to down-weight the KL)")
-    return value
-
+__all__ = ["load_toml", "resolve", "resolve_resume", "finalize", "dump_toml"]
 
 def load_toml(path: str | os.PathLike) -> dict[str, Any]:
     """Reads and validates a ``run.toml`` (keys with dashes are accepted)."""
@@ -182,15 +57,6 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
             raise ValueError(f"config key {key!r} in {p} is a command-line-only option; pass --{k} instead.")
         out[k] = check_value(k, value, str(p))
     return out
-
-
-def is_path(data: str) -> bool:
-    """Whether ``--data`` names a file (netCDF / zarr) rather than a registered source."""
-    return (
-        os.sep in data
-        or data.endswith((".nc", ".nc4", ".netcdf", ".zarr", ".h5"))
-        or Path(data).exists()
-    )
 
 
 def _normalise_data(cfg: dict[str, Any]) -> None:
@@ -219,7 +85,7 @@ def resolve(cli: Mapping[str, Any], toml: Mapping[str, Any]) -> tuple[dict[str, 
     model = given.get("model", toml.get("model"))
     if model is None:
         raise ValueError("no model given; pass --model NAME (see 'hvi models') or set model in --config.")
-    from hvi.cli.registry import load_registries
+    from hvi.builders import load_registries
     from hvi.models import list_models
 
     load_registries()
@@ -235,7 +101,7 @@ def resolve(cli: Mapping[str, Any], toml: Mapping[str, Any]) -> tuple[dict[str, 
     for layer in (toml, given):
         for k, v in layer.items():
             explicit.add(k)
-            if KEYS[k][0] == _DICT:
+            if k in TABLE_KEYS:
                 cfg[k] = {**(cfg.get(k) or {}), **copy.deepcopy(v)}
             else:
                 cfg[k] = copy.deepcopy(v)
@@ -269,7 +135,7 @@ def resolve_resume(
                 cfg[k] = copy.deepcopy(v)
                 continue
             old = saved.get(k)
-            if KEYS[k][0] == _DICT and isinstance(v, Mapping):
+            if k in TABLE_KEYS and isinstance(v, Mapping):
                 for sub, sv in v.items():
                     ov = (old or {}).get(sub)
                     if json.dumps(ov) != json.dumps(sv):

@@ -13,7 +13,7 @@ import textwrap
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from hvi.cli.defaults import COMMON, MODEL_DEFAULTS
+from hvi.defaults import COMMON, MODEL_DEFAULTS
 
 __all__ = ["value_text", "builder_args", "args_text", "default_help", "model_lines", "source_lines"]
 
@@ -85,7 +85,7 @@ def _wrap(head: str, text: str, width: int = 100) -> list[str]:
 
 def source_lines(name: str, width: int = 0) -> list[str]:
     """``hvi sources`` entry: the description and the constructor's arguments (``data_args``)."""
-    from hvi.cli.registry import source_description
+    from hvi.builders import source_description
     from hvi.data.base import SOURCES
 
     pad = " " * (width + 2)

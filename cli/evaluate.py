@@ -13,7 +13,7 @@ import pyro
 import torch
 from torch import Tensor
 
-from hvi.cli.registry import build_meta, build_source, configure_process
+from hvi.builders import build_meta, build_source, configure_process
 from hvi.cli.run import eval_chunk_size
 
 __all__ = ["evaluate_run", "format_table", "predict_files", "load_run"]
@@ -51,7 +51,7 @@ def run_source(run, data: str | None = None, verb: str = "diagnose"):
     targets of the run's shapes and its kind of likelihood (regression or
     classification); otherwise a one-line ``ValueError`` says so.
     """
-    from hvi.cli.config import is_path
+    from hvi.settings import is_path
 
     cfg = dict(run.cfg)
     if data is not None:

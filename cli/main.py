@@ -186,7 +186,7 @@ def cli(imports: tuple[str, ...], verbose: int, quiet: bool) -> None:
       hvi -v fit --model mlp --steps 50; hvi -q evaluate runs/sine --json
     """
     from hvi.cli.log import setup
-    from hvi.cli.plugins import import_modules
+    from hvi.plugins import import_modules
 
     setup(verbose, quiet)
     import_modules(imports)
@@ -503,9 +503,9 @@ def models_cmd(brief) -> None:
       hvi models
       hvi models --brief
     """
-    from hvi.cli.defaults import MODEL_DEFAULTS
+    from hvi.defaults import MODEL_DEFAULTS
     from hvi.cli.describe import model_lines
-    from hvi.cli.registry import load_registries
+    from hvi.builders import load_registries
     from hvi.models import describe_model, list_models
 
     load_registries()
@@ -529,7 +529,7 @@ def priors_cmd() -> None:
     Example:
       hvi priors
     """
-    from hvi.cli.registry import load_registries
+    from hvi.builders import load_registries
     from hvi.priors.base import describe_prior, list_priors
 
     load_registries()
@@ -555,7 +555,7 @@ def sources_cmd(brief) -> None:
       hvi fit --model mlp --data file --data-arg path=tasks.nc --data-arg k_shot=5
     """
     from hvi.cli.describe import source_lines
-    from hvi.cli.registry import load_registries, source_description
+    from hvi.builders import load_registries, source_description
     from hvi.data.base import list_sources
 
     load_registries()

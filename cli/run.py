@@ -46,8 +46,9 @@ import pyro
 import torch
 
 from hvi.cli.config import finalize, load_toml, resolve, resolve_resume
-from hvi.cli.registry import build_meta, build_source, configure_process, infer_model_args, resolve_device
+from hvi.builders import build_meta, build_source, configure_process, infer_model_args, resolve_device
 from hvi.run_dir import (
+    DISTRIBUTED_KEY,
     append_metrics,
     checkpoint_dir,
     checkpoint_step,
@@ -68,7 +69,6 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "run_fit",
-    "check_run_config",
     "Interrupted",
     "validation_metrics",
     "resolved_config",
@@ -86,64 +86,6 @@ class Interrupted(Exception):
 
 
 # --------------------------------------------------------------------------- run configs
-
-
-#: config.json's record of a data-parallel run (not a setting: a resumed run records its own).
-_DISTRIBUTED = "distributed"
-
-#: Keys added after runs were first written, with the value those older runs used.
-_BEFORE_THE_KEY = {"inner_update": "gradient", "method": "abml", "memory_mode": "none", "chunk": None}
-
-
-def check_run_config(cfg: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    """A run's saved configuration, checked key by key (it may be older or edited by hand).
-
-    Keys that only steer validation, checkpoints and evaluation
-    (:data:`~hvi.cli.config.MUTABLE_ON_RESUME`) and are missing get the
-    model's defaults; every other key must be present, since its default may
-    have changed since the run was trained.
-
-    Args:
-        cfg: The parsed ``config.json``.
-        path: Where it was read from (named in the errors).
-
-    Returns:
-        A checked copy with the missing evaluation keys filled in.
-
-    Raises:
-        ValueError: Naming the first unknown key, missing key or value of the
-            wrong type or range, and how to fix it.
-    """
-    from hvi.cli.config import KEYS, MUTABLE_ON_RESUME, check_value
-    from hvi.cli.defaults import defaults_for
-
-    model = cfg.get("model")
-    if not isinstance(model, str):
-        raise ValueError(f"config key 'model' in {path} must be a string, got {model!r}; the run directory is damaged.")
-    unknown = sorted(k for k in cfg if k not in KEYS and k != _DISTRIBUTED)
-    if unknown:
-        raise ValueError(
-            f"{path} has the unknown key {unknown[0]!r} (written by a newer hvi, or edited by hand); remove it."
-        )
-    defaults = defaults_for(model)
-    out: dict[str, Any] = {}
-    for key in KEYS:
-        if key in cfg:
-            out[key] = check_value(key, cfg[key], str(path))
-        elif key in MUTABLE_ON_RESUME:
-            out[key] = defaults.get(key)
-        elif key in _BEFORE_THE_KEY:  # runs written before the key existed used this value
-            out[key] = _BEFORE_THE_KEY[key]
-        else:
-            raise ValueError(
-                f"{path} lacks the key {key!r} (written by an older hvi, or edited by hand); add it, e.g. "
-                f'"{key}": {json.dumps(defaults.get(key))} if the run used the default, or train a new run.'
-            )
-    if out["likelihood"] is None:
-        raise ValueError(
-            f'config key \'likelihood\' in {path} must name the likelihood the run was trained with, e.g. "gaussian".'
-        )
-    return out
 
 
 # --------------------------------------------------------------------------- stopping
@@ -294,8 +236,8 @@ def check_arg_tables(cfg: Mapping[str, Any]) -> None:
     Raises:
         ValueError: Naming the first key the builder does not accept, and the accepted ones.
     """
-    from hvi.cli.config import is_path
-    from hvi.cli.registry import check_kwargs, load_registries
+    from hvi.settings import is_path
+    from hvi.builders import check_kwargs, load_registries
     from hvi.data.base import SOURCES
     from hvi.likelihoods import LIKELIHOODS
     from hvi.models.registry import MODELS
@@ -340,7 +282,7 @@ def resolved_config(
         cfg, _ = resolve(cli_opts, toml)
     cfg = finalize(cfg)
     check_arg_tables(cfg)
-    from hvi.cli.config import KEYS
+    from hvi.settings import KEYS
 
     return {**{k: cfg[k] for k in KEYS if k in cfg}, **cfg}  # in the order of KEYS: model, data, ...
 
@@ -481,7 +423,7 @@ def run_fit(
                 truncate_metrics(work, start)
         if world is not None:
             per_rank = hvi_dist.shard_sizes(cfg["task_batch"], world.world_size)
-            cfg[_DISTRIBUTED] = {
+            cfg[DISTRIBUTED_KEY] = {
                 "world_size": world.world_size, "task_batch": cfg["task_batch"], "task_batch_per_rank": per_rank,
             }
         if not main:  # the other ranks train their shares; rank 0 writes everything

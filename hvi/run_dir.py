@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from hvi import atomic
+from hvi.defaults import defaults_for
+from hvi.settings import KEYS, MUTABLE_ON_RESUME, check_value
 
 __all__ = [
     "CONFIG_FILE",
@@ -56,6 +58,9 @@ __all__ = [
     "find_resumable",
     "new_work_dir",
     "finalize",
+    "DISTRIBUTED_KEY",
+    "BEFORE_THE_KEY",
+    "check_config",
     "read_config",
     "write_config",
     "finite_json",
@@ -173,16 +178,68 @@ def finalize(work: str | os.PathLike, out: str | os.PathLike) -> None:
 
 # --------------------------------------------------------------------------- config
 
+#: config.json's record of a data-parallel run (not a setting: a resumed run records its own).
+DISTRIBUTED_KEY = "distributed"
+
+#: Keys added after runs were first written, with the value those older runs used.
+BEFORE_THE_KEY = {"inner_update": "gradient", "method": "abml", "memory_mode": "none", "chunk": None}
+
+
+def check_config(cfg: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """A run's saved configuration, checked key by key (it may be older or edited by hand).
+
+    Keys that only steer validation, checkpoints and evaluation
+    (:data:`~hvi.settings.MUTABLE_ON_RESUME`) and are missing get the
+    model's defaults; every other key must be present, since its default may
+    have changed since the run was trained.
+
+    Args:
+        cfg: The parsed ``config.json``.
+        path: Where it was read from (named in the errors).
+
+    Returns:
+        A checked copy with the missing evaluation keys filled in.
+
+    Raises:
+        ValueError: Naming the first unknown key, missing key or value of the
+            wrong type or range, and how to fix it.
+    """
+    model = cfg.get("model")
+    if not isinstance(model, str):
+        raise ValueError(f"config key 'model' in {path} must be a string, got {model!r}; the run directory is damaged.")
+    unknown = sorted(k for k in cfg if k not in KEYS and k != DISTRIBUTED_KEY)
+    if unknown:
+        raise ValueError(
+            f"{path} has the unknown key {unknown[0]!r} (written by a newer hvi, or edited by hand); remove it."
+        )
+    defaults = defaults_for(model)
+    out: dict[str, Any] = {}
+    for key in KEYS:
+        if key in cfg:
+            out[key] = check_value(key, cfg[key], str(path))
+        elif key in MUTABLE_ON_RESUME:
+            out[key] = defaults.get(key)
+        elif key in BEFORE_THE_KEY:  # runs written before the key existed used this value
+            out[key] = BEFORE_THE_KEY[key]
+        else:
+            raise ValueError(
+                f"{path} lacks the key {key!r} (written by an older hvi, or edited by hand); add it, e.g. "
+                f'"{key}": {json.dumps(defaults.get(key))} if the run used the default, or train a new run.'
+            )
+    if out["likelihood"] is None:
+        raise ValueError(
+            f'config key \'likelihood\' in {path} must name the likelihood the run was trained with, e.g. "gaussian".'
+        )
+    return out
+
 
 def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """``config.json`` of a run directory, checked key by key (``hvi.cli.run.check_run_config``).
+    """``config.json`` of a run directory, checked key by key (:func:`check_config`).
 
     Raises:
         FileNotFoundError: If ``run_dir`` does not exist (naming an interrupted run to resume, if any).
         ValueError: If it is not a complete run or its config is broken (one line naming the fix).
     """
-    from hvi.cli.run import check_run_config
-
     run_dir = _path(run_dir)
     if not run_dir.is_dir():
         tmp, step = find_resumable(run_dir)
@@ -201,7 +258,7 @@ def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON ({e}); the run directory is damaged.") from None
     if not isinstance(cfg, dict) or "model" not in cfg:
         raise ValueError(f"{path} is not an hvi run config (no 'model').")
-    return check_run_config(cfg, path)
+    return check_config(cfg, path)
 
 
 def write_config(run_dir: str | os.PathLike, cfg: Mapping[str, Any]) -> None:

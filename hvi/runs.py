@@ -85,7 +85,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device | None = None) 
     from pyro.params.param_store import ParamStoreDict
 
     from hvi.checkpoint import expected_params, load_checkpoint, read_checkpoint
-    from hvi.cli.registry import build_meta, resolve_device
+    from hvi.builders import build_meta, resolve_device
     from hvi.run_dir import MODEL_DIR, has_final_model, model_dir, read_config
 
     root = Path(os.fspath(path)).expanduser().resolve()

@@ -11,19 +11,40 @@ The inner loop's settings are :class:`hvi.InnerConfig`'s (part of the
 :class:`hvi.MetaModel`, not of a fit): they change the model, these only how it
 is trained.
 
+The keys of a run's configuration (``hvi fit``'s options, ``run.toml``,
+a run directory's ``config.json``) and their checks are here too:
+:data:`KEYS`, :func:`check_value`, :data:`MUTABLE_ON_RESUME`, :func:`is_path`.
+
 This module does not import torch at import time (``hvi --help`` stays fast).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["DEVICE_RE", "FitSettings", "check_device", "check_int", "check_positive"]
+from hvi import choices
+
+__all__ = [
+    "DEVICE_RE",
+    "FitSettings",
+    "KEYS",
+    "MUTABLE_ON_RESUME",
+    "TABLE_KEYS",
+    "check_device",
+    "check_int",
+    "check_positive",
+    "check_setting",
+    "check_value",
+    "is_path",
+]
 
 #: The accepted device strings: ``cpu``, ``cuda``, ``cuda:N``.
 DEVICE_RE = re.compile(r"cpu|cuda(:[0-9]+)?")
@@ -155,3 +176,132 @@ def check_setting(name: str, value: Any) -> Any:
     if name == "chunk":
         return _optional(check_int, name, value, 1, " (tasks per backward pass; unset: one pass)")
     raise KeyError(name)
+
+
+# --------------------------------------------------------------------------- a run's config keys
+
+_INT, _FLOAT, _BOOL, _STR, _DICT = "int", "float", "bool", "str", "table"
+
+#: Config key → (kind, may be None).
+KEYS: dict[str, tuple[str, bool]] = {
+    "model": (_STR, False),
+    "model_args": (_DICT, False),
+    "data": (_STR, False),
+    "data_args": (_DICT, False),
+    "prior": (_STR, False),
+    "prior_args": (_DICT, False),
+    "likelihood": (_STR, True),
+    "likelihood_args": (_DICT, False),
+    "method": (_STR, False),
+    "q_theta": (_STR, False),
+    "objective": (_STR, False),
+    "inner_steps": (_INT, False),
+    "inner_update": (_STR, False),
+    "inner_lr": (_FLOAT, False),
+    "learn_lr": (_BOOL, False),
+    "first_order": (_BOOL, False),
+    "kl_weight": (_FLOAT, False),
+    "inner_samples": (_INT, False),
+    "curvature_every": (_INT, False),
+    "memory_mode": (_STR, False),
+    "chunk": (_INT, True),
+    "steps": (_INT, False),
+    "task_batch": (_INT, False),
+    "lr": (_FLOAT, False),
+    "clip_norm": (_FLOAT, True),
+    "seed": (_INT, False),
+    "device": (_STR, False),
+    "threads": (_INT, True),
+    "val_every": (_INT, True),
+    "val_tasks": (_INT, False),
+    "val_samples": (_INT, False),
+    "checkpoint_every": (_INT, True),
+    "keep_checkpoints": (_INT, False),
+    "eval_samples": (_INT, False),
+    "eval_tasks": (_INT, True),
+}
+
+#: Keys that may change when a run is resumed; every other key must match the saved run.
+MUTABLE_ON_RESUME = frozenset(
+    {
+        "steps", "device", "threads", "val_every", "val_tasks", "val_samples", "checkpoint_every", "memory_mode", "chunk",
+        "keep_checkpoints", "eval_samples", "eval_tasks",
+    }
+)
+
+#: The keys whose values are tables (``model_args``, ...): merged key by key, not replaced.
+TABLE_KEYS: frozenset[str] = frozenset(k for k, (kind, _) in KEYS.items() if kind == _DICT)
+
+_KIND_TEXT = {_INT: "an integer", _FLOAT: "a finite number", _BOOL: "true or false", _STR: "a string", _DICT: "a table"}
+
+_CHOICES = {
+    "method": choices.METHODS,
+    "inner_update": choices.INNER_UPDATES,
+    "memory_mode": choices.MEMORY_MODES,
+    "q_theta": choices.Q_THETAS,
+    "objective": choices.OBJECTIVES,
+}
+
+
+def _kind_ok(kind: str, v: Any) -> bool:
+    if kind == _INT:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if kind == _FLOAT:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if kind == _BOOL:
+        return isinstance(v, bool)
+    if kind == _STR:
+        return isinstance(v, str)
+    return isinstance(v, Mapping)
+
+
+def check_value(key: str, value: Any, where: str) -> Any:
+    """Validates one config value; returns it normalised (floats as float).
+
+    The keys of :class:`hvi.FitSettings` are checked by :func:`hvi.settings.check_setting`
+    (the checks and messages of :func:`hvi.fit`), except that ``steps`` must be >= 1 here.
+    """
+    if key not in KEYS:
+        raise ValueError(
+            f"unknown config key {key!r} in {where}; known keys: {', '.join(sorted(KEYS))}."
+        )
+    kind, nullable = KEYS[key]
+    if value is None:
+        if nullable:
+            return None
+        raise ValueError(f"config key {key!r} in {where} must not be empty.")
+    if not _kind_ok(kind, value):
+        raise ValueError(
+            f"config key {key!r} in {where} must be {_KIND_TEXT[kind]}, got {value!r} ({type(value).__name__})."
+        )
+    if kind == _FLOAT:
+        value = float(value)
+    if kind == _DICT:
+        value = json.loads(json.dumps(dict(value)))  # plain JSON (tuples → lists)
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ValueError(f"{key}={value!r} is not understood; use one of {', '.join(_CHOICES[key])}.")
+    if key == "steps":  # stricter than hvi.fit's steps >= 0: a run trains at least one step
+        return check_int(key, value, 1, " (hvi fit trains at least one step)")
+    if key in FIELDS:
+        return check_setting(key, value)
+    if key in {"inner_samples", "curvature_every", "val_tasks", "val_samples", "eval_samples", "val_every",
+               "checkpoint_every", "threads", "keep_checkpoints"}:
+        return check_int(key, value, 1)
+    if key == "eval_tasks":
+        return check_int(key, value, 2, " (a CI needs two tasks)")
+    if key == "inner_steps":
+        return check_int(key, value, 0)
+    if key == "inner_lr":
+        return check_positive(key, value)
+    if key == "kl_weight":
+        return check_positive(key, value, " (e.g. 1e-3 to down-weight the KL)")
+    return value
+
+
+def is_path(data: str) -> bool:
+    """Whether ``--data`` names a file (netCDF / zarr) rather than a registered source."""
+    return (
+        os.sep in data
+        or data.endswith((".nc", ".nc4", ".netcdf", ".zarr", ".h5"))
+        or Path(data).exists()
+    )

@@ -13,8 +13,8 @@ import pytest
 from cli_checks import invoke
 import torch
 
-import hvi.cli.plugins as plugins_mod
-import hvi.cli.registry as registry_mod
+import hvi.plugins as plugins_mod
+import hvi.builders as registry_mod
 import hvi.priors.base as priors_base
 from hvi.run_dir import CONFIG_FILE
 

@@ -39,7 +39,7 @@ from click.testing import CliRunner
 from torch import nn
 
 import hvi
-from hvi.cli.config import KEYS
+from hvi.settings import KEYS
 from hvi.cli.main import cli
 from hvi.priors.gaussian import GaussianPrior
 from hvi.checkpoint import META_FILE, metadata_files
@@ -652,12 +652,12 @@ _WRONG_KIND = {
 
 def _config_edits(n: int) -> list[tuple[str, str, str]]:
     """(description, kind of edit, argument) of invalid edits of config.json."""
-    from hvi.cli.config import MUTABLE_ON_RESUME
+    from hvi.settings import MUTABLE_ON_RESUME
 
     rng = random.Random(SEED + 5)
-    from hvi.cli.run import _BEFORE_THE_KEY  # keys older runs lack: a missing one gets its old value
+    from hvi.run_dir import BEFORE_THE_KEY  # keys older runs lack: a missing one gets its old value
 
-    required = [k for k in KEYS if k not in MUTABLE_ON_RESUME and k not in _BEFORE_THE_KEY]
+    required = [k for k in KEYS if k not in MUTABLE_ON_RESUME and k not in BEFORE_THE_KEY]
     cases = []
     for key in rng.sample(required, 8):
         cases.append(("delete", key, ""))

@@ -254,8 +254,8 @@ def test_cli_bad_method_is_one_line_error(cli_env, tmp_path):
 
 
 def test_old_run_config_without_method_loads_as_abml(tmp_path):
-    from hvi.cli.defaults import defaults_for
-    from hvi.cli.run import check_run_config
+    from hvi.defaults import defaults_for
+    from hvi.run_dir import check_config as check_run_config
 
     cfg = {k: v for k, v in defaults_for("mlp").items() if k != "method"}
     cfg.update(model="mlp", likelihood="gaussian", val_every=1, checkpoint_every=1)

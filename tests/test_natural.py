@@ -297,8 +297,8 @@ def test_natural_settings_are_checked():
 
 
 def test_runs_saved_before_the_natural_update_keep_gradient_ascent(tmp_path):
-    from hvi.cli.defaults import defaults_for
-    from hvi.cli.run import check_run_config
+    from hvi.defaults import defaults_for
+    from hvi.run_dir import check_config as check_run_config
 
     cfg = {**defaults_for("mlp"), "model": "mlp", "likelihood": "gaussian"}
     assert check_run_config(cfg, tmp_path / CONFIG_FILE)["inner_update"] == "natural"

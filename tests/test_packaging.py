@@ -36,7 +36,7 @@ names = ["hvi"]
 for info in pkgutil.walk_packages(hvi.__path__, "hvi.", onerror=lambda name: sys.exit(f"cannot import {name}")):
     names.append(info.name)
 files = {name: importlib.import_module(name).__file__ for name in names}
-from hvi.cli.registry import load_registries
+from hvi.builders import load_registries
 from hvi.models import list_models
 
 load_registries()
@@ -162,3 +162,17 @@ print("ok")
 def test_fit_and_predict_stay_functions_when_their_modules_are_imported_first(tmp_path):
     res = _run([sys.executable, "-c", _SHADOWED], tmp_path, {**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.stdout == "ok\n"
+
+
+def test_the_library_does_not_import_the_cli():
+    """No module of the library (hvi/, hvi/data, hvi/priors, the model zoo) imports hvi.cli; the CLI builds on it."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for path in sorted([*root.glob("hvi/**/*.py"), *root.glob("models/**/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(root)}: {n}" for n in names if n == "hvi.cli" or n.startswith("hvi.cli.")]
+    assert offenders == []

@@ -1,4 +1,4 @@
-"""Loading the registries and building sources and models from a resolved config."""
+"""Loading the registries and building sources and models from a resolved run config (the CLI and :func:`hvi.load_run`)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ _loaded = False
 
 def load_registries() -> None:
     """Imports the model zoo, the priors, every built-in data source and the
-    ``hvi.plugins`` entry points (:mod:`hvi.cli.plugins`), once."""
+    ``hvi.plugins`` entry points (:mod:`hvi.plugins`), once."""
     global _loaded
     if _loaded:
         return
@@ -42,7 +42,7 @@ def load_registries() -> None:
     importlib.import_module("hvi.priors")
     for name in _SOURCE_MODULES:
         importlib.import_module(name)
-    from hvi.cli.plugins import load_entry_points
+    from hvi.plugins import load_entry_points
 
     load_entry_points()
     _loaded = True
@@ -100,7 +100,7 @@ def _build(what: str, name: str, builder: Callable[..., Any], *args: Any, **kwar
 def build_source(cfg: Mapping[str, Any]):
     """The task source of ``cfg["data"]``: a registered name or a netCDF/zarr path."""
     load_registries()
-    from hvi.cli.config import is_path
+    from hvi.settings import is_path
     from hvi.data.base import SOURCES, list_sources
 
     data = cfg["data"]

@@ -16,7 +16,9 @@ them usable from the command line in two ways:
       other = "mypkg.plugin:register"      # or a function, called without arguments
 
 A module or plugin that fails to import is one ``Error: ...`` line naming it
-(``hvi --debug`` shows the traceback).
+(``hvi --debug`` shows the traceback). :func:`hvi.load_run` loads the entry
+points too (through :func:`hvi.builders.load_registries`), so a run trained
+with a plugin's prior loads in Python as it does on the command line.
 """
 
 from __future__ import annotations
