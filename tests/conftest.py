@@ -1,4 +1,4 @@
-"""Fixtures shared by the CLI and checkpoint tests."""
+"""Fixtures shared by the CLI and checkpoint tests, and the allocator stub every test runs under."""
 
 from __future__ import annotations
 
@@ -31,3 +31,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def mallopt_calls(monkeypatch):
+    """glibc's malloc left as the session found it: the ``mallopt`` calls made in this process, recorded instead.
+
+    ``hvi fit`` and ``hvi evaluate`` on CPU call :func:`hvi.tune_allocator`,
+    whose settings cannot be read back (so not restored): in-process CLI tests
+    would leave malloc tuned for every later test. Here ``tune_allocator``
+    checks its arguments and reports success as on glibc, but the calls go to
+    this list of ``(param, value)``; tests/test_allocator.py measures the real
+    ones in child processes.
+    """
+    import hvi.allocator
+
+    calls: list[tuple[int, int]] = []
+
+    def mallopt(param: int, value: int) -> int:
+        calls.append((param, value))
+        return 1
+
+    monkeypatch.setattr(hvi.allocator, "_glibc_mallopt", lambda: mallopt)
+    return calls

@@ -72,6 +72,20 @@ def test_tune_allocator_applies_on_glibc():
     assert proc.stdout.split() == ["True", "True"]
 
 
+def test_in_process_calls_leave_malloc_alone(mallopt_calls, runner, fresh_store, tmp_path):
+    """Under the test session's stub (tests/conftest.py) an in-process hvi fit records glibc's settings
+    (M_MMAP_THRESHOLD = -3 at 32 MiB, then M_TRIM_THRESHOLD = -1 at 256 MiB) instead of applying them."""
+    from hvi.cli.main import cli
+
+    assert hvi.tune_allocator(trim_threshold_mb=64, mmap_threshold_mb=16)
+    assert mallopt_calls == [(-3, 16 << 20), (-1, 64 << 20)]
+    del mallopt_calls[:]
+    res = runner.invoke(cli, ["fit", "--model", "mlp", "--steps", "1", "--task-batch", "2", "--inner-steps", "1",
+                              "--out", str(tmp_path / "r"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert mallopt_calls == [(-3, 32 << 20), (-1, 256 << 20)]
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
