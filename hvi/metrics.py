@@ -83,15 +83,9 @@ def classification_metrics(
     p = pred.probs.clamp_min(1e-12)
     correct = (pred.mean == y).to(p.dtype)
     nll = -torch.log(p.gather(-1, y.unsqueeze(-1)).squeeze(-1))
-    conf = p.max(-1).values
-    edges = torch.linspace(0, 1, bins + 1, device=p.device, dtype=p.dtype)
-    which = torch.bucketize(conf, edges[1:-1]).reshape(p.shape[0], -1)
-    seen = torch.ones_like(which, dtype=p.dtype) if mask is None else mask.reshape(p.shape[0], -1).to(p.dtype)
-    gaps = (conf - correct).reshape(p.shape[0], -1) * seen
-    n = seen.sum(1)
-    ece = torch.zeros(p.shape[0], dtype=p.dtype, device=p.device)
-    for b in range(bins):
-        ece = ece + (gaps * (which == b)).sum(1).abs() / n
+    B = p.shape[0]
+    seen = None if mask is None else mask.reshape(B, -1).to(p.dtype)
+    ece = _ece(p.max(-1).values.reshape(B, -1), correct.reshape(B, -1), bins, seen)
     return {"accuracy": _per_task(correct, mask), "nll": _per_task(nll, mask), "ece": ece}
 
 
@@ -113,10 +107,21 @@ def calibration_error(probs: Tensor, y: Tensor, bins: int = 15) -> Tensor:
     p = probs.reshape(-1, probs.shape[-1])
     conf, guess = p.max(-1)
     correct = (guess == y.reshape(-1)).to(p.dtype)
-    edges = torch.linspace(0, 1, bins + 1, device=p.device, dtype=p.dtype)
+    return _ece(conf[None], correct[None], bins)[0]
+
+
+def _ece(conf: Tensor, correct: Tensor, bins: int, seen: Tensor | None = None) -> Tensor:
+    """ECE of each row of ``(R, N)`` confidences and 0/1 hits: Σ_b |Σ_{i∈b} (conf_i − correct_i)| / n.
+
+    ``bins`` equal-width confidence bins on [0, 1]; with ``seen`` (0/1 weights,
+    ``(R, N)``) only the seen entries count, and n is their number per row.
+    """
+    edges = torch.linspace(0, 1, bins + 1, device=conf.device, dtype=conf.dtype)
     which = torch.bucketize(conf, edges[1:-1])
-    gap = torch.zeros(bins, dtype=p.dtype, device=p.device).index_add_(0, which, conf - correct)
-    return gap.abs().sum() / conf.numel()
+    gaps = conf - correct if seen is None else (conf - correct) * seen
+    n = conf.shape[1] if seen is None else seen.sum(1)
+    binned = torch.zeros(conf.shape[0], bins, dtype=conf.dtype, device=conf.device).scatter_add_(1, which, gaps)
+    return binned.abs().sum(1) / n
 
 
 def ci_summary(values: Tensor) -> dict[str, float]:
