@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 import pyro
 import pytest
 import torch
@@ -55,3 +56,78 @@ def test_checkpointed_inner_steps_give_the_same_meta_gradients(update, prior, le
 def test_an_unknown_memory_mode_is_one_clear_error():
     with pytest.raises(ValueError, match=r"inner memory='recompute' is not understood; use one of 'none', 'checkpoint', 'implicit'"):
         hvi.InnerConfig(memory="recompute")
+
+
+# -- what the checkpointed loop keeps (issue #16: peak memory independent of K) ---------------------------
+def _graph(memory: str, steps: int):
+    """The nodes of the outer loss's autograd graph, and the recomputed-steps nodes among them."""
+    pyro.clear_param_store()
+    inner = hvi.InnerConfig(steps=steps, update="gradient", memory=memory, lr=0.05)
+    meta = hvi.MetaModel(net(), GaussianPrior(init_scale=0.2), hvi.Gaussian(init_scale=0.3), inner=inner)
+    pyro.set_rng_seed(4)
+    loss = Trace_ELBO().differentiable_loss(meta.model, meta.guide, batch())
+    seen, todo = set(), [loss.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is not None and fn not in seen:
+            seen.add(fn)
+            todo.extend(f for f, _ in fn.next_functions)
+    return seen, [fn for fn in seen if type(fn).__name__ == "_RecomputedStepsBackward"], meta.net.num_weights
+
+
+def test_checkpointed_steps_keep_only_each_steps_lambda_and_noise_states():
+    graph2, _, D = _graph("checkpoint", 2)
+    graph6, nodes, _ = _graph("checkpoint", 6)
+    assert len(graph6) == len(graph2)  # no per-step graph: one node for the K steps
+    (node,) = nodes
+    assert {k: tuple(v.shape) for k, v in node.rows.items()} == {"loc": (5, 3, D), "rho": (5, 3, D)}  # λ^(1..5)
+    assert len(node.noises) == 6 and all(e.drawn is None and len(e.states) == 3 for e in node.noises)
+    none2, _, _ = _graph("none", 2)
+    none6, _, _ = _graph("none", 6)
+    assert len(none6) > len(graph6) + 4 * 10  # the unchecked loop keeps a graph per step
+
+
+def test_redrawn_noise_is_the_noise_the_forward_pass_drew():
+    from hvi.adapt import _Redraw
+    from hvi.noise import TaskNoise
+
+    torch.manual_seed(3)
+    eps = TaskNoise.draw_seed(lead=(), num_tasks=2, steps=3, shape=(2, 7), device=torch.device("cpu"), dtype=DT)
+    streams = eps.generators()
+    draws = [_Redraw(eps, streams) for _ in range(3)]
+    forward = [d() for d in draws]
+    for d in draws:
+        d.release()
+    assert all(d.drawn is None for d in draws)
+    expect = eps.materialize()  # (tasks, steps, S, D)
+    for m, d in enumerate(draws):
+        assert torch.equal(forward[m], expect[:, m])
+        assert torch.equal(d(), expect[:, m])  # from the saved generator states, bit for bit
+        assert torch.equal(d(), expect[:, m])  # and again (a second backward pass)
+
+
+def test_checkpointed_steps_are_deterministic_and_accept_a_noise_tensor():
+    loss0, g0 = loss_and_grads("checkpoint", "gradient", GaussianPrior(init_scale=0.2), True)
+    loss1, g1 = loss_and_grads("checkpoint", "gradient", GaussianPrior(init_scale=0.2), True)
+    assert torch.equal(loss0, loss1) and all(torch.equal(g0[k], g1[k]) for k in g0)
+    # InnerLoop.adapt with the noise as one tensor (not streams): the same gradients as the unchecked loop.
+    from hvi.adapt import InnerLoop
+
+    grads = {}
+    for memory in ("none", "checkpoint"):
+        pyro.clear_param_store()
+        cfg = hvi.InnerConfig(steps=3, update="gradient", memory=memory, lr=0.05, num_samples=2)
+        meta = hvi.MetaModel(net(), GaussianPrior(init_scale=0.2), hvi.Gaussian(init_scale=0.3), inner=cfg)
+        loop = InnerLoop(meta.net, meta.prior, meta.likelihood, cfg, y_event_dim=1)
+        theta = {n: s.init.clone().requires_grad_() for n, s in meta.sites.items() if n.startswith("theta.")}
+        lik = {"noise": meta.sites["likelihood.noise"].init.clone().requires_grad_()}
+        lr = {n: {"loc": 0.05, "rho": 0.05} for n in meta.net.names}
+        b = batch()
+        eps = torch.randn(3, 3, 2, loop.size, dtype=DT, generator=torch.Generator().manual_seed(5))
+        lam = loop.adapt(theta, lik, lr, b.support_x, b.support_y, None, eps, 3)
+        out = (lam["loc"].sin().sum() + lam["rho"].square().sum())
+        inputs = [*theta.values(), *lik.values()]
+        grads[memory] = (out.detach(), torch.autograd.grad(out, inputs))
+    torch.testing.assert_close(grads["checkpoint"][0], grads["none"][0], rtol=1e-12, atol=1e-12)
+    for a, b_ in zip(grads["checkpoint"][1], grads["none"][1]):
+        torch.testing.assert_close(a, b_, rtol=1e-10, atol=1e-12)
