@@ -22,6 +22,8 @@ from pathlib import Path
 
 from provenance import write_result
 
+from hvi.run_dir import EVALUATION_FILE, read_config
+
 #: The README's commands, run from a fresh folder.
 COMMANDS = (
     ["fit", "--model", "bayes_unet"],
@@ -50,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
             steps.append({"command": "hvi " + " ".join(cmd), "seconds": round(seconds, 1),
                           "stdout": res.stdout.replace(str(Path(tmp).resolve()), ".").replace(tmp, ".")})
         run = Path(tmp) / "runs" / "bayes_unet"
-        evaluation = json.loads((run / "evaluation.json").read_text())
+        evaluation = json.loads((run / EVALUATION_FILE).read_text())
         evaluation.pop("per_task", None)  # each task's values: in the run directory, too long for the docs
         for baseline in evaluation.get("baselines", {}).values():
             baseline.pop("per_task", None)
-        config = json.loads((run / "config.json").read_text())
+        config = read_config(run)
         plots = sorted((run / "plots").glob("*.png"))
         if args.figures:
             Path(args.figures).mkdir(parents=True, exist_ok=True)

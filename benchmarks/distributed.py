@@ -29,6 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import write_result  # noqa: E402
 
+from hvi.run_dir import CONFIG_FILE, DISTRIBUTED_KEY, read_metrics  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -47,14 +49,14 @@ def run(procs: int, batch: int, args: argparse.Namespace) -> dict:
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise SystemExit(f"Error: {procs} process(es) failed:\n{proc.stderr[-2000:]}")
-        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        cfg = json.loads((out / "config.json").read_text())
+        rows = list(read_metrics(out).values())
+        cfg = json.loads((out / CONFIG_FILE).read_text())  # as written: with its "distributed" record
     rates = [r["tasks_per_s"] for r in rows[args.warmup:]]
     return {
         "processes": procs,
-        "world_size": cfg.get("distributed", {}).get("world_size", 1),
+        "world_size": cfg.get(DISTRIBUTED_KEY, {}).get("world_size", 1),
         "task_batch": batch,
-        "task_batch_per_rank": cfg.get("distributed", {}).get("task_batch_per_rank", [batch]),
+        "task_batch_per_rank": cfg.get(DISTRIBUTED_KEY, {}).get("task_batch_per_rank", [batch]),
         "tasks_per_s_median": statistics.median(rates),
         "steps_timed": len(rates),
         "wall_s": wall,

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from provenance import write_result
 
+from hvi.run_dir import read_config
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([*hvi, "fit", "--model", args.model, "--out", str(run), "--no-progress", *args.fit_args], check=True)
         seconds = time.perf_counter() - t0
         ev = subprocess.run([*hvi, "evaluate", str(run), "--json"], check=True, capture_output=True, text=True)
-        config = json.loads((run / "config.json").read_text())
+        config = read_config(run)
     write_result(args.out, "benchmarks/solar_default.py", argv, {
         "fit_seconds": round(seconds, 1),
         "config": config,
