@@ -120,9 +120,12 @@ class InnerConfig:
         memory: ``"none"`` (default) keeps every inner step's graph for the
             second-order backward; ``"checkpoint"`` keeps only each step's
             input λ and recomputes the step's forward (and its inner gradient)
-            in the backward pass (``torch.utils.checkpoint``, non-reentrant):
-            the same gradients, activation memory of one step instead of K,
-            about one more forward and inner backward per step. First order
+            in the backward pass: the same gradients, activation memory of one
+            step instead of K, about one more forward and inner backward per
+            step. Under ``"gradient"`` with a Normal p(φ | θ) the K steps are
+            one autograd node that keeps λ^(m) in one buffer and each step's
+            noise as its generators' states (2·D floats a step); otherwise each
+            step is a ``torch.utils.checkpoint`` (non-reentrant). First order
             keeps no step graph either way. ``"implicit"`` (iMAML/iBaML, see
             :mod:`hvi.implicit`) runs the steps without a graph and
             differentiates the converged λ* through the implicit function
