@@ -168,6 +168,9 @@ def finalize(cfg: dict[str, Any]) -> dict[str, Any]:
         if k in KEYS:
             check_value(k, v, "the resolved config")
     FitSettings.from_config(cfg)  # the merged fit settings, as hvi.fit checks them
+    from hvi.builders import inner_config
+
+    inner_config(cfg)  # the inner keys together (inner_lr <= 1 under inner_update='natural', ...)
     return cfg
 
 

@@ -59,6 +59,7 @@ from hvi.likelihoods import Likelihood
 from hvi.noise import TaskNoise
 from hvi.parallel import map_task_chunks, num_task_chunks
 from hvi.priors.base import BoundPrior, pad_site
+from hvi.settings import check_inner
 
 __all__ = ["InnerConfig", "InnerLoop", "Lambda", "UPDATES"]
 
@@ -167,66 +168,12 @@ class InnerConfig:
     curvature_every: int = 1
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.steps, int) and self.steps >= 0):
-            raise ValueError(f"inner steps={self.steps!r} must be a non-negative integer.")
-        if self.update not in UPDATES:
-            raise ValueError(
-                f"inner update={self.update!r} is not understood; use one of {', '.join(map(repr, UPDATES))}."
-            )
-        if self.lr is None:
-            object.__setattr__(self, "lr", UPDATES[self.update])
-        lrs = list(self.lr.values()) if isinstance(self.lr, Mapping) else [self.lr]
-        if not all(float(a) > 0 for a in lrs):
-            raise ValueError(f"inner lr={self.lr} must be positive.")
-        if self.update == "natural":
-            top = 1.0 if not self.learn_lr else 1.0 - 1e-9
-            if not all(float(a) <= top for a in lrs):
-                bound = "(0, 1]" if not self.learn_lr else "(0, 1) (a learned α starts strictly inside it)"
-                raise ValueError(
-                    f"inner lr={self.lr} is outside {bound}: under update='natural' α is the "
-                    "fraction of a full natural-gradient step; use e.g. lr=0.5, or update='gradient'."
-                )
-        if self.memory not in MEMORY_MODES:
-            raise ValueError(
-                f"inner memory={self.memory!r} is not understood; use one of {', '.join(map(repr, MEMORY_MODES))}."
-            )
-        self._check_implicit()
-        every = self.curvature_every
-        if not (isinstance(every, int) and not isinstance(every, bool) and every >= 1):
-            raise ValueError(f"inner curvature_every={every!r} must be an integer >= 1 (1 measures it every step).")
-        if every > 1 and (self.update != "natural" or self.memory == "implicit"):
-            raise ValueError(
-                f"inner curvature_every={every} needs update='natural' and memory 'none' or 'checkpoint' "
-                f"(got update={self.update!r}, memory={self.memory!r}); use curvature_every=1."
-            )
-        if not (isinstance(self.num_samples, int) and self.num_samples >= 1):
-            raise ValueError(f"inner num_samples={self.num_samples!r} must be an integer >= 1.")
-        if not 0 <= self.kl_weight < math.inf:
-            raise ValueError(f"kl_weight={self.kl_weight} must be >= 0 and finite.")
-        if self.update == "natural" and not self.kl_weight > 0:
-            raise ValueError(
-                f"kl_weight={self.kl_weight} leaves the natural-gradient step without a prior "
-                "precision; use kl_weight > 0 (e.g. 1e-3) or update='gradient'."
-            )
-
-    def _check_implicit(self) -> None:
-        steps, damping = self.implicit_cg_steps, self.implicit_damping
-        if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
-            raise ValueError(f"inner implicit_cg_steps={steps!r} must be an integer >= 1 (e.g. 10).")
-        if not (isinstance(damping, (int, float)) and 0 <= damping < math.inf):
-            raise ValueError(f"inner implicit_damping={damping!r} must be a finite number >= 0 (e.g. 0.0 or 0.1).")
-        if self.memory != "implicit":
-            return
-        if self.first_order:
-            raise ValueError(
-                "inner memory='implicit' replaces the second-order backward, which first_order=True "
-                "does not have; use first_order=False, or memory='none' with first_order=True."
-            )
-        if self.learn_lr:
-            raise ValueError(
-                "inner memory='implicit' gives the step size α no gradient (the stationary point does "
-                "not depend on it); use learn_lr=False, or memory='checkpoint' to learn α exactly."
-            )
+        # The checks (and their messages) are hvi.settings.check_inner's, shared with the run config.
+        values = check_inner({f.name: getattr(self, f.name) for f in fields(self)})
+        if values["lr"] is None:
+            values["lr"] = UPDATES[values["update"]]
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
 
     def lr_for(self, key: str) -> float:
         """α for λ tensor ``key`` (e.g. ``"loc"``)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import math
@@ -14,6 +15,7 @@ __all__ = [
     "load_registries",
     "build_source",
     "build_meta",
+    "inner_config",
     "infer_model_args",
     "source_description",
     "resolve_device",
@@ -184,6 +186,26 @@ def configure_process(cfg: Mapping[str, Any], device: torch.device) -> None:
         tune_allocator()
 
 
+def inner_config(cfg: Mapping[str, Any]):
+    """The :class:`hvi.InnerConfig` of a run config (its keys :data:`hvi.settings.INNER_KEYS`).
+
+    Checked by :func:`hvi.settings.check_inner` with messages that name the
+    config keys (``inner_lr=1.5 is outside (0, 1]: under inner_update='natural' ...``).
+    A key missing from the config (a run saved before it existed, e.g.
+    ``curvature_every``) takes ``InnerConfig``'s default.
+
+    Raises:
+        ValueError: One line naming the first bad key.
+    """
+    from hvi import InnerConfig
+    from hvi.settings import INNER_KEYS, check_inner
+
+    given = {field: cfg[key] for key, field in INNER_KEYS.items() if key in cfg}
+    defaults = {f.name: f.default for f in dataclasses.fields(InnerConfig)}
+    check_inner({**defaults, **given}, names={field: key for key, field in INNER_KEYS.items()})
+    return InnerConfig(**given)
+
+
 def build_meta(cfg: Mapping[str, Any], device: torch.device, seed: int | None = None):
     """The :class:`hvi.MetaModel` of a resolved config, with its network on ``device``.
 
@@ -191,7 +213,7 @@ def build_meta(cfg: Mapping[str, Any], device: torch.device, seed: int | None = 
     disturbing the global RNG.
     """
     load_registries()
-    from hvi import InnerConfig, MetaModel
+    from hvi import MetaModel
     from hvi.likelihoods import LIKELIHOODS
     from hvi.models import get_model
     from hvi.priors.base import PRIORS
@@ -211,17 +233,7 @@ def build_meta(cfg: Mapping[str, Any], device: torch.device, seed: int | None = 
         except TypeError as e:  # a builder called with a value of the wrong type
             raise ValueError(f"model {cfg['model']!r} rejected model_args {margs}: {e}") from None
     net = net.to(device)
-    inner = InnerConfig(
-        steps=cfg["inner_steps"],
-        update=cfg["inner_update"],
-        memory=cfg.get("memory_mode", "none"),
-        lr=cfg["inner_lr"],
-        learn_lr=cfg["learn_lr"],
-        num_samples=cfg["inner_samples"],
-        curvature_every=cfg.get("curvature_every", 1),  # runs saved before the key: every step
-        kl_weight=cfg["kl_weight"],
-        first_order=cfg["first_order"],
-    )
+    inner = inner_config(cfg)
     return MetaModel(
         net,
         _build("prior", prior_name, PRIORS.builder(prior_name), **(cfg.get("prior_args") or {})),

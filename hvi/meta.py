@@ -17,6 +17,7 @@ from hvi.likelihoods import Likelihood, get_likelihood
 from hvi.methods import Method, is_deterministic, method_inner_config
 from hvi.model import model as _model
 from hvi.priors.base import HierarchicalPrior, get_prior
+from hvi.settings import check_choice
 from hvi.sites import GlobalSite
 from hvi.tasks import TaskBatch
 
@@ -67,10 +68,8 @@ class MetaModel:
         q_theta_init_scale: float = 0.01,
         method: Method = "abml",
     ) -> None:
-        if q_theta not in Q_THETAS:
-            raise ValueError(f"q_theta={q_theta!r} is not understood; use 'delta', 'normal' or 'flow'.")
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective={objective!r} is not understood; use 'query' or 'support+query'.")
+        check_choice("q_theta", q_theta, Q_THETAS)
+        check_choice("objective", objective, OBJECTIVES)
         if not q_theta_init_scale > 0:
             raise ValueError(f"q_theta_init_scale={q_theta_init_scale} must be positive.")
         self.inner = method_inner_config(method, inner)

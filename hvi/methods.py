@@ -43,6 +43,7 @@ from torch import Tensor
 
 from hvi import choices
 from hvi.adapt import InnerConfig
+from hvi.settings import check_choice
 
 if TYPE_CHECKING:
     from hvi.meta import MetaModel
@@ -59,9 +60,7 @@ METHODS: tuple[str, ...] = choices.METHODS
 
 def check_method(method: str) -> str:
     """``method`` if it is one of :data:`METHODS`, else a one-line ``ValueError``."""
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is not understood; use one of {', '.join(map(repr, METHODS))}.")
-    return method
+    return check_choice("method", method, METHODS)
 
 
 def is_deterministic(method: str) -> bool:

@@ -9,7 +9,9 @@ keys too.
 
 The inner loop's settings are :class:`hvi.InnerConfig`'s (part of the
 :class:`hvi.MetaModel`, not of a fit): they change the model, these only how it
-is trained.
+is trained. Their checks are here too (:func:`check_inner`): ``InnerConfig``
+runs them on construction, naming a field ``inner steps``; the run config
+names it by its key (``inner_steps``, see :data:`INNER_KEYS`).
 
 The keys of a run's configuration (``hvi fit``'s options, ``run.toml``,
 a run directory's ``config.json``) and their checks are here too:
@@ -35,11 +37,16 @@ from hvi import choices
 __all__ = [
     "DEVICE_RE",
     "FitSettings",
+    "INNER_KEYS",
     "KEYS",
     "MUTABLE_ON_RESUME",
     "TABLE_KEYS",
+    "check_choice",
     "check_device",
+    "check_inner",
+    "check_inner_field",
     "check_int",
+    "check_nonnegative",
     "check_positive",
     "check_setting",
     "check_value",
@@ -70,6 +77,28 @@ def check_positive(name: str, value: Any, note: str = "") -> float:
     if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf):
         raise ValueError(f"{name}={value!r} must be a positive finite number{note}.")
     return float(value)
+
+
+def check_nonnegative(name: str, value: Any, note: str = "") -> float:
+    """``value`` as a float if it is a finite number ``>= 0`` (not a bool).
+
+    Raises:
+        ValueError: ``"{name}={value!r} must be a finite number >= 0{note}."``
+    """
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf):
+        raise ValueError(f"{name}={value!r} must be a finite number >= 0{note}.")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, options: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``options``.
+
+    Raises:
+        ValueError: ``"{name}={value!r} is not understood; use one of 'a', 'b'."``
+    """
+    if value not in options:
+        raise ValueError(f"{name}={value!r} is not understood; use one of {', '.join(map(repr, options))}.")
+    return value
 
 
 def check_device(value: Any) -> Any:
@@ -178,6 +207,113 @@ def check_setting(name: str, value: Any) -> Any:
     raise KeyError(name)
 
 
+# --------------------------------------------------------------------------- the inner loop's settings
+
+#: The run config's keys of :class:`hvi.InnerConfig`'s fields (config key → field).
+INNER_KEYS: dict[str, str] = {
+    "inner_steps": "steps",
+    "inner_update": "update",
+    "inner_lr": "lr",
+    "learn_lr": "learn_lr",
+    "inner_samples": "num_samples",
+    "kl_weight": "kl_weight",
+    "first_order": "first_order",
+    "memory_mode": "memory",
+    "curvature_every": "curvature_every",
+}
+
+
+def check_inner_field(field: str, value: Any, name: str | None = None) -> Any:
+    """One :class:`hvi.InnerConfig` field's value checked on its own (numbers normalised to float).
+
+    Args:
+        field: The field (``"steps"``, ``"lr"``, ...).
+        value: Its value. ``lr`` may be None (the update's default) or a
+            mapping of λ key → α.
+        name: What messages call it (default ``"inner {field}"``; the run
+            config passes its key, e.g. ``"inner_steps"``).
+
+    Raises:
+        ValueError: ``"{name}={value!r} must be ..."``, one line.
+    """
+    name = f"inner {field}" if name is None else name
+    if field == "steps":
+        return check_int(name, value, 0)
+    if field == "update":
+        return check_choice(name, value, choices.INNER_UPDATES)
+    if field == "memory":
+        return check_choice(name, value, choices.MEMORY_MODES)
+    if field == "lr":
+        if isinstance(value, Mapping):
+            return {k: check_positive(f"{name}[{k!r}]", a) for k, a in value.items()}
+        return _optional(check_positive, name, value)
+    if field == "num_samples":
+        return check_int(name, value, 1)
+    if field == "curvature_every":
+        return check_int(name, value, 1, " (1 measures it every step)")
+    if field == "implicit_cg_steps":
+        return check_int(name, value, 1, " (e.g. 10)")
+    if field == "implicit_damping":
+        return check_nonnegative(name, value, " (e.g. 0.0 or 0.1)")
+    if field == "kl_weight":
+        return check_nonnegative(name, value, " (e.g. 1e-3 to down-weight the KL)")
+    return value  # the flags: learn_lr, first_order, parallel_tasks, line_search
+
+
+def check_inner(values: Mapping[str, Any], names: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """:class:`hvi.InnerConfig`'s field values, checked each on its own and together (the one home of these checks).
+
+    Args:
+        values: Every field of ``InnerConfig`` → its value (``lr`` None: the
+            update's default, which is valid).
+        names: Field → what messages call it (default ``"inner {field}"``;
+            the run config passes its keys, :data:`INNER_KEYS`).
+
+    Returns:
+        ``values`` normalised (numbers as float, an ``lr`` mapping as a dict).
+
+    Raises:
+        ValueError: One line naming the first bad value, what it must be and what to use instead.
+    """
+    names = names or {}
+
+    def n(field: str) -> str:
+        return names.get(field, f"inner {field}")
+
+    v = {f: check_inner_field(f, x, n(f)) for f, x in values.items()}
+    update, memory, lr = v["update"], v["memory"], v["lr"]
+    if update == "natural" and lr is not None:
+        top = 1.0 if not v["learn_lr"] else 1.0 - 1e-9
+        if not all(a <= top for a in (lr.values() if isinstance(lr, Mapping) else [lr])):
+            bound = "(0, 1]" if not v["learn_lr"] else "(0, 1) (a learned α starts strictly inside it)"
+            raise ValueError(
+                f"{n('lr')}={lr} is outside {bound}: under {n('update')}='natural' α is the fraction of a "
+                f"full natural-gradient step; use e.g. {n('lr')}=0.5, or {n('update')}='gradient'."
+            )
+    if update == "natural" and not v["kl_weight"] > 0:
+        raise ValueError(
+            f"{n('kl_weight')}={v['kl_weight']} leaves the natural-gradient step without a prior precision; "
+            f"use {n('kl_weight')} > 0 (e.g. 1e-3) or {n('update')}='gradient'."
+        )
+    if memory == "implicit" and v["first_order"]:
+        raise ValueError(
+            f"{n('memory')}='implicit' replaces the second-order backward, which {n('first_order')}=True does "
+            f"not have; use {n('first_order')}=False, or {n('memory')}='none' with {n('first_order')}=True."
+        )
+    if memory == "implicit" and v["learn_lr"]:
+        raise ValueError(
+            f"{n('memory')}='implicit' gives the step size α no gradient (the stationary point does not "
+            f"depend on it); use {n('learn_lr')}=False, or {n('memory')}='checkpoint' to learn α exactly."
+        )
+    every = v["curvature_every"]
+    if every > 1 and (update != "natural" or memory == "implicit"):
+        raise ValueError(
+            f"{n('curvature_every')}={every} needs {n('update')}='natural' and {n('memory')} 'none' or "
+            f"'checkpoint' (got {n('update')}={update!r}, {n('memory')}={memory!r}); use {n('curvature_every')}=1."
+        )
+    return v
+
+
 # --------------------------------------------------------------------------- a run's config keys
 
 _INT, _FLOAT, _BOOL, _STR, _DICT = "int", "float", "bool", "str", "table"
@@ -236,8 +372,6 @@ _KIND_TEXT = {_INT: "an integer", _FLOAT: "a finite number", _BOOL: "true or fal
 
 _CHOICES = {
     "method": choices.METHODS,
-    "inner_update": choices.INNER_UPDATES,
-    "memory_mode": choices.MEMORY_MODES,
     "q_theta": choices.Q_THETAS,
     "objective": choices.OBJECTIVES,
 }
@@ -259,7 +393,10 @@ def check_value(key: str, value: Any, where: str) -> Any:
     """Validates one config value; returns it normalised (floats as float).
 
     The keys of :class:`hvi.FitSettings` are checked by :func:`hvi.settings.check_setting`
-    (the checks and messages of :func:`hvi.fit`), except that ``steps`` must be >= 1 here.
+    (the checks and messages of :func:`hvi.fit`), except that ``steps`` must be >= 1 here;
+    those of :class:`hvi.InnerConfig` (:data:`INNER_KEYS`) by :func:`check_inner_field`, named
+    by their key. The checks across inner keys run when the config is complete
+    (:func:`hvi.builders.inner_config`).
     """
     if key not in KEYS:
         raise ValueError(
@@ -278,23 +415,19 @@ def check_value(key: str, value: Any, where: str) -> Any:
         value = float(value)
     if kind == _DICT:
         value = json.loads(json.dumps(dict(value)))  # plain JSON (tuples → lists)
-    if key in _CHOICES and value not in _CHOICES[key]:
-        raise ValueError(f"{key}={value!r} is not understood; use one of {', '.join(_CHOICES[key])}.")
+    if key in _CHOICES:
+        return check_choice(key, value, _CHOICES[key])
+    if key in INNER_KEYS:
+        return check_inner_field(INNER_KEYS[key], value, key)
     if key == "steps":  # stricter than hvi.fit's steps >= 0: a run trains at least one step
         return check_int(key, value, 1, " (hvi fit trains at least one step)")
     if key in FIELDS:
         return check_setting(key, value)
-    if key in {"inner_samples", "curvature_every", "val_tasks", "val_samples", "eval_samples", "val_every",
-               "checkpoint_every", "threads", "keep_checkpoints"}:
+    if key in {"val_tasks", "val_samples", "eval_samples", "val_every", "checkpoint_every", "threads",
+               "keep_checkpoints"}:
         return check_int(key, value, 1)
     if key == "eval_tasks":
         return check_int(key, value, 2, " (a CI needs two tasks)")
-    if key == "inner_steps":
-        return check_int(key, value, 0)
-    if key == "inner_lr":
-        return check_positive(key, value)
-    if key == "kl_weight":
-        return check_positive(key, value, " (e.g. 1e-3 to down-weight the KL)")
     return value
 
 

@@ -108,6 +108,14 @@ def test_debug_shows_the_traceback_of_an_expected_error_too(tmp_path):
         (["--threads", "0"], 1, "Error: threads=0 must be an integer >= 1."),
         (["--inner-lr", "nan"], 1,
          "Error: config key 'inner_lr' in the command line must be a finite number, got nan (float)."),
+        # the inner loop's settings: hvi.InnerConfig's checks (hvi.settings.check_inner), named by the key
+        (["--inner-steps", "-1"], 1, "Error: inner_steps=-1 must be an integer >= 0."),
+        (["--inner-lr", "1.5"], 1,
+         "Error: inner_lr=1.5 is outside (0, 1]: under inner_update='natural' α is the fraction of a full "
+         "natural-gradient step; use e.g. inner_lr=0.5, or inner_update='gradient'."),
+        (["--kl-weight", "0"], 1,
+         "Error: kl_weight=0.0 leaves the natural-gradient step without a prior precision; use kl_weight > 0 "
+         "(e.g. 1e-3) or inner_update='gradient'."),
     ],
 )
 def test_wrong_typed_fit_options(tmp_path, extra, code, message):

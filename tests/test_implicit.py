@@ -262,12 +262,12 @@ def test_cg_solves_a_batch_of_spd_systems():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(learn_lr=True), r"^inner memory='implicit' gives the step size α no gradient .*use learn_lr=False"),
-    (dict(first_order=True), r"^inner memory='implicit' replaces the second-order backward.*use first_order=False"),
-    (dict(implicit_cg_steps=0), r"^inner implicit_cg_steps=0 must be an integer >= 1"),
+    (dict(learn_lr=True), r"^inner memory='implicit' gives the step size α no gradient .*use inner learn_lr=False, or inner memory='checkpoint'"),
+    (dict(first_order=True), r"^inner memory='implicit' replaces the second-order backward.*use inner first_order=False, or inner memory='none' with inner first_order=True\.$"),
+    (dict(implicit_cg_steps=0), r"^inner implicit_cg_steps=0 must be an integer >= 1 \(e.g. 10\)\.$"),
     (dict(implicit_cg_steps=2.5), r"^inner implicit_cg_steps=2.5 must be an integer >= 1"),
     (dict(implicit_damping=-0.1), r"^inner implicit_damping=-0.1 must be a finite number >= 0"),
-    (dict(implicit_damping=float("nan")), r"^inner implicit_damping=nan must be a finite number >= 0"),
+    (dict(implicit_damping=float("nan")), r"^inner implicit_damping=nan must be a finite number >= 0 \(e.g. 0.0 or 0.1\)\.$"),
 ])
 def test_bad_implicit_settings_are_one_line_errors(kwargs, message):
     with pytest.raises(ValueError, match=message) as err:

@@ -54,7 +54,7 @@ def test_checkpointed_inner_steps_give_the_same_meta_gradients(update, prior, le
 
 
 def test_an_unknown_memory_mode_is_one_clear_error():
-    with pytest.raises(ValueError, match=r"inner memory='recompute' is not understood; use one of 'none', 'checkpoint', 'implicit'"):
+    with pytest.raises(ValueError, match=r"^inner memory='recompute' is not understood; use one of 'none', 'checkpoint', 'implicit'\.$"):
         hvi.InnerConfig(memory="recompute")
 
 

@@ -249,7 +249,7 @@ def test_cli_bad_method_is_one_line_error(cli_env, tmp_path):
 
     runner, cli = cli_env
     res = runner.invoke(cli, ["fit", "--method", "mamlx", "--model", "mlp", "--steps", "1", "--out", str(tmp_path / "r")])
-    assert_error(res, "method='mamlx' is not understood", "abml, maml, fomaml, reptile")
+    assert_error(res, "method='mamlx' is not understood", "'abml', 'maml', 'fomaml', 'reptile'")
     assert not (tmp_path / "r").exists()
 
 

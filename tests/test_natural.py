@@ -95,9 +95,9 @@ def test_reused_curvature_keeps_the_exact_posterior_on_later_steps(ratio):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(curvature_every=0), "curvature_every=0 must be an integer >= 1"),
-    (dict(curvature_every=2, update="gradient"), "curvature_every=2 needs update='natural'"),
-    (dict(curvature_every=2, memory="implicit"), "curvature_every=2 needs update='natural' and memory"),
+    (dict(curvature_every=0), r"^inner curvature_every=0 must be an integer >= 1 \(1 measures it every step\)\.$"),
+    (dict(curvature_every=2, update="gradient"), "^inner curvature_every=2 needs inner update='natural'"),
+    (dict(curvature_every=2, memory="implicit"), "inner update='natural' and inner memory 'none' or 'checkpoint' \\(got inner update='natural', inner memory='implicit'\\); use inner curvature_every=1"),
 ])
 def test_curvature_every_is_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -284,13 +284,13 @@ def test_learned_natural_step_is_bounded_to_the_unit_interval():
 
 
 def test_natural_settings_are_checked():
-    with pytest.raises(ValueError, match=r"inner lr=1.5 is outside \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"^inner lr=1.5 is outside \(0, 1\]: under inner update='natural' .* use e.g. inner lr=0.5, or inner update='gradient'\.$"):
         hvi.InnerConfig(lr=1.5)
     with pytest.raises(ValueError, match=r"inner lr=1.0 is outside \(0, 1\) \(a learned"):
         hvi.InnerConfig(lr=1.0, learn_lr=True)
-    with pytest.raises(ValueError, match="kl_weight=0.0 leaves the natural-gradient step"):
+    with pytest.raises(ValueError, match="^inner kl_weight=0.0 leaves the natural-gradient step"):
         hvi.InnerConfig(kl_weight=0.0)
-    with pytest.raises(ValueError, match="inner update='newton' is not understood"):
+    with pytest.raises(ValueError, match="^inner update='newton' is not understood; use one of 'natural', 'gradient'.$"):
         hvi.InnerConfig(update="newton")
     assert hvi.InnerConfig().lr == 0.1 and hvi.InnerConfig(update="gradient").lr == 0.01
     assert hvi.InnerConfig(learn_lr=True).lr == 0.1
@@ -304,7 +304,7 @@ def test_runs_saved_before_the_natural_update_keep_gradient_ascent(tmp_path):
     assert check_run_config(cfg, tmp_path / CONFIG_FILE)["inner_update"] == "natural"
     del cfg["inner_update"]
     assert check_run_config(cfg, tmp_path / CONFIG_FILE)["inner_update"] == "gradient"
-    with pytest.raises(ValueError, match="inner_update='newton' is not understood; use one of natural, gradient"):
+    with pytest.raises(ValueError, match="^inner_update='newton' is not understood; use one of 'natural', 'gradient'.$"):
         check_run_config({**cfg, "inner_update": "newton"}, tmp_path / CONFIG_FILE)
 
 

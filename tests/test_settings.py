@@ -57,6 +57,54 @@ def test_one_message_for_the_api_and_the_config(name, value, message):
     assert str(e.value) == message
 
 
+#: InnerConfig field, its run-config key, value -> the message, with {name} what the user typed.
+INNER_BAD = [
+    ("steps", "inner_steps", -1, "{name}=-1 must be an integer >= 0."),
+    ("steps", "inner_steps", 1.5, "{name}=1.5 must be an integer >= 0."),
+    ("lr", "inner_lr", 0.0, "{name}=0.0 must be a positive finite number."),
+    ("num_samples", "inner_samples", 0, "{name}=0 must be an integer >= 1."),
+    ("kl_weight", "kl_weight", -1.0, "{name}=-1.0 must be a finite number >= 0 (e.g. 1e-3 to down-weight the KL)."),
+    ("update", "inner_update", "newton", "{name}='newton' is not understood; use one of 'natural', 'gradient'."),
+    ("memory", "memory_mode", "recompute",
+     "{name}='recompute' is not understood; use one of 'none', 'checkpoint', 'implicit'."),
+    ("curvature_every", "curvature_every", 0, "{name}=0 must be an integer >= 1 (1 measures it every step)."),
+]
+
+
+@pytest.mark.parametrize("field, key, value, message", INNER_BAD, ids=[f"{k}={v!r}" for _, k, v, _ in INNER_BAD])
+def test_one_message_for_inner_config_and_the_run_config(field, key, value, message):
+    """An inner setting is checked once (hvi.settings.check_inner): InnerConfig names the field, the config the key."""
+    with pytest.raises(ValueError) as e:
+        hvi.InnerConfig(**{field: value})
+    assert str(e.value) == message.format(name=f"inner {field}")
+    if isinstance(value, float) and field in ("steps", "num_samples", "curvature_every"):
+        return  # the config's type check refuses a float for an integer key first
+    with pytest.raises(ValueError) as e:
+        check_value(key, value, "the command line")
+    assert str(e.value) == message.format(name=key)
+
+
+def test_inner_keys_together_name_the_config_keys():
+    from hvi.builders import inner_config
+    from hvi.defaults import defaults_for
+
+    cfg = defaults_for("mlp")
+    assert inner_config(cfg) == hvi.InnerConfig(
+        steps=cfg["inner_steps"], update=cfg["inner_update"], lr=cfg["inner_lr"], learn_lr=cfg["learn_lr"],
+        num_samples=cfg["inner_samples"], kl_weight=cfg["kl_weight"], first_order=cfg["first_order"],
+        memory=cfg["memory_mode"], curvature_every=cfg["curvature_every"],
+    )
+    with pytest.raises(ValueError, match=r"^curvature_every=3 needs inner_update='natural' and memory_mode 'none' "
+                       r"or 'checkpoint' \(got inner_update='gradient', memory_mode='none'\); use curvature_every=1\.$"):
+        inner_config({**cfg, "inner_update": "gradient", "curvature_every": 3})
+    with pytest.raises(ValueError, match=r"^memory_mode='implicit' replaces the second-order backward, which "
+                       r"first_order=True does not have; use first_order=False, or memory_mode='none' with "
+                       r"first_order=True\.$"):
+        inner_config({**cfg, "memory_mode": "implicit", "first_order": True})
+    old = {k: v for k, v in cfg.items() if k not in ("memory_mode", "curvature_every")}  # a run saved before them
+    assert (inner_config(old).memory, inner_config(old).curvature_every) == ("none", 1)
+
+
 def test_defaults_and_normalisation():
     s = FitSettings(lr=1, clip_norm=2, device=torch.device("cpu"))
     assert (s.steps, s.task_batch, s.seed, s.max_skips, s.chunk) == (1000, None, 0, 10, None)
