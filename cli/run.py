@@ -209,15 +209,6 @@ def _probe(meta, source, cfg: Mapping[str, Any], device: torch.device) -> None:
             ) from None
 
 
-def _make_optimizer(cfg: Mapping[str, Any]):
-    if cfg.get("method") == "reptile":  # θ + ε·(φ̄_K − θ): plain SGD at ε = lr (hvi.methods)
-        clip = {} if cfg.get("clip_norm") is None else {"clip_norm": cfg["clip_norm"]}
-        return pyro.optim.SGD({"lr": cfg["lr"]}, clip)
-    if cfg.get("clip_norm") is None:
-        return pyro.optim.Adam({"lr": cfg["lr"]})
-    return pyro.optim.ClippedAdam({"lr": cfg["lr"], "clip_norm": cfg["clip_norm"]})
-
-
 @dataclasses.dataclass
 class FitSummary:
     """What :func:`run_fit` reports."""
@@ -298,7 +289,7 @@ def run_fit(
 ) -> FitSummary:
     """Resolves the config, prepares the run directory and trains (see module doc)."""
     from hvi.checkpoint import expected_params, load_checkpoint, save_checkpoint
-    from hvi.fit import fit
+    from hvi.fit import default_optimizer, fit
 
     toml = load_toml(config_path) if config_path is not None else {}
     model_name = cli_opts.get("model") or toml.get("model")
@@ -394,7 +385,7 @@ def run_fit(
             shutil.copytree(copy_from, work, dirs_exist_ok=True)
             shutil.rmtree(model_dir(work), ignore_errors=True)
             remove_evaluation(work)  # evaluated the shorter run, not this one
-        optimizer = _make_optimizer(cfg)
+        optimizer = default_optimizer(cfg.get("method", "abml"), cfg["lr"], cfg.get("clip_norm"))  # hvi.fit's
         generator = torch.Generator()
         generator.manual_seed(cfg["seed"])
         start = 0

@@ -19,12 +19,12 @@ from torch import Tensor
 from hvi.data.base import TaskSource
 from hvi.meta import MetaModel
 from hvi.methods import outer_loss
-from hvi.settings import FitSettings
+from hvi.settings import FitSettings, check_setting
 from hvi.svi import SVI
 from hvi.tasks import TaskBatch
 from hvi.validation import validate_for_model
 
-__all__ = ["FitResult", "fit", "make_elbo", "subsample", "TaskSampler"]
+__all__ = ["FitResult", "default_optimizer", "fit", "make_elbo", "subsample", "TaskSampler"]
 
 #: Anything that yields a training batch: a source, a fixed batch, or ``f(generator) -> TaskBatch``.
 TaskSampler = TaskSource | TaskBatch | Callable[[torch.Generator], TaskBatch]
@@ -191,6 +191,31 @@ def _own_param_store(resume: bool):
         store.set_state({k: {**caller[k], **fitted[k]} for k in ("params", "constraints")})
 
 
+def default_optimizer(method: str = "abml", lr: float = 1e-3, clip_norm: float | None = None) -> PyroOptim:
+    """The optimizer :func:`fit` and ``hvi fit`` train with unless given one.
+
+    Args:
+        method: The model's method (``MetaModel.method``). ``"reptile"`` gets
+            ``pyro.optim.SGD({"lr": lr})``: its outer update θ + ε·(φ̄_K − θ)
+            is plain SGD at ε = lr on its pseudo-gradient. Every other method
+            gets ``pyro.optim.Adam({"lr": lr})`` (torch's defaults, β = (0.9, 0.999)).
+        lr: The learning rate (Reptile's ε), positive and finite.
+        clip_norm: None (default): no clipping. A positive number c: before
+            each step, every parameter's gradient g (each param-store tensor on
+            its own) is scaled to norm c when its L2 norm is larger,
+            g ← g · min(1, c / ‖g‖₂), keeping its direction
+            (``torch.nn.utils.clip_grad_norm_`` per tensor, Pyro's ``clip_args``).
+            Not an element-wise clamp (``pyro.optim.ClippedAdam``'s) and not one
+            norm over all parameters.
+
+    Raises:
+        ValueError: As :class:`hvi.FitSettings` for a bad ``lr`` or ``clip_norm``.
+    """
+    lr, clip_norm = check_setting("lr", lr), check_setting("clip_norm", clip_norm)
+    clip = {} if clip_norm is None else {"clip_norm": clip_norm}
+    return (pyro.optim.SGD if method == "reptile" else pyro.optim.Adam)({"lr": lr}, clip)
+
+
 def fit(
     meta: MetaModel,
     data: TaskSampler,
@@ -221,10 +246,16 @@ def fit(
             tasks of it drawn without replacement), or ``f(generator) -> TaskBatch``.
         steps: Number of SVI steps (default 1000).
         task_batch: Tasks per step B (default: 8 for a source, all for a batch).
-        optimizer: Any Pyro optimizer; default ``pyro.optim.Adam({"lr": lr})``
-            (``pyro.optim.SGD`` for ``meta.method == "reptile"``: ``lr`` is Reptile's ε).
+        optimizer: Any Pyro optimizer; default :func:`default_optimizer`:
+            ``pyro.optim.Adam({"lr": lr})`` (``pyro.optim.SGD`` for
+            ``meta.method == "reptile"``: ``lr`` is Reptile's ε), the one ``hvi fit`` uses.
         lr: Learning rate of the default optimizer (default 1e-3).
-        clip_norm: Clip each parameter's gradient norm to this (default None).
+        clip_norm: The default optimizer's gradient clipping (default None: none).
+            Before each step, each parameter's gradient (each param-store
+            tensor on its own, not one norm over all of them) whose L2 norm
+            exceeds ``clip_norm`` is scaled down to that norm, direction kept:
+            g ← g · min(1, clip_norm / ‖g‖₂). Not an element-wise clamp.
+            Ignored when ``optimizer`` is given.
         elbo: ``"trace"`` (``Trace_ELBO``, default) or ``"meanfield"``, or an
             ELBO instance (e.g. ``make_elbo()``, whose ``last_parts`` a
             callback can read); ``num_particles`` is then the instance's.
@@ -302,9 +333,7 @@ def _train(meta, data, steps, task_batch, optimizer, lr, clip_norm, elbo, num_pa
     if world is not None:
         _dist.check_same_rng(device)
     if optimizer is None:
-        clip = {} if clip_norm is None else {"clip_norm": float(clip_norm)}
-        # Reptile's outer update is θ + ε·(φ̄_K − θ): plain SGD at ε = lr on its pseudo-gradient.
-        optimizer = (pyro.optim.SGD if meta.method == "reptile" else pyro.optim.Adam)({"lr": lr}, clip)
+        optimizer = default_optimizer(meta.method, lr, clip_norm)
     loss_fn = elbo if isinstance(elbo, pyro.infer.ELBO) else make_elbo(elbo, num_particles)
     # meta.method other than "abml": the same loop on that method's outer loss (hvi.methods).
     svi = SVI(meta.model, meta.guide, optimizer, loss=loss_fn if meta.method == "abml" else outer_loss(meta))

@@ -139,7 +139,8 @@ class FitSettings:
         lr: Learning rate of the default optimizer, positive and finite
             (default 1e-3; Reptile's ε).
         clip_norm: Clip each parameter's gradient norm to this, positive and
-            finite (default None: no clipping).
+            finite (default None: no clipping); what it does:
+            :func:`hvi.fit.default_optimizer`.
         seed: Seed of the fit's RNGs and task sampler, ``>= 0`` (default 0;
             None: draw from the caller's global RNGs).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device`` each
