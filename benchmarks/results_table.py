@@ -5,6 +5,7 @@
     python benchmarks/results_table.py solar           # hvi fit --model bayes_unet, evaluated
     python benchmarks/results_table.py nuts            # full hierarchical VI against NUTS
     python benchmarks/results_table.py meta_step       # a meta-step's time and memory, gradient vs natural
+    python benchmarks/results_table.py curvature       # natural update, curvature every step vs every 5th: quality and cost
     python benchmarks/results_table.py cli_quickstart  # the README's hvi fit / evaluate / diagnose transcript
     python benchmarks/results_table.py sinusoid_methods  # ABML vs MAML, FOMAML, Reptile, one budget
     python benchmarks/results_table.py siren_study     # SIREN meta-initialization: PSNR vs steps, meta vs standard init
@@ -107,6 +108,32 @@ def zoo() -> str:
                     f"{d['fit_seconds']:.0f} s |")
         cmds.append(f"`{d['command']}` ({d['date']})")
     return "\n".join(rows) + "\n\nMean ± 95% CI half-width over the held-out tasks. From " + "; ".join(cmds) + "."
+
+
+def curvature() -> str:
+    """The natural update with the curvature measured every step against every 5th step: quality and cost."""
+    cost = json.loads((RESULTS / "meta_step_updates.json").read_text())["summary"]
+    ratio = {s["curvature_every"]: s["cpu_ratio_to_gradient"] for s in cost.values() if s["update"] == "natural"}
+    rows = ["| source | metric | every step | every 5 steps |", "|---|---|---|---|"]
+    cmds = []
+    pairs = (("solar", "solar.json", "solar_curvature_every5.json"),
+             ("sinusoid", "sinusoid.json", "sinusoid_curvature_every5.json"))
+    for name, a, b in pairs:
+        da, db = (json.loads((RESULTS / f).read_text()) for f in (a, b))
+        cmds += [f"`{d['command']}` ({d['date']})" for d in (da, db)]
+        if name == "solar":
+            for key in ("rmse", "crps", "coverage_90"):
+                va, vb = (d["evaluation"]["metrics"][key] for d in (da, db))
+                rows.append(f"| solar (`hvi fit --model bayes_unet`, K = 3) | {key} | {va['value']:.4f} "
+                            f"[{va['ci_low']:.4f}, {va['ci_high']:.4f}] | {vb['value']:.4f} [{vb['ci_low']:.4f}, {vb['ci_high']:.4f}] |")
+        else:
+            for k in ("1", "5", "10"):
+                va, vb = (d["by_inner_steps"][k] for d in (da, db))
+                rows.append(f"| sinusoid (MLP, trained with K = 10) | query MSE after {k} step{'s' if k != '1' else ''} | {va['mse']:.3f} ± "
+                            f"{va['mse_ci95']:.3f} | {vb['mse']:.3f} ± {vb['mse_ci95']:.3f} |")
+    rows.append(f"| meta-step cost (U-Net, K = 5, second order) | CPU time vs a gradient step | {ratio[1]:.2f}× | {ratio[5]:.2f}× |")
+    return ("\n".join(rows) + "\n\nMean [95% CI] over the held-out tasks (solar) or ± 95% CI half-width (sinusoid). "
+            "From " + "; ".join(cmds) + "; cost from `docs/results/meta_step_updates.json` (`results_table.py meta_step`).")
 
 
 def nuts() -> str:
@@ -236,23 +263,20 @@ def siren_ntk() -> str:
 
 def meta_step() -> str:
     d = json.loads((RESULTS / "meta_step_updates.json").read_text())
-    rows = ["| update | task batch | order | step s (median) | tasks/s | GFLOP per task | GFLOP/s | peak RSS MB "
-            "| minor faults per step | matmul GFLOP/s |", "|---|---|---|---|---|---|---|---|---|---|"]
-    matmul = None
-    steps = []
-    for r in reversed(d["results"]):  # each engine line is followed by its run's matmul reference
-        if r["impl"] == "matmul":
-            matmul = r["gflop_per_s"]
-        else:
-            steps.append((r, matmul))
-    for r, mm in reversed(steps):
-        rows.append(f"| {r['update']} | {r['task_batch']} | {'first' if r['first_order'] else 'second'} "
-                    f"| {r['step_s_median']:.3f} | {r['tasks_per_s']:.2f} | {r['gflop_per_task']:.1f} | {r['gflop_per_s']:.1f} "
-                    f"| {r['peak_rss_mb']:.0f} | {r['minflt_per_step']} | {mm if mm is None else format(mm, '.1f')} |")
-    r = steps[-1][0]
-    return ("\n".join(rows) + f"\n\n{r['impl'].capitalize()}, `{r['model']}` base {r['base']} ({r['weights']} weights), "
-            f"{r['k_shot']}-shot {r['size']}×{r['size']}, K = {r['inner_steps']}, one Monte Carlo sample, `--malloc {r['malloc']}`; "
-            f"the matmul column is the machine's reference in the same run. From `{d['command']}` ({d['date']}).")
+    rows = ["| inner update | curvature measured | step s (median) | vs gradient | CPU s per step | vs gradient "
+            "| GFLOP per task | peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+    for s in d["summary"].values():
+        every = s["curvature_every"]
+        measured = "n/a" if s["update"] == "gradient" else ("every step" if every == 1 else f"every {every} steps")
+        rows.append(f"| {s['update']} | {measured} | {s['step_s_median']:.3f} | {s['step_ratio_to_gradient']:.2f}× "
+                    f"| {s['cpu_s_median']:.3f} | {s['cpu_ratio_to_gradient']:.2f}× | {s['gflop_per_task']:.1f} "
+                    f"| {s['peak_rss_mb']:.0f} |")
+    r = next(x for x in d["results"] if x["impl"] == "engine")
+    mm = d["matmul_gflop_per_s_median"]
+    return ("\n".join(rows) + f"\n\nEngine, `{r['model']}` base {r['base']} ({r['weights']} weights), task batch "
+            f"{r['task_batch']}, {r['k_shot']}-shot {r['size']}×{r['size']}, K = {r['inner_steps']} second-order steps, one "
+            f"Monte Carlo sample, {r['threads']} thread(s); medians of {d['config']['rounds']} alternating rounds (same-run "
+            f"float32 matmul: {mm:.1f} GFLOP/s). From `{d['command']}` ({d['date']}).")
 
 
 def memory_modes() -> str:
@@ -471,7 +495,7 @@ def update(paths: list[str], tables: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    tables = {"scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "glyph_methods": glyph_methods, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk}
+    tables = {"scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "curvature": curvature, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "glyph_methods": glyph_methods, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk}
     if args[:1] == ["--update"] and len(args) > 1:
         update(args[1:], tables)
         return 0

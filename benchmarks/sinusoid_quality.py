@@ -29,24 +29,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--update", choices=("natural", "gradient"), default="natural", help="inner update")
     p.add_argument("--lr-inner", type=float, default=0.1, help="inner α (default 0.1)")
     p.add_argument("--inner-steps", type=int, default=5, help="inner steps when training (default 5)")
+    p.add_argument("--curvature-every", type=int, default=1,
+                   help="natural update: measure the curvature every n-th inner step (default 1)")
     p.add_argument("--noise", type=float, default=0.3, help="initial likelihood sd (default 0.3)")
     p.add_argument("--prior-scale", type=float, default=0.1, help="initial prior sd (default 0.1)")
     p.add_argument("--lr", type=float, default=3e-3, help="outer Adam lr (default 3e-3)")
     p.add_argument("--test-tasks", type=int, default=600, help="held-out tasks (default 600)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the network's init and of hvi.fit (default 0)")
     p.add_argument("--out", default="docs/results/sinusoid.json", help="JSON file to write")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     hvi.tune_allocator()
     source = hvi.data.get_source("sinusoid", k_shot=10, k_query=10)
+    torch.manual_seed(args.seed)  # the network's init: torch seeds its default generator at random
     meta = hvi.MetaModel(
         hvi.models.get_model("mlp"),
         prior=hvi.get_prior("gaussian", init_scale=args.prior_scale),
         likelihood=hvi.Gaussian(noise="learned", init_scale=args.noise),
-        inner=hvi.InnerConfig(steps=args.inner_steps, update=args.update, lr=args.lr_inner),
+        inner=hvi.InnerConfig(steps=args.inner_steps, update=args.update, lr=args.lr_inner,
+                              curvature_every=args.curvature_every),
     )
     t0 = time.perf_counter()
-    result = hvi.fit(meta, source, steps=args.steps, task_batch=8, lr=args.lr)
+    result = hvi.fit(meta, source, steps=args.steps, task_batch=8, lr=args.lr, seed=args.seed)
     seconds = time.perf_counter() - t0
     test = source.get_tasks("test", torch.arange(args.test_tasks))
     scores = {}
