@@ -140,8 +140,14 @@ class FunctionalNet:
         """One network evaluation: ``x`` is ``(N, *x_shape)``, weights unbatched."""
         return self._apply(self._module(), weights, x)
 
-    def _apply(self, module: nn.Module, weights: Weights, x: Tensor) -> Tensor:
+    def _apply(self, module: nn.Module, weights: Weights, x: Tensor, batched: bool = False) -> Tensor:
+        """``module`` at ``weights`` on ``x``; ``batched``: per-task weights through ``module.batched_forward``."""
         dtype = AUTOCAST_DTYPES[self.autocast]
+        if batched:
+            if dtype is None:
+                return module.batched_forward({**weights}, x)
+            low = {n: v.to(dtype) for n, v in weights.items()}
+            return module.batched_forward(low, x.to(dtype)).to(next(iter(weights.values())).dtype)
         if dtype is None:
             return functional_call(module, ({**weights}, self.buffers), (x,), strict=True)
         # torch.autocast has no effect inside torch.func.vmap (torch 2.13: outputs stay float32),
@@ -206,6 +212,10 @@ class FunctionalNet:
             fn = lambda w, xx: call(  # noqa: E731
                 {n: v.squeeze(0) for n, v in w.items()}, xx.squeeze(0)
             ).unsqueeze(0)
+        elif callable(getattr(module, "batched_forward", None)) and not self.buffers:
+            # The module's own forward for many tasks (models.unet.BayesUNet): equal to the
+            # vmap below, with a faster memory layout.
+            fn = lambda w, xx: self._apply(module, w, xx, batched=True)  # noqa: E731
         else:
             fn = vmap(call, in_dims=(0, 0))
         for _ in range(weight_batch_dims - 1):

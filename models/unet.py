@@ -25,6 +25,26 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
 
 
+def _task_conv(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: int) -> torch.Tensor:
+    """Per-task convolution of task-interleaved channels, one grouped call.
+
+    ``h`` is ``(N, B*C_in, H, W)`` (task b's channels at ``b*C_in …``),
+    ``weight`` ``(B, C_out, C_in, k, k)`` and ``bias`` ``(B, C_out)``; the
+    result is ``(N, B*C_out, H, W)``. On channels-last memory the output is
+    channels-last too, so a chain of these stays in that layout.
+    """
+    tasks, c_out = weight.shape[:2]
+    return F.conv2d(h, weight.reshape((tasks * c_out,) + weight.shape[2:]), bias.reshape(tasks * c_out),
+                    padding=padding, groups=tasks)
+
+
+def _task_cat(a: torch.Tensor, b: torch.Tensor, tasks: int) -> torch.Tensor:
+    """Per-task channel concatenation of task-interleaved ``(N, B*C, H, W)`` tensors, channels-last."""
+    n, _, h, w = a.shape
+    parts = [t.permute(0, 2, 3, 1).reshape(n, h, w, tasks, -1) for t in (a, b)]
+    return torch.cat(parts, dim=-1).reshape(n, h, w, -1).permute(0, 3, 1, 2)
+
+
 class _DoubleConv(nn.Module):
     """Two 3x3 convolutions (padding 1), each followed by ReLU."""
 
@@ -106,6 +126,61 @@ class BayesUNet(nn.Module):
             x = F.interpolate(_channels_last(x), scale_factor=2.0, mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skips.pop()], dim=1))
         return self.head(x)
+
+    def batched_forward(self, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """The forward for B tasks at once, each with its own weights.
+
+        Equal to ``torch.func.vmap`` of :meth:`forward` under
+        ``functional_call`` (tested to float64 rounding, gradients included),
+        and what :class:`hvi.functional.FunctionalNet` runs for a batch of
+        tasks. Tasks are interleaved along the channels, ``(N, B*C, H, W)``
+        in channels-last (NHWC) memory, and every convolution is one grouped
+        call over the tasks. vmap builds the same grouped convolutions but on
+        NCHW memory, where PyTorch's CPU (oneDNN) kernels for them take about
+        twice as long forward and backward, and it moves the task dimension
+        (a copy) around every pooling, upsampling and concatenation; here
+        pooling and upsampling see the task-interleaved batch directly.
+
+        Args:
+            weights: Every parameter name of this module mapped to a tensor
+                ``(B, *shape)`` of per-task values.
+            x: Inputs ``(B, N, in_channels, H, W)``.
+
+        Returns:
+            ``(B, N, out_channels, H, W)``.
+
+        Raises:
+            ValueError: If ``x`` is not 5-D or ``H``/``W`` is not divisible by
+                ``2**(depth - 1)``.
+        """
+        if x.dim() != 5:
+            raise ValueError(f"bayes_unet.batched_forward expects input of shape (B, N, C, H, W), got {tuple(x.shape)}")
+        tasks, n, c, h, w = x.shape
+        factor = 2 ** (self.depth - 1)
+        if h % factor or w % factor:
+            raise ValueError(
+                f"bayes_unet with depth={self.depth} needs H and W divisible by "
+                f"2**(depth-1) = {factor}; got input shape {tuple(x.shape)} (H={h}, W={w})"
+            )
+
+        def block(name: str, z: torch.Tensor) -> torch.Tensor:
+            z = F.relu(_task_conv(z, weights[f"{name}.conv1.weight"], weights[f"{name}.conv1.bias"], 1))
+            return F.relu(_task_conv(z, weights[f"{name}.conv2.weight"], weights[f"{name}.conv2.bias"], 1))
+
+        # (B, N, C, H, W) -> (N, B*C, H, W) on (N, H, W, B, C) memory: channels-last.
+        z = x.permute(1, 3, 4, 0, 2).reshape(n, h, w, tasks * c).permute(0, 3, 1, 2)
+        skips = []
+        for level in range(len(self.down)):
+            if level > 0:
+                z = F.max_pool2d(z, kernel_size=2)
+            z = block(f"down.{level}", z)
+            skips.append(z)
+        skips.pop()  # deepest level is the bottleneck, not a skip
+        for i in range(len(self.up)):
+            z = F.interpolate(z, scale_factor=2.0, mode="bilinear", align_corners=False)
+            z = block(f"up.{i}", _task_cat(z, skips.pop(), tasks))
+        z = _task_conv(z, weights["head.weight"], weights["head.bias"], 0)
+        return z.reshape(n, tasks, -1, h, w).permute(1, 0, 2, 3, 4)
 
 
 @register_model("bayes_unet")
