@@ -46,7 +46,13 @@ def sinusoid() -> str:
         cfg = d["config"]
         rows.append(f"| {label} | " + " | ".join(cells) + f" | {cfg['steps']} steps × {cfg['inner_steps']} inner, {d['fit_seconds']:.0f} s |")
         notes.append(f"`{d['command']}` ({d['date']})")
-    return "\n".join(rows) + "\n\nQuery MSE ± 95% CI over held-out tasks. From " + "; ".join(notes) + "."
+    seeds = []
+    for path in sorted(RESULTS.glob("sinusoid_seed*.json")):  # the natural row's configuration, other seeds
+        d = json.loads(path.read_text())
+        seeds.append(f"seed {d['config']['seed']}: {d['by_inner_steps']['5']['mse']:.3f} ± {d['by_inner_steps']['5']['mse_ci95']:.3f}")
+        notes.append(f"`{d['command']}` ({d['date']})")
+    other = f" The natural row at other seeds of the network's init and fit, after 5 steps: {'; '.join(seeds)}." if seeds else ""
+    return "\n".join(rows) + "\n\nQuery MSE ± 95% CI over held-out tasks." + other + " From " + "; ".join(notes) + "."
 
 
 def conjugate() -> str:
