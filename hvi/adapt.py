@@ -44,6 +44,7 @@ import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from types import SimpleNamespace
 
 import pyro
 import torch
@@ -123,10 +124,11 @@ class InnerConfig:
             input λ and recomputes the step's forward (and its inner gradient)
             in the backward pass: the same gradients, activation memory of one
             step instead of K, about one more forward and inner backward per
-            step. Under ``"gradient"`` with a Normal p(φ | θ) the K steps are
-            one autograd node that keeps λ^(m) in one buffer and each step's
-            noise as its generators' states (2·D floats a step); otherwise each
-            step is a ``torch.utils.checkpoint`` (non-reentrant). First order
+            step. With a Normal p(φ | θ) the K steps are one autograd node
+            that keeps λ^(m) in one buffer and each step's noise as its
+            generators' states (2·D floats a step; ``"natural"``: m and s, and
+            the kept curvature h when ``curvature_every > 1``, 3·D); otherwise
+            each step is a ``torch.utils.checkpoint`` (non-reentrant). First order
             keeps no step graph either way. ``"implicit"`` (iMAML/iBaML, see
             :mod:`hvi.implicit`) runs the steps without a graph and
             differentiates the converged λ* through the implicit function
@@ -298,9 +300,10 @@ class _RecomputedSteps(torch.autograd.Function):
     kept; no per-step graph either, whose small allocations, interleaved with
     the steps' temporaries, made the C allocator's heap grow.
 
-    ``spec`` has ``keys`` (λ's keys), ``steps``, ``noise_at(m)`` (step m's
-    noise: a tensor, or a :class:`_Redraw`) and ``step(lam, e, params,
-    create_graph) -> λ``.
+    ``spec`` has ``keys`` (the state's keys: λ's, or the natural update's
+    (m, s[, h])), ``steps``, ``noise_at(m)`` (step m's noise: a tensor, or a
+    :class:`_Redraw`) and ``step(t, lam, e, params, create_graph) -> λ`` (t:
+    the step's index). See :func:`_recompute_steps`.
     """
 
     @staticmethod
@@ -316,7 +319,7 @@ class _RecomputedSteps(torch.autograd.Function):
                     rows[k][m - 1].copy_(v)
             e = spec.noise_at(m)
             with torch.enable_grad():
-                out = spec.step(lam, e, params, create_graph=False)
+                out = spec.step(m, lam, e, params, create_graph=False)
             lam = {k: v.detach() for k, v in out.items()}
             del out
             if isinstance(e, _Redraw):
@@ -344,13 +347,24 @@ class _RecomputedSteps(torch.autograd.Function):
             for m in reversed(range(spec.steps)):
                 src = [(lam0[i] if m == 0 else rows[k][m - 1]).detach().requires_grad_() for i, k in enumerate(spec.keys)]
                 with torch.enable_grad():
-                    out = spec.step(dict(zip(spec.keys, src)), noises[m], leaves, create_graph=True)
+                    out = spec.step(m, dict(zip(spec.keys, src)), noises[m], leaves, create_graph=True)
                     found = torch.autograd.grad([out[k] for k in spec.keys], src + wanted, out_grads, allow_unused=True)
                 del out
                 out_grads = [g if g is not None else torch.zeros_like(v) for g, v in zip(found[:n], src)]
                 total = [t if g is None else g if t is None else t + g for t, g in zip(total, found[n:])]
         it = iter(total)
         return (None, *out_grads, *(next(it) if w else None for w in need))
+
+
+def _recompute_steps(step, lam: dict[str, Tensor], params: list[Tensor], noise_at, steps: int) -> dict[str, Tensor]:
+    """The state after ``steps`` calls ``lam = step(t, lam, noise_at(t), params, create_graph)``, as one
+    :class:`_RecomputedSteps` node.
+
+    ``params`` are the tensors the step reads besides the state (by position);
+    the node differentiates the recomputed steps with respect to them.
+    """
+    spec = SimpleNamespace(keys=list(lam), steps=steps, noise_at=noise_at, step=step)
+    return dict(zip(spec.keys, _RecomputedSteps.apply(spec, *lam.values(), *params)))
 
 
 def _checkpointed_loop(step, lam: dict[str, Tensor], noise_at, steps: int) -> dict[str, Tensor]:
@@ -729,20 +743,14 @@ class InnerLoop:
         alpha_keys = [k for k, a in alpha.items() if isinstance(a, Tensor)]
         params = [*lik.values(), *(kl_terms or ()), *(alpha[k] for k in alpha_keys)]
 
-        class Spec:
-            keys = list(lam)
+        def spec_step(t, lam_, e, values, create_graph):
+            it = iter(values)
+            lk = {k: next(it) for k in lik_keys}
+            kl = None if kl_terms is None else (next(it), next(it))
+            al = {k: next(it) if k in alpha_keys else a for k, a in alpha.items()}
+            return step(lam_, e, (make_loglik(lk), kl, al), create_graph)
 
-            @staticmethod
-            def step(lam_, e, values, create_graph):
-                it = iter(values)
-                lk = {k: next(it) for k in lik_keys}
-                kl = None if kl_terms is None else (next(it), next(it))
-                al = {k: next(it) if k in alpha_keys else a for k, a in alpha.items()}
-                return step(lam_, e, (make_loglik(lk), kl, al), create_graph)
-
-        Spec.steps, Spec.noise_at = steps, staticmethod(noise_at)
-        out = _RecomputedSteps.apply(Spec, *lam.values(), *params)
-        return dict(zip(Spec.keys, out))
+        return _recompute_steps(spec_step, lam, params, noise_at, steps)
 
     # -- memory="implicit": no graph through the steps (hvi.implicit) ---------------
     def _run_implicit(self, theta, lik, lr, x, y, noise, mask, eps, steps, lead) -> dict[str, Tensor]:
@@ -842,7 +850,9 @@ class InnerLoop:
         every = cfg.curvature_every
         at_mean = (self._support_loglik(lik, x, y, noise, mask, lead, 1, twice=second_order)
                    if every > 1 and steps > 1 else None)
-        noise_at = self._noise_reader(eps)
+        # memory="checkpoint" with a Normal prior: one _RecomputedSteps node; others checkpoint each step.
+        recomputed = second_order and cfg.memory == "checkpoint" and prior is not None
+        noise_at = self._noise_reader(eps, replay=recomputed)
         m0, s0 = lam0["loc"], F.softplus(lam0["rho"]).pow(-2)
         m, s = (m0, s0) if second_order else (m0.detach(), s0.detach())
         a_m, a_s = alpha["loc"], alpha["rho"]
@@ -850,35 +860,42 @@ class InnerLoop:
             a_m, a_s = (a.detach() if isinstance(a, Tensor) else a for a in (a_m, a_s))
         total_m = total_s = 0.0
 
-        def nat_step(m, s, raw, h_last=None):
+        def nat_step(m, s, raw, h_last=None, parts=None, create_graph=second_order):
+            """(m', s', dm, ds, h); ``parts``: (ℓ, line ℓ, ℓ at the mean, prior terms, α_m, α_s) in place of the loop's own."""
+            loglik_, line_, at_mean_, prior_, a_m_, a_s_ = (
+                (loglik, line, at_mean, prior, a_m, a_s) if parts is None else parts)
             sigma = s.rsqrt()
             if h_last is None:  # measure g and h at the antithetic points
-                e = natural.probes(raw)
+                e = natural.probes(raw() if isinstance(raw, _Redraw) else raw)
                 phi = torch.addcmul(m.unsqueeze(-2), sigma.unsqueeze(-2), e)
-                if not second_order:
+                if not create_graph:
                     phi.requires_grad_()
-                (g_phi,) = torch.autograd.grad(loglik(phi), [phi], create_graph=second_order)
+                (g_phi,) = torch.autograd.grad(loglik_(phi), [phi], create_graph=create_graph)
                 g, h = natural.moments(g_phi, e, sigma)
             else:  # keep h; g at the mean, which a quadratic ℓ's antithetic pair would also give
-                e = raw
-                phi = m.unsqueeze(-2) if second_order else m.detach().unsqueeze(-2).requires_grad_()
-                (g_phi,) = torch.autograd.grad(at_mean(phi), [phi], create_graph=second_order)
+                e = raw  # read by a generic prior only (never a _Redraw: those come with a Normal prior)
+                phi = m.unsqueeze(-2) if create_graph else m.detach().unsqueeze(-2).requires_grad_()
+                (g_phi,) = torch.autograd.grad(at_mean_(phi), [phi], create_graph=create_graph)
                 g, h = g_phi.squeeze(-2), h_last
             del phi, g_phi
-            if prior is not None:
-                prior_loc, prior_prec = prior
+            if prior_ is not None:
+                prior_loc, prior_prec = prior_
                 prior_grad, prior_curv = (m - prior_loc).mul(prior_prec).neg(), prior_prec
             else:
-                prior_grad, prior_curv = self._generic_prior_moments(m, sigma, e, kl_terms, second_order)
+                prior_grad, prior_curv = self._generic_prior_moments(m, sigma, e, kl_terms, create_graph)
             scale = None
-            if line is not None:  # the curvature along the step, measured from the current m
+            if line_ is not None:  # the curvature along the step, measured from the current m
 
                 def scale(grad, d, s_new, m=m, prior_curv=prior_curv):
-                    kappa = self._curvature_along(line, m, d, s_new, second_order)
+                    kappa = self._curvature_along(line_, m, d, s_new, create_graph)
                     return natural.line_scale(grad, d, prior_curv, kappa, beta)
 
-            return (*natural.step(m, s, g, h, prior_grad, prior_curv, a_m, a_s, beta, scale), h)
+            return (*natural.step(m, s, g, h, prior_grad, prior_curv, a_m_, a_s_, beta, scale), h)
 
+        if recomputed:
+            m, s = self._recomputed_natural(nat_step, m, s, lik, prior, a_m, a_s, noise_at, steps, every, x, y,
+                                            noise, mask, lead)
+            return {"loc": m.expand(lead + (B, self.size)), "rho": inv_softplus(s.rsqrt()).expand(lead + (B, self.size))}
         run_step = _checkpointed(nat_step) if second_order and cfg.memory == "checkpoint" else nat_step
         h = None
         for t in range(steps):
@@ -892,6 +909,41 @@ class InnerLoop:
             attached = self._attach_first_order(({"loc": m, "rho": s}, totals), {"loc": m0, "rho": s0}, alpha, needs_graph)
             m, s = attached["loc"], attached["rho"]
         return {"loc": m.expand(lead + (B, self.size)), "rho": inv_softplus(s.rsqrt()).expand(lead + (B, self.size))}
+
+    def _recomputed_natural(self, nat_step, m, s, lik, prior, a_m, a_s, noise_at, steps, every, x, y, noise,
+                            mask, lead) -> tuple[Tensor, Tensor]:
+        """(m, s)^(K) through one :class:`_RecomputedSteps` node (memory="checkpoint", Normal prior).
+
+        The state is (m, s), and the kept curvature h when ``curvature_every > 1``
+        (a step that measures h afresh ignores the h it is given; the first is
+        given zeros). The node's other inputs are the tensors of θ the step
+        reads: likelihood sites, the prior's (μ_p, s_p), and α_m, α_s when tensors.
+        """
+        S = self.config.num_samples
+        lik_keys = list(lik)
+        alphas = [a for a in (a_m, a_s) if isinstance(a, Tensor)]
+        params = [*lik.values(), *prior, *alphas]
+        keep_h = every > 1 and steps > 1
+        has_line, has_mean = self.config.line_search, keep_h
+
+        def make(lk, n, per_point=False):
+            return self._support_loglik(lk, x, y, noise, mask, lead, n, per_point=per_point, twice=True)
+
+        def spec_step(t, state, e, values, create_graph):
+            it = iter(values)
+            lk = {k: next(it) for k in lik_keys}
+            pr = (next(it), next(it))
+            am = next(it) if isinstance(a_m, Tensor) else a_m
+            as_ = next(it) if isinstance(a_s, Tensor) else a_s
+            parts = (make(lk, 2 * S), make(lk, 3, per_point=True) if has_line else None,
+                     make(lk, 1) if has_mean else None, pr, am, as_)
+            h_last = None if t % every == 0 else state["h"]
+            m_, s_, _, _, h = nat_step(state["m"], state["s"], e, h_last, parts, create_graph)
+            return {"m": m_, "s": s_, "h": h} if keep_h else {"m": m_, "s": s_}
+
+        state = {"m": m, "s": s, **({"h": m.new_zeros(m.shape)} if keep_h else {})}
+        out = _recompute_steps(spec_step, state, params, noise_at, steps)
+        return out["m"], out["s"]
 
     # -- first order: λ moves in place, no step is recorded ---------------------
     # Every step's gradient g_m is a constant, so λ^(K) = λ^(0) + Σ_m α ⊙ g_m, whose

@@ -222,7 +222,7 @@ def _fit_syncs(update: str, memory: str, steps: int) -> tuple[int, list[str]]:
 
 @pytest.mark.parametrize("update,memory", [
     ("natural", "none"), ("gradient", "none"),
-    ("gradient", "checkpoint"), ("natural", "implicit"),
+    ("gradient", "checkpoint"), ("natural", "checkpoint"), ("natural", "implicit"),
 ])
 def test_a_fit_meta_step_syncs_as_often_at_one_inner_step_as_at_four(update, memory, one_thread):
     n1, log1 = _fit_syncs(update, memory, 1)

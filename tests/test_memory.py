@@ -26,10 +26,10 @@ def batch() -> hvi.TaskBatch:
     return hvi.TaskBatch(x[:, :5], y[:, :5], x[:, 5:], y[:, 5:])
 
 
-def loss_and_grads(memory: str, update: str, prior, learn_lr: bool):
+def loss_and_grads(memory: str, update: str, prior, learn_lr: bool, **extra):
     pyro.clear_param_store()
     inner = hvi.InnerConfig(steps=3, update=update, memory=memory, learn_lr=learn_lr, num_samples=2,
-                            lr=0.3 if update == "natural" else 0.05)
+                            lr=0.3 if update == "natural" else 0.05, **extra)
     meta = hvi.MetaModel(net(), prior, hvi.Gaussian(init_scale=0.3), inner=inner)
     pyro.set_rng_seed(4)
     loss = Trace_ELBO().differentiable_loss(meta.model, meta.guide, batch())
@@ -38,14 +38,18 @@ def loss_and_grads(memory: str, update: str, prior, learn_lr: bool):
 
 
 @pytest.mark.parametrize("learn_lr", [False, True])
-@pytest.mark.parametrize("update,prior", [
-    ("natural", GaussianPrior(init_scale=0.2)),
-    ("gradient", GaussianPrior(init_scale=0.2)),
-    ("gradient", LaplacePrior(init_scale=0.2)),  # no closed-form KL gradient: autograd through the KL
+@pytest.mark.parametrize("update,prior,extra", [
+    ("natural", GaussianPrior(init_scale=0.2), {}),
+    # the kept curvature h is part of the recomputed state (step 1 keeps step 0's h)
+    ("natural", GaussianPrior(init_scale=0.2), {"curvature_every": 2}),
+    ("natural", GaussianPrior(init_scale=0.2), {"line_search": True, "curvature_every": 2}),
+    ("natural", LaplacePrior(init_scale=0.2), {}),  # generic prior moments: one checkpoint per step
+    ("gradient", GaussianPrior(init_scale=0.2), {}),
+    ("gradient", LaplacePrior(init_scale=0.2), {}),  # no closed-form KL gradient: autograd through the KL
 ])
-def test_checkpointed_inner_steps_give_the_same_meta_gradients(update, prior, learn_lr):
-    loss0, g0 = loss_and_grads("none", update, prior, learn_lr)
-    loss1, g1 = loss_and_grads("checkpoint", update, prior, learn_lr)
+def test_checkpointed_inner_steps_give_the_same_meta_gradients(update, prior, extra, learn_lr):
+    loss0, g0 = loss_and_grads("none", update, prior, learn_lr, **extra)
+    loss1, g1 = loss_and_grads("checkpoint", update, prior, learn_lr, **extra)
     torch.testing.assert_close(loss1, loss0, rtol=1e-12, atol=1e-12)
     assert set(g1) == set(g0)
     for k in g0:
@@ -59,10 +63,11 @@ def test_an_unknown_memory_mode_is_one_clear_error():
 
 
 # -- what the checkpointed loop keeps (issue #16: peak memory independent of K) ---------------------------
-def _graph(memory: str, steps: int):
+def _graph(memory: str, steps: int, update: str = "gradient", **extra):
     """The nodes of the outer loss's autograd graph, and the recomputed-steps nodes among them."""
     pyro.clear_param_store()
-    inner = hvi.InnerConfig(steps=steps, update="gradient", memory=memory, lr=0.05)
+    inner = hvi.InnerConfig(steps=steps, update=update, memory=memory, lr=0.3 if update == "natural" else 0.05,
+                            **extra)
     meta = hvi.MetaModel(net(), GaussianPrior(init_scale=0.2), hvi.Gaussian(init_scale=0.3), inner=inner)
     pyro.set_rng_seed(4)
     loss = Trace_ELBO().differentiable_loss(meta.model, meta.guide, batch())
@@ -85,6 +90,19 @@ def test_checkpointed_steps_keep_only_each_steps_lambda_and_noise_states():
     none2, _, _ = _graph("none", 2)
     none6, _, _ = _graph("none", 6)
     assert len(none6) > len(graph6) + 4 * 10  # the unchecked loop keeps a graph per step
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_checkpointed_natural_steps_are_one_node_keeping_m_s_and_the_kept_curvature(every):
+    graph2, _, D = _graph("checkpoint", 2, "natural", curvature_every=every)
+    graph6, nodes, _ = _graph("checkpoint", 6, "natural", curvature_every=every)
+    assert len(graph6) == len(graph2)
+    (node,) = nodes
+    keys = ("m", "s", "h") if every > 1 else ("m", "s")
+    assert {k: tuple(v.shape) for k, v in node.rows.items()} == {k: (5, 3, D) for k in keys}  # state^(1..5)
+    assert len(node.noises) == 6 and all(e.drawn is None and len(e.states) == 3 for e in node.noises)
+    none6, _, _ = _graph("none", 6, "natural", curvature_every=every)
+    assert len(none6) > len(graph6) + 4 * 10
 
 
 def test_redrawn_noise_is_the_noise_the_forward_pass_drew():
