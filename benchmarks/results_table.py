@@ -8,6 +8,7 @@
     python benchmarks/results_table.py curvature       # natural update, curvature every step vs every 5th: quality and cost
     python benchmarks/results_table.py cli_quickstart  # the README's hvi fit / evaluate / diagnose transcript
     python benchmarks/results_table.py sinusoid_methods  # ABML vs MAML, FOMAML, Reptile, one budget
+    python benchmarks/results_table.py sinusoid_abml_screen  # ABML settings screened against MAML, short budget
     python benchmarks/results_table.py siren_study     # SIREN meta-initialization: PSNR vs steps, meta vs standard init
     python benchmarks/results_table.py siren_ntk       # the SIREN's NTK: energy of held-out faces in the top-k eigenfunctions
     python benchmarks/results_table.py distributed     # hvi fit on 1 and 2 processes (torchrun, gloo)
@@ -202,17 +203,58 @@ def sinusoid_methods() -> str:
     d = json.loads((RESULTS / "sinusoid_methods.json").read_text())
     labels = {"abml": "ABML", "maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile"}
     rows = ["| method | settings | 1 step | 5 steps | 10 steps | training |", "|---|---|---|---|---|---|"]
+    sources: dict[str, list[str]] = {}  # "command (date)" -> the rows it measured (rows merged in later carry their own)
     for name, r in d["methods"].items():
         s = r["settings"]
         cells = [f"{r['by_inner_steps'][k]['mse']:.3f} ± {r['by_inner_steps'][k]['mse_ci95']:.3f}" for k in ("1", "5", "10")]
         beta = f", β = {s['kl_weight']:g}" if s.get("method", name) == "abml" else ""
-        setting = (f"{s['inner_update']} α = {s['inner_lr']:g}{beta}, K = {s['train_inner_steps']} in training, "
+        alpha = f"α learned per tensor from {s['inner_lr']:g}" if s.get("learn_lr") else f"α = {s['inner_lr']:g}"
+        lik = s.get("likelihood", "")
+        noise = (f"noise σ learned from {lik.split('init ')[1].rstrip(')')}" if "learned" in lik
+                 else f"fixed noise σ = {lik.split('sigma = ')[-1]}")
+        model = f", {noise}, prior scale from {s['prior_init_scale']:g}" if "prior_init_scale" in s else ""
+        setting = (f"{s['inner_update']} {alpha}{beta}{model}, K = {s['train_inner_steps']} in training, "
                    f"outer {s['outer_optimizer']} {s['outer_lr']:g}")
         rows.append(f"| {labels.get(name, name)} | {setting} | " + " | ".join(cells) + f" | {r['fit_seconds']:.0f} s |")
+        sources.setdefault(f"`{r.get('command', d['command'])}` ({r.get('date', d['date'])})", []).append(labels.get(name, name))
     cfg = d["config"]
+    cover = ["/".join(f"{r['by_inner_steps'][k]['coverage_90']:.2f}" for k in ("1", "5", "10"))
+             for n, r in d["methods"].items() if "coverage_90" in r["by_inner_steps"]["1"]]
+    cover = f" ABML's 90% predictive intervals covered {cover[0]} of the query points after 1/5/10 steps." if cover else ""
+    origin = "; ".join(f"{c} ({', '.join(rs)})" for c, rs in sources.items()) if len(sources) > 1 else next(iter(sources))
     return ("\n".join(rows) + f"\n\nQuery MSE ± 95% CI over {cfg['test_tasks']} held-out tasks after 1, 5, 10 inner steps; "
-            f"every method {cfg['steps']} outer steps of {cfg['task_batch']} tasks, one CPU thread. "
-            f"From `{d['command']}` ({d['date']}).")
+            f"every method {cfg['steps']} outer steps of {cfg['task_batch']} tasks, one CPU thread.{cover} "
+            f"From {origin}.")
+
+
+def sinusoid_abml_screen() -> str:
+    """ABML settings screened against MAML at a short budget (benchmarks/sinusoid_abml_screen.py)."""
+    d = json.loads((RESULTS / "sinusoid_abml_screen.json").read_text())
+    rows = ["| variant | settings | 1 step | 5 steps | 10 steps | 90% coverage (5 steps) | training |", "|---|---|---|---|---|---|---|"]
+    for budget, runs in d["runs"].items():
+        for name, r in runs.items():
+            s = r["settings"]
+            if s.get("method") == "maml":
+                setting = "MAML: gradient α = 0.01, K = 1, fixed σ² = 1/2"
+            else:
+                noise = f"σ learned from {s['noise_init']:g}" if s["noise"] == "learned" else f"fixed σ = {s['noise']:.3g}"
+                alpha = f"α learned from {s['lr']:g}" if s["learn_lr"] else f"α = {s['lr']:g}"
+                setting = (f"{s['update']} {alpha}, K = {s['steps']}, {noise}, prior scale {s['prior_scale']:g}, "
+                           f"β = {s['beta']:g}")
+            if r.get("diverged_in_training"):
+                rows.append(f"| {name} | {setting} | diverged in training | | | | {budget.split('x')[0]} steps |")
+                continue
+            b = r["by_inner_steps"]
+            cells = [f"{b[k]['mse']:.3f} ± {b[k]['mse_ci95']:.3f}" for k in ("1", "5", "10")]
+            cov = f"{b['5']['coverage_90']:.2f}" if "coverage_90" in b["5"] else "n/a"
+            steps, rest = budget.split("x")
+            batch, tests = rest.split("/")
+            rows.append(f"| {name} | {setting} | " + " | ".join(cells)
+                        + f" | {cov} | {steps} steps × {batch} tasks, {r['fit_seconds']:.0f} s; {tests} test tasks |")
+    return ("\n".join(rows) + "\n\nQuery MSE ± 95% CI of the predictive mean; wall times on a shared 2-core machine "
+            f"(load 2 to 5), so only rough. The 2000-step rows: `benchmarks/sinusoid_abml_screen.py` runs, one variant each "
+            f"({d['date']}); the 8000-step rows: `benchmarks/sinusoid_methods.py` with its ABML row set to the variant "
+            "(commands in `docs/results/sinusoid_abml_screen.json`).")
 
 
 def siren_study() -> str:
@@ -501,7 +543,7 @@ def update(paths: list[str], tables: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    tables = {"scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "curvature": curvature, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "glyph_methods": glyph_methods, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk}
+    tables = {"scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "curvature": curvature, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "sinusoid_abml_screen": sinusoid_abml_screen, "glyph_methods": glyph_methods, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk}
     if args[:1] == ["--update"] and len(args) > 1:
         update(args[1:], tables)
         return 0
