@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--curvature-every", type=int, default=1,
                    help="natural update: measure the curvature every n-th inner step (default 1)")
     p.add_argument("--noise", type=float, default=0.3, help="initial likelihood sd (default 0.3)")
+    p.add_argument("--fixed-noise", action="store_true", help="keep the likelihood sd at --noise (not learned)")
+    p.add_argument("--learn-lr", action="store_true", help="InnerConfig(learn_lr=True): one learned α per λ tensor")
     p.add_argument("--prior-scale", type=float, default=0.1, help="initial prior sd (default 0.1)")
     p.add_argument("--lr", type=float, default=3e-3, help="outer Adam lr (default 3e-3)")
     p.add_argument("--test-tasks", type=int, default=600, help="held-out tasks (default 600)")
@@ -46,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     meta = hvi.MetaModel(
         hvi.models.get_model("mlp"),
         prior=hvi.get_prior("gaussian", init_scale=args.prior_scale),
-        likelihood=hvi.Gaussian(noise="learned", init_scale=args.noise),
+        likelihood=hvi.Gaussian(noise=args.noise) if args.fixed_noise else hvi.Gaussian(noise="learned", init_scale=args.noise),
         inner=hvi.InnerConfig(steps=args.inner_steps, update=args.update, lr=args.lr_inner,
-                              curvature_every=args.curvature_every),
+                              curvature_every=args.curvature_every, learn_lr=args.learn_lr),
     )
     t0 = time.perf_counter()
     result = hvi.fit(meta, source, steps=args.steps, task_batch=8, lr=args.lr, seed=args.seed)
