@@ -41,16 +41,13 @@ objective to φ, and the chain rule to (μ, ρ) is written out.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from types import SimpleNamespace
 
 import pyro
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 from torch.distributions import Normal
 
 from hvi import choices, natural
@@ -58,6 +55,7 @@ from hvi.families import GuideFamily, inv_softplus
 from hvi.functional import FunctionalNet
 from hvi.likelihoods import Likelihood
 from hvi.noise import TaskNoise
+from hvi.recompute import Redraw, checkpointed, checkpointed_loop, recompute_steps
 from hvi.parallel import map_task_chunks, num_task_chunks
 from hvi.priors.base import BoundPrior, pad_site
 from hvi.settings import check_inner
@@ -197,208 +195,6 @@ class _LastNoise(TaskNoise):
         out = super().next(generators)
         object.__setattr__(self, "last", out)
         return out
-
-
-def _checkpointed(step):
-    """``step`` whose activations are recomputed in the backward pass instead of kept."""
-    from torch.utils.checkpoint import checkpoint
-
-    def quiet(*args):
-        # The recomputation runs in the backward pass, outside adapt()'s
-        # validation_enabled(False): argument checks there would be a host sync per step.
-        with pyro.validation_enabled(False):
-            return step(*args)
-
-    def run(*args):
-        return checkpoint(quiet, *args, use_reentrant=False)
-
-    return run
-
-
-class _Redraw:
-    """One step's noise from per-task streams, drawn once and redrawn from the streams' states.
-
-    The forward pass uses the draw; once :meth:`release` drops it, a checkpointed
-    step's recomputation redraws the same numbers from the generator states taken
-    before the draw (about 5 kB per task on CPU, instead of ``S·D`` numbers).
-    """
-
-    def __init__(self, eps: TaskNoise, streams: list[torch.Generator]) -> None:
-        self.eps = eps
-        self.states = [g.get_state() for g in streams]
-        self.drawn: Tensor | None = eps.next(streams)
-
-    def __call__(self) -> Tensor:
-        if self.drawn is not None:
-            return self.drawn
-        gens = []
-        for state in self.states:
-            g = torch.Generator(device=self.eps.device)
-            g.set_state(state)
-            gens.append(g)
-        return self.eps.next(gens)
-
-    def release(self) -> None:
-        self.drawn = None
-
-
-class _StepInputs:
-    """The tensors a checkpointed loop keeps of its steps, in one buffer allocated before the loop.
-
-    ``torch.utils.checkpoint`` keeps each step's tensor inputs (λ^(m)) for the
-    recomputation. Kept as they come, each is an allocation made among one
-    step's temporaries that outlives them, and the C allocator's heap grows
-    around them. While :meth:`keeping` is active, the checkpoint saves a copy
-    of the given tensors in the next row of a buffer made once, and the step's
-    own input is freed after the step.
-
-    Args:
-        like: The tensors of one step, by key (shapes, dtype, device).
-        rows: Number of steps whose inputs will be kept.
-    """
-
-    def __init__(self, like: Mapping[str, Tensor], rows: int) -> None:
-        self.buffers = {k: v.new_empty((rows,) + v.shape) for k, v in like.items()}
-        self.row = 0
-
-    @contextmanager
-    def keeping(self, tensors: Mapping[str, Tensor]) -> Iterator[None]:
-        """Saved tensors hooks that store ``tensors`` in the next row (other tensors pass through)."""
-        row = self.row
-        self.row += 1
-        # The hooks outlive the block (autograd keeps them with what they saved): their
-        # closure must not keep the tensors themselves, or nothing would be saved.
-        targets = {k: v for k, v in tensors.items() if k in self.buffers}
-
-        def pack(t: Tensor):
-            for k, v in list(targets.items()):
-                if t is v or (t.data_ptr() == v.data_ptr() and t.shape == v.shape and t.stride() == v.stride()):
-                    kept = self.buffers[k][row]
-                    kept.copy_(t.detach())
-                    del targets[k]
-                    return kept
-            return t
-
-        try:
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                yield
-        finally:
-            targets.clear()
-
-
-
-class _RecomputedSteps(torch.autograd.Function):
-    """K inner steps as one autograd node that keeps λ^(m) and recomputes each step backward.
-
-    ``forward(ctx, spec, *λ^(0) values, *params)`` runs ``spec.step`` K times
-    without a graph (the inner gradients with ``create_graph=False``), writing
-    λ^(1..K−1) into one buffer allocated before the first step. ``backward``
-    goes through the steps in reverse: it recomputes step m from λ^(m) with
-    ``create_graph=True`` and takes the vector-Jacobian product with respect to
-    λ^(m) and ``params`` (the tensors of θ the step reads: likelihood sites,
-    prior terms, α). Per step only λ^(m) and the noise streams' states are
-    kept; no per-step graph either, whose small allocations, interleaved with
-    the steps' temporaries, made the C allocator's heap grow.
-
-    ``spec`` has ``keys`` (the state's keys: λ's, or the natural update's
-    (m, s[, h])), ``steps``, ``noise_at(m)`` (step m's noise: a tensor, or a
-    :class:`_Redraw`) and ``step(t, lam, e, params, create_graph) -> λ`` (t:
-    the step's index). See :func:`_recompute_steps`.
-    """
-
-    @staticmethod
-    def forward(ctx, spec, *tensors):
-        n = len(spec.keys)
-        lam = {k: v.detach() for k, v in zip(spec.keys, tensors[:n])}
-        params = [p.detach() for p in tensors[n:]]
-        rows = {k: v.new_empty((spec.steps - 1,) + v.shape) for k, v in lam.items()} if spec.steps > 1 else {}
-        noises = []
-        for m in range(spec.steps):
-            if m > 0:
-                for k, v in lam.items():
-                    rows[k][m - 1].copy_(v)
-            e = spec.noise_at(m)
-            with torch.enable_grad():
-                out = spec.step(m, lam, e, params, create_graph=False)
-            lam = {k: v.detach() for k, v in out.items()}
-            del out
-            if isinstance(e, _Redraw):
-                e.release()
-            noises.append(e)
-        ctx.spec, ctx.rows, ctx.noises = spec, rows, noises
-        ctx.save_for_backward(*tensors)
-        return tuple(lam[k] for k in spec.keys)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, *grads):
-        spec, rows, noises = ctx.spec, ctx.rows, ctx.noises
-        n = len(spec.keys)
-        tensors = ctx.saved_tensors
-        lam0, params = tensors[:n], tensors[n:]
-        need = ctx.needs_input_grad[1 + n:]
-        leaves = [p.detach().requires_grad_(bool(w)) for p, w in zip(params, need)]
-        wanted = [p for p, w in zip(leaves, need) if w]
-        out_grads = [g if g is not None else torch.zeros_like(v) for g, v in zip(grads, lam0)]
-        total = [None] * len(wanted)
-        # The recomputation runs outside adapt()'s validation_enabled(False):
-        # argument checks there would be a host sync per step.
-        with pyro.validation_enabled(False):
-            for m in reversed(range(spec.steps)):
-                src = [(lam0[i] if m == 0 else rows[k][m - 1]).detach().requires_grad_() for i, k in enumerate(spec.keys)]
-                with torch.enable_grad():
-                    out = spec.step(m, dict(zip(spec.keys, src)), noises[m], leaves, create_graph=True)
-                    found = torch.autograd.grad([out[k] for k in spec.keys], src + wanted, out_grads, allow_unused=True)
-                del out
-                out_grads = [g if g is not None else torch.zeros_like(v) for g, v in zip(found[:n], src)]
-                total = [t if g is None else g if t is None else t + g for t, g in zip(total, found[n:])]
-        it = iter(total)
-        return (None, *out_grads, *(next(it) if w else None for w in need))
-
-
-def _recompute_steps(step, lam: dict[str, Tensor], params: list[Tensor], noise_at, steps: int) -> dict[str, Tensor]:
-    """The state after ``steps`` calls ``lam = step(t, lam, noise_at(t), params, create_graph)``, as one
-    :class:`_RecomputedSteps` node.
-
-    ``params`` are the tensors the step reads besides the state (by position);
-    the node differentiates the recomputed steps with respect to them.
-    """
-    spec = SimpleNamespace(keys=list(lam), steps=steps, noise_at=noise_at, step=step)
-    return dict(zip(spec.keys, _RecomputedSteps.apply(spec, *lam.values(), *params)))
-
-
-def _checkpointed_loop(step, lam: dict[str, Tensor], noise_at, steps: int) -> dict[str, Tensor]:
-    """λ^(K) from ``steps`` calls ``lam = step(lam, noise)``, each checkpointed.
-
-    Kept per step for the backward pass: λ^(m) (in one :class:`_StepInputs`
-    buffer) and the noise streams' states (a :class:`_Redraw`) or the view of a
-    noise tensor that is kept anyway; the step's activations and noise are
-    recomputed. The recomputation gives bit-identical values, so the gradients
-    are those of the unchecked loop.
-    """
-    from torch.utils.checkpoint import checkpoint
-
-    keys = list(lam)
-
-    def quiet(*args):
-        # The recomputation runs in the backward pass, outside adapt()'s
-        # validation_enabled(False): argument checks there would be a host sync per step.
-        with pyro.validation_enabled(False):
-            return step(dict(zip(keys, args[:-1])), args[-1])
-
-    store = None
-    for m in range(steps):
-        e = noise_at(m)
-        if m == 0:  # λ^(0) is θ's own (kept by the outer graph): no copy
-            lam = checkpoint(quiet, *lam.values(), e, use_reentrant=False)
-        else:
-            if store is None:
-                store = _StepInputs(lam, steps - 1)
-            with store.keeping(lam):
-                lam = checkpoint(quiet, *lam.values(), e, use_reentrant=False)
-        if isinstance(e, _Redraw):
-            e.release()
-    return lam
 
 
 def _ascend(lam: Tensor, alpha: Tensor | float, grad: Tensor) -> Tensor:
@@ -656,15 +452,15 @@ class InnerLoop:
     def _noise_reader(eps, replay: bool = False):
         """Step m's noise ``(*lead, B, S, D)``, from a tensor or drawn from per-task streams in order.
 
-        ``replay``: per-task streams give a :class:`_Redraw` (call it for the tensor),
+        ``replay``: per-task streams give a :class:`Redraw` (call it for the tensor),
         which a checkpointed step can redraw in the backward pass.
         """
         streams = eps.generators() if isinstance(eps, TaskNoise) else None
 
-        def noise_at(m: int) -> Tensor | _Redraw:
+        def noise_at(m: int) -> Tensor | Redraw:
             if streams is None:
                 return eps[..., m, :, :]
-            return _Redraw(eps, streams) if replay else eps.next(streams)
+            return Redraw(eps, streams) if replay else eps.next(streams)
 
         return noise_at
 
@@ -703,10 +499,10 @@ class InnerLoop:
 
         # One step as a function: its temporaries (φ, gradients, σ) die when it
         # returns instead of staying bound through the next step's forward.
-        def step(lam: dict[str, Tensor], e: Tensor | _Redraw, parts=None, create_graph: bool = True) -> dict[str, Tensor]:
+        def step(lam: dict[str, Tensor], e: Tensor | Redraw, parts=None, create_graph: bool = True) -> dict[str, Tensor]:
             """λ after one step from ``lam``; ``parts``: (ℓ, KL terms, α) in place of the loop's own."""
             loglik_, kl_terms_, alpha_ = (loglik, kl_terms, alpha) if parts is None else parts
-            e = e() if isinstance(e, _Redraw) else e
+            e = e() if isinstance(e, Redraw) else e
             src = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in lam.items()}
             if closed_form:
                 sigma = F.softplus(src["rho"])
@@ -726,14 +522,14 @@ class InnerLoop:
             return self._recomputed(step, lam, lik, kl_terms if closed_kl else None, alpha, noise_at, steps,
                                     lambda lk: self._support_loglik(lk, x, y, noise, mask, lead, S, twice=True))
         if checkpointed:
-            return _checkpointed_loop(step, lam, noise_at, steps)
+            return checkpointed_loop(step, lam, noise_at, steps)
         for m in range(steps):
             lam = step(lam, noise_at(m))
         return lam
 
     @staticmethod
     def _recomputed(step, lam, lik, kl_terms, alpha, noise_at, steps, make_loglik) -> dict[str, Tensor]:
-        """λ^(K) through one :class:`_RecomputedSteps` node (memory="checkpoint", closed-form KL gradient).
+        """λ^(K) through one :class:`RecomputedSteps` node (memory="checkpoint", closed-form KL gradient).
 
         The step's tensors of θ (likelihood sites, the prior's (μ_p, s_p), learned
         or per-weight α) become the node's inputs, so that its backward can
@@ -750,7 +546,7 @@ class InnerLoop:
             al = {k: next(it) if k in alpha_keys else a for k, a in alpha.items()}
             return step(lam_, e, (make_loglik(lk), kl, al), create_graph)
 
-        return _recompute_steps(spec_step, lam, params, noise_at, steps)
+        return recompute_steps(spec_step, lam, params, noise_at, steps)
 
     # -- memory="implicit": no graph through the steps (hvi.implicit) ---------------
     def _run_implicit(self, theta, lik, lr, x, y, noise, mask, eps, steps, lead) -> dict[str, Tensor]:
@@ -850,7 +646,7 @@ class InnerLoop:
         every = cfg.curvature_every
         at_mean = (self._support_loglik(lik, x, y, noise, mask, lead, 1, twice=second_order)
                    if every > 1 and steps > 1 else None)
-        # memory="checkpoint" with a Normal prior: one _RecomputedSteps node; others checkpoint each step.
+        # memory="checkpoint" with a Normal prior: one RecomputedSteps node; others checkpoint each step.
         recomputed = second_order and cfg.memory == "checkpoint" and prior is not None
         noise_at = self._noise_reader(eps, replay=recomputed)
         m0, s0 = lam0["loc"], F.softplus(lam0["rho"]).pow(-2)
@@ -866,14 +662,14 @@ class InnerLoop:
                 (loglik, line, at_mean, prior, a_m, a_s) if parts is None else parts)
             sigma = s.rsqrt()
             if h_last is None:  # measure g and h at the antithetic points
-                e = natural.probes(raw() if isinstance(raw, _Redraw) else raw)
+                e = natural.probes(raw() if isinstance(raw, Redraw) else raw)
                 phi = torch.addcmul(m.unsqueeze(-2), sigma.unsqueeze(-2), e)
                 if not create_graph:
                     phi.requires_grad_()
                 (g_phi,) = torch.autograd.grad(loglik_(phi), [phi], create_graph=create_graph)
                 g, h = natural.moments(g_phi, e, sigma)
             else:  # keep h; g at the mean, which a quadratic ℓ's antithetic pair would also give
-                e = raw  # read by a generic prior only (never a _Redraw: those come with a Normal prior)
+                e = raw  # read by a generic prior only (never a Redraw: those come with a Normal prior)
                 phi = m.unsqueeze(-2) if create_graph else m.detach().unsqueeze(-2).requires_grad_()
                 (g_phi,) = torch.autograd.grad(at_mean_(phi), [phi], create_graph=create_graph)
                 g, h = g_phi.squeeze(-2), h_last
@@ -896,7 +692,7 @@ class InnerLoop:
             m, s = self._recomputed_natural(nat_step, m, s, lik, prior, a_m, a_s, noise_at, steps, every, x, y,
                                             noise, mask, lead)
             return {"loc": m.expand(lead + (B, self.size)), "rho": inv_softplus(s.rsqrt()).expand(lead + (B, self.size))}
-        run_step = _checkpointed(nat_step) if second_order and cfg.memory == "checkpoint" else nat_step
+        run_step = checkpointed(nat_step) if second_order and cfg.memory == "checkpoint" else nat_step
         h = None
         for t in range(steps):
             m, s, dm, ds, h = run_step(m, s, noise_at(t), None if t % every == 0 else h)
@@ -912,7 +708,7 @@ class InnerLoop:
 
     def _recomputed_natural(self, nat_step, m, s, lik, prior, a_m, a_s, noise_at, steps, every, x, y, noise,
                             mask, lead) -> tuple[Tensor, Tensor]:
-        """(m, s)^(K) through one :class:`_RecomputedSteps` node (memory="checkpoint", Normal prior).
+        """(m, s)^(K) through one :class:`RecomputedSteps` node (memory="checkpoint", Normal prior).
 
         The state is (m, s), and the kept curvature h when ``curvature_every > 1``
         (a step that measures h afresh ignores the h it is given; the first is
@@ -942,7 +738,7 @@ class InnerLoop:
             return {"m": m_, "s": s_, "h": h} if keep_h else {"m": m_, "s": s_}
 
         state = {"m": m, "s": s, **({"h": m.new_zeros(m.shape)} if keep_h else {})}
-        out = _recompute_steps(spec_step, state, params, noise_at, steps)
+        out = recompute_steps(spec_step, state, params, noise_at, steps)
         return out["m"], out["s"]
 
     # -- first order: λ moves in place, no step is recorded ---------------------

@@ -117,7 +117,7 @@ ORDERS = {"second": False, "first": True}
 
 # Found by these tests: with memory="checkpoint", second order, the inner steps are recomputed in
 # the outer backward pass, outside adapt()'s pyro.validation_enabled(False), so the likelihood's
-# Normal validated its arguments there (a host sync per step). hvi/adapt.py::_checkpointed now
+# Normal validated its arguments there (a host sync per step). hvi/recompute.py::checkpointed now
 # disables validation inside the checkpointed function; the cases below keep it that way.
 
 

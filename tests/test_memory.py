@@ -77,7 +77,7 @@ def _graph(memory: str, steps: int, update: str = "gradient", **extra):
         if fn is not None and fn not in seen:
             seen.add(fn)
             todo.extend(f for f, _ in fn.next_functions)
-    return seen, [fn for fn in seen if type(fn).__name__ == "_RecomputedStepsBackward"], meta.net.num_weights
+    return seen, [fn for fn in seen if type(fn).__name__ == "RecomputedStepsBackward"], meta.net.num_weights
 
 
 def test_checkpointed_steps_keep_only_each_steps_lambda_and_noise_states():
@@ -106,13 +106,13 @@ def test_checkpointed_natural_steps_are_one_node_keeping_m_s_and_the_kept_curvat
 
 
 def test_redrawn_noise_is_the_noise_the_forward_pass_drew():
-    from hvi.adapt import _Redraw
+    from hvi.recompute import Redraw
     from hvi.noise import TaskNoise
 
     torch.manual_seed(3)
     eps = TaskNoise.draw_seed(lead=(), num_tasks=2, steps=3, shape=(2, 7), device=torch.device("cpu"), dtype=DT)
     streams = eps.generators()
-    draws = [_Redraw(eps, streams) for _ in range(3)]
+    draws = [Redraw(eps, streams) for _ in range(3)]
     forward = [d() for d in draws]
     for d in draws:
         d.release()
