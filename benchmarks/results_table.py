@@ -38,7 +38,9 @@ RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 def sinusoid() -> str:
     rows = ["| inner update | 0 steps (prior) | 1 step | 5 steps | 10 steps | training |", "|---|---|---|---|---|---|"]
     notes = []
-    for name, label in (("sinusoid.json", "natural, α = 0.1"), ("sinusoid_gradient.json", "gradient ascent, α = 0.01")):
+    for name, label in (("sinusoid_tuned.json", "natural, α learned per tensor, fixed σ = 0.1, prior scale 0.03 (the snippet)"),
+                        ("sinusoid.json", "natural, α = 0.1, learned σ, prior scale 0.1 (zoo `mlp` defaults)"),
+                        ("sinusoid_gradient.json", "gradient ascent, α = 0.01")):
         path = RESULTS / name
         if not path.exists():
             continue
@@ -47,13 +49,17 @@ def sinusoid() -> str:
         cfg = d["config"]
         rows.append(f"| {label} | " + " | ".join(cells) + f" | {cfg['steps']} steps × {cfg['inner_steps']} inner, {d['fit_seconds']:.0f} s |")
         notes.append(f"`{d['command']}` ({d['date']})")
-    seeds = []
-    for path in sorted(RESULTS.glob("sinusoid_seed*.json")):  # the natural row's configuration, other seeds
-        d = json.loads(path.read_text())
-        seeds.append(f"seed {d['config']['seed']}: {d['by_inner_steps']['5']['mse']:.3f} ± {d['by_inner_steps']['5']['mse_ci95']:.3f}")
-        notes.append(f"`{d['command']}` ({d['date']})")
-    other = f" The natural row at other seeds of the network's init and fit, after 5 steps: {'; '.join(seeds)}." if seeds else ""
-    return "\n".join(rows) + "\n\nQuery MSE ± 95% CI over held-out tasks." + other + " From " + "; ".join(notes) + "."
+    other = ""
+    for pattern, row in (("sinusoid_tuned_seed*.json", "first"), ("sinusoid_seed*.json", "second")):
+        seeds = []
+        for path in sorted(RESULTS.glob(pattern)):  # the row's configuration at other seeds
+            d = json.loads(path.read_text())
+            seeds.append(f"seed {d['config']['seed']}: {d['by_inner_steps']['5']['mse']:.3f} ± "
+                         f"{d['by_inner_steps']['5']['mse_ci95']:.3f}")
+            notes.append(f"`{d['command']}` ({d['date']})")
+        if seeds:
+            other += f" The {row} row at other seeds of the network's init and fit, after 5 steps: {'; '.join(seeds)}."
+    return "\n".join(rows) + "\n\nQuery MSE ± 95% CI over held-out tasks (seed 0)." + other + " From " + "; ".join(notes) + "."
 
 
 def conjugate() -> str:
