@@ -4,6 +4,7 @@
   64×64, base-32 U-Net at task batch 1 (second order, ``--memory-mode checkpoint``;
   the unchecked loop beside it);
 * implicit meta-gradients: the same, ``--memory-mode implicit``;
+* the same checkpoint criterion under the natural update (``natural checkpoint steps``);
 * task chunks: peak RSS at task batch 16 against 1, second order, 32×32 base 16,
   in chunks of 1 task (``--chunk 1``; the unchunked batch beside it).
 
@@ -11,6 +12,7 @@
 
     python benchmarks/memory_criteria.py --out docs/results/memory_criteria.json
     python benchmarks/memory_criteria.py --only "implicit steps" --out docs/results/memory_criteria_implicit.json
+    python benchmarks/memory_criteria.py --only "natural checkpoint steps" --out docs/results/memory_criteria_natural.json
 
 ``--only`` runs the named criteria alone (into a file of their own: each file
 holds one run of its command).
@@ -34,8 +36,12 @@ HERE = Path(__file__).resolve().parent
 # pass included, so the peak would miss the backward. 2e-6 stays finite through K = 20.
 STEPS = ["--size", "64", "--base", "32", "--task-batch", "1", "--inner-steps", "2,20", "--inner-lr", "2e-6"]
 
+# The natural update (the library's default), at a step fraction that stays finite through K = 20.
+NATURAL = [*STEPS[:-2], "--update", "natural", "--inner-lr", "0.01"]
+
 RUNS = (
     ("checkpoint steps", [*STEPS, "--memory-mode", "checkpoint"]),
+    ("natural checkpoint steps", [*NATURAL, "--memory-mode", "checkpoint"]),
     ("checkpoint steps", STEPS),
     ("implicit steps", [*STEPS, "--memory-mode", "implicit"]),
     ("task chunks", ["--task-batch", "1,16", "--inner-steps", "5", "--chunk", "1"]),
