@@ -184,10 +184,6 @@ class InnerConfig:
         return float(self.lr[key])
 
 
-#: InnerConfig.memory: what the second-order backward keeps of the inner steps.
-MEMORY_MODES = choices.MEMORY_MODES
-
-
 class _LastNoise(TaskNoise):
     """Per-task noise streams that keep the last draw they gave (``.last``)."""
 
