@@ -21,13 +21,26 @@ Settings per method (``SETTINGS`` below; 3 training inner steps for all):
   Omniglot step size), second order, outer Adam 1e-3.
 * fomaml: as maml, first order.
 * reptile: gradient descent at α = 0.4, outer SGD at ε = 0.5 (constant).
+
+ABML variants (``ABML_VARIANTS``, each a ``--methods`` name) change the abml
+row's inner loop one setting at a time, for the screen on 5-shot episodes::
+
+    OMP_NUM_THREADS=1 python benchmarks/glyph_methods.py --methods abml_ls --shots 5 --test-tasks 200 \\
+        --merge --out docs/results/glyph_abml_screen.json
+
+``--merge`` keeps the other rows of an existing ``--out`` (same ``--steps``,
+``--task-batch``, ``--test-tasks``, ``--samples``) and gives every row its own
+command and date.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -43,17 +56,65 @@ SETTINGS = {
     "fomaml": ("fomaml", "gradient", 0.4, True, 1e-3, 0.0),
     "reptile": ("reptile", "gradient", 0.4, True, 0.5, 0.0),
 }
+#: ABML's inner loop (the ``hvi fit --model conv4`` defaults): α of the mean and, when not None, of the
+#: precision (``lr_rho``), KL weight β, first order, learned per-tensor α, line search, draws per step.
+ABML = {"lr": 0.3, "lr_rho": None, "kl_weight": 1e-3, "first_order": True, "learn_lr": False, "line_search": False,
+        "num_samples": 1}
+#: ABML variant → its changes to ``ABML`` (one setting at a time, then combinations).
+ABML_VARIANTS: dict[str, dict] = {
+    "abml": {},
+    "abml_2nd": {"first_order": False},
+    "abml_ls": {"line_search": True},
+    "abml_ls_a01": {"line_search": True, "lr": 0.1},
+    "abml_ls_a1": {"line_search": True, "lr": 1.0},
+    "abml_a01": {"lr": 0.1},
+    "abml_learnlr": {"learn_lr": True},
+    "abml_b1e-2": {"kl_weight": 1e-2},
+    "abml_s2": {"num_samples": 2},
+    "abml_rho003": {"lr_rho": 0.03},
+}
 TRAIN_INNER_STEPS = 3
 EVAL_STEPS = (1, 3, 10)
 
 
+def abml_settings(variant: str) -> dict:
+    """ABML's inner-loop settings of ``variant`` (``ABML`` with the variant's changes)."""
+    if variant not in ABML_VARIANTS:
+        raise ValueError(f"variant={variant!r} is not an ABML variant; use one of {', '.join(ABML_VARIANTS)}.")
+    return {**ABML, **ABML_VARIANTS[variant]}
+
+
+def settings(variant: str) -> dict:
+    """The settings row of ``variant`` as the results JSON records it."""
+    if variant in ABML_VARIANTS:
+        a = abml_settings(variant)
+        return {"method": "abml", "inner_update": "natural", "inner_lr": a["lr"], "inner_lr_rho": a["lr_rho"],
+                "first_order": a["first_order"], "kl_weight": a["kl_weight"], "learn_lr": a["learn_lr"],
+                "line_search": a["line_search"], "inner_samples": a["num_samples"],
+                "train_inner_steps": TRAIN_INNER_STEPS, "outer_optimizer": "Adam", "outer_lr": 1e-3}
+    if variant not in SETTINGS:
+        raise ValueError(f"variant={variant!r} is unknown; use one of {', '.join([*SETTINGS, *ABML_VARIANTS])}.")
+    method, update, alpha, first_order, outer_lr, beta = SETTINGS[variant]
+    return {"method": method, "inner_update": update, "inner_lr": alpha, "first_order": first_order, "kl_weight": beta,
+            "train_inner_steps": TRAIN_INNER_STEPS, "outer_optimizer": "SGD" if method == "reptile" else "Adam",
+            "outer_lr": outer_lr}
+
+
 def build(variant: str) -> hvi.MetaModel:
     """The model of ``variant`` (same network initialisation for every one)."""
-    method, update, alpha, first_order, _, beta = SETTINGS[variant]
+    s = settings(variant)
+    method = s["method"]
     torch.manual_seed(0)
     net = hvi.models.get_model("conv4", hidden=32)
-    inner = hvi.InnerConfig(steps=TRAIN_INNER_STEPS, update=update, lr=alpha, first_order=first_order,
-                            **({"kl_weight": beta} if method == "abml" else {}))
+    if method == "abml":
+        a = abml_settings(variant)
+        lr = a["lr"] if a["lr_rho"] is None else {"loc": a["lr"], "rho": a["lr_rho"]}
+        inner = hvi.InnerConfig(steps=TRAIN_INNER_STEPS, update="natural", lr=lr, first_order=a["first_order"],
+                                kl_weight=a["kl_weight"], learn_lr=a["learn_lr"], line_search=a["line_search"],
+                                num_samples=a["num_samples"])
+    else:
+        inner = hvi.InnerConfig(steps=TRAIN_INNER_STEPS, update=s["inner_update"], lr=s["inner_lr"],
+                                first_order=s["first_order"])
     return hvi.MetaModel(net, prior=hvi.get_prior("gaussian", init_scale=0.01), likelihood=hvi.Categorical(),
                          inner=inner, method=method)
 
@@ -75,51 +136,83 @@ def evaluate(meta: hvi.MetaModel, test: hvi.TaskBatch, steps: int, chunk: int, s
     return {"accuracy": mean, "accuracy_ci95": [lo, hi], "ece": float(ece), "ece_ci95": [e_lo, e_hi]}
 
 
+def _merge(earlier: dict, results: dict) -> dict:
+    """``earlier``'s rows (each with its own command and date) with ``results``' rows in their place or after them."""
+    merged: dict[str, dict] = {}
+    for shots, block in earlier["results"].items():
+        merged[shots] = {v: {**r, "command": r.get("command", earlier["command"]), "date": r.get("date", earlier["date"])}
+                         for v, r in block.items()}
+    for shots, block in results.items():
+        merged.setdefault(shots, {}).update(block)
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=300, help="outer steps for every method (default 300)")
     p.add_argument("--task-batch", type=int, default=4, help="episodes per outer step (default 4)")
     p.add_argument("--shots", default="1,5", help="comma-separated k_shot values (default 1,5)")
-    p.add_argument("--methods", default=",".join(SETTINGS), help="comma-separated variants (default: all)")
+    p.add_argument("--methods", default=",".join(SETTINGS),
+                   help=f"comma-separated variants (default: all of {','.join(SETTINGS)}; ABML variants: "
+                        f"{','.join(ABML_VARIANTS)})")
     p.add_argument("--test-tasks", type=int, default=600, help="held-out episodes (default 600)")
     p.add_argument("--samples", type=int, default=10, help="ABML weight draws per prediction (default 10)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", default="docs/results/glyph_methods.json", help="JSON file to write")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other rows of an existing --out (same --steps, --task-batch, --test-tasks, --samples)")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    hvi.tune_allocator()
     shots = [int(s) for s in args.shots.split(",")]
     methods = args.methods.split(",")
+    unknown = [v for v in methods if v not in SETTINGS and v not in ABML_VARIANTS]
+    if unknown:
+        p.error(f"--methods: unknown {', '.join(unknown)}; use some of {', '.join([*SETTINGS, *ABML_VARIANTS])}")
+    budget = {k: getattr(args, k) for k in ("steps", "task_batch", "test_tasks", "samples")}
+    earlier = None
+    if args.merge and Path(args.out).exists():
+        earlier = json.loads(Path(args.out).read_text())
+        was = {k: earlier["config"].get(k) for k in budget}
+        if was != budget:
+            p.error(f"--merge: {args.out} was measured at {was}, not {budget}; use the same --steps, --task-batch, "
+                    "--test-tasks and --samples, or drop --merge")
+    command = " ".join(["python", "benchmarks/glyph_methods.py", *(sys.argv[1:] if argv is None else argv)])
+    torch.set_num_threads(args.threads)
+    hvi.tune_allocator()
     results: dict[str, dict] = {}
     for k_shot in shots:
         source = hvi.data.get_source("glyphs", n_way=5, k_shot=k_shot, k_query=5,
                                       num_tasks=(5000, 500, max(500, args.test_tasks)))
         test = source.get_tasks("test", torch.arange(args.test_tasks))
         for variant in methods:
-            method, update, alpha, first_order, outer_lr, beta = SETTINGS[variant]
+            row = settings(variant)
             meta = build(variant)
             t0 = time.perf_counter()
-            fitted = hvi.fit(meta, source, steps=args.steps, task_batch=args.task_batch, lr=outer_lr, seed=0)
+            fitted = hvi.fit(meta, source, steps=args.steps, task_batch=args.task_batch, lr=row["outer_lr"], seed=0)
             seconds = time.perf_counter() - t0
             scores = {str(m): evaluate(meta, test, m, 100, args.samples, seed=m) for m in EVAL_STEPS}
             for m, s in scores.items():
                 print(f"{k_shot}-shot {variant:>8} {m:>2} steps: accuracy {s['accuracy']:.3f} "
                       f"[{s['accuracy_ci95'][0]:.3f}, {s['accuracy_ci95'][1]:.3f}] ECE {s['ece']:.3f}", flush=True)
             results.setdefault(f"{k_shot}-shot", {})[variant] = {
-                "settings": {"method": method, "inner_update": update, "inner_lr": alpha, "first_order": first_order,
-                             "kl_weight": beta, "train_inner_steps": TRAIN_INNER_STEPS,
-                             "outer_optimizer": "SGD" if method == "reptile" else "Adam", "outer_lr": outer_lr},
+                "settings": row,
+                **({"command": command, "date": datetime.date.today().isoformat()} if args.merge else {}),
                 "fit_seconds": round(seconds, 1),
                 "skipped_steps": len(fitted.skipped),
                 "by_inner_steps": scores,
             }
             done = sum(len(v) for v in results.values())
-            write_result(args.out, "benchmarks/glyph_methods.py", argv, {  # after each fit: "complete" at the end
-                "config": {k: v for k, v in vars(args).items() if k != "out"},
+            payload = {  # after each fit: "complete" at the end
+                "config": {k: v for k, v in vars(args).items() if k not in ("out", "merge")},
                 "protocol": "glyphs, 5-way, k-shot support, 5 query per class, conv4 hidden 32, test alphabets held out",
                 "complete": done == len(shots) * len(methods),
                 "results": results,
-            })
+            }
+            if earlier is not None:  # every row carries the command and date that measured it
+                payload["results"] = _merge(earlier, results)
+                payload["config"]["shots"] = ",".join(k.split("-")[0] for k in payload["results"])
+                payload["config"]["methods"] = ",".join(dict.fromkeys(v for b in payload["results"].values() for v in b))
+                payload["complete"] = payload["complete"] and earlier.get("complete", True)
+            write_result(args.out, "benchmarks/glyph_methods.py", argv, payload)
     print(f"wrote {args.out}")
     return 0
 
