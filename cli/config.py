@@ -170,7 +170,7 @@ def finalize(cfg: dict[str, Any]) -> dict[str, Any]:
     FitSettings.from_config(cfg)  # the merged fit settings, as hvi.fit checks them
     from hvi.builders import inner_config
 
-    inner_config(cfg)  # the inner keys together (inner_lr <= 1 under inner_update='natural', ...)
+    inner_config(cfg)  # the inner keys together and with the method (inner_lr <= 1 under natural, ...)
     return cfg
 
 

@@ -245,11 +245,6 @@ class InnerLoop:
                 f"memory='implicit' needs the diagonal Normal family, but q(φ) uses "
                 f"{type(self.family).__name__}; use InnerConfig(memory='checkpoint')."
             )
-        if config.memory == "implicit" and not config.kl_weight > 0:
-            raise ValueError(
-                f"memory='implicit' needs kl_weight > 0 (got {config.kl_weight}): the KL makes the "
-                "inner objective's stationary point unique; use e.g. kl_weight=1e-3, or memory='checkpoint'."
-            )
         if config.update == "natural" and not self.family.diagonal_normal:
             raise ValueError(
                 f"update='natural' needs the diagonal Normal family, but the prior uses "

@@ -189,20 +189,23 @@ def configure_process(cfg: Mapping[str, Any], device: torch.device) -> None:
 def inner_config(cfg: Mapping[str, Any]):
     """The :class:`hvi.InnerConfig` of a run config (its keys :data:`hvi.settings.INNER_KEYS`).
 
-    Checked by :func:`hvi.settings.check_inner` with messages that name the
-    config keys (``inner_lr=1.5 is outside (0, 1]: under inner_update='natural' ...``).
-    A key missing from the config (a run saved before it existed, e.g.
-    ``curvature_every``) takes ``InnerConfig``'s default.
+    Checked by :func:`hvi.settings.check_inner` and, for ``cfg["method"]``
+    (default ``abml``), :func:`hvi.settings.check_method_inner`, with messages
+    that name the config keys (``inner_lr=1.5 is outside (0, 1]: under
+    inner_update='natural' ...``). A key missing from the config (a run saved
+    before it existed, e.g. ``curvature_every``) takes ``InnerConfig``'s default.
 
     Raises:
         ValueError: One line naming the first bad key.
     """
     from hvi import InnerConfig
-    from hvi.settings import INNER_KEYS, check_inner
+    from hvi.settings import INNER_KEYS, check_inner, check_method_inner
 
     given = {field: cfg[key] for key, field in INNER_KEYS.items() if key in cfg}
     defaults = {f.name: f.default for f in dataclasses.fields(InnerConfig)}
-    check_inner({**defaults, **given}, names={field: key for key, field in INNER_KEYS.items()})
+    names = {field: key for key, field in INNER_KEYS.items()}
+    values = check_inner({**defaults, **given}, names=names)
+    check_method_inner(cfg.get("method", "abml"), values, names=names)
     return InnerConfig(**given)
 
 

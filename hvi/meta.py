@@ -82,11 +82,6 @@ class MetaModel:
         #: q(φ_i)'s family: the prior's, or a point mass for the deterministic methods.
         self.family: GuideFamily = PointMassFamily() if is_deterministic(method) else self.prior.family
         self.likelihood = get_likelihood(likelihood)
-        if method == "abml" and not self.inner.kl_weight > 0:
-            raise ValueError(
-                f"kl_weight={self.inner.kl_weight} must be > 0 for the variational objective; "
-                "use a small value such as 1e-3 to down-weight the KL."
-            )
         self.q_theta = q_theta
         self.objective = objective
         self.q_theta_init_scale = float(q_theta_init_scale)

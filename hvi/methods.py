@@ -43,7 +43,7 @@ from torch import Tensor
 
 from hvi import choices
 from hvi.adapt import InnerConfig
-from hvi.settings import check_choice
+from hvi.settings import check_choice, check_method_inner
 
 if TYPE_CHECKING:
     from hvi.meta import MetaModel
@@ -77,24 +77,16 @@ def method_inner_config(method: str, inner: InnerConfig | None) -> InnerConfig:
 
     Raises:
         ValueError: If ``inner`` asks for something the method cannot do
-            (a natural-gradient step, several samples, or a first-order MAML).
+            (:func:`hvi.settings.check_method_inner`: ABML without a KL term;
+            for the others a natural-gradient step, several samples,
+            ``memory="implicit"``, or a first-order MAML).
     """
     check_method(method)
-    if method == "abml":
-        return inner if inner is not None else InnerConfig()
     if inner is None:
-        inner = InnerConfig(update="gradient")
-    if inner.update != "gradient":
-        raise ValueError(
-            f"method={method!r} takes plain gradient steps on a point mass, but the inner update is "
-            f"{inner.update!r}; pass inner=InnerConfig(update='gradient', lr=0.01) (CLI: --inner-update gradient)."
-        )
-    if inner.num_samples != 1:
-        raise ValueError(
-            f"method={method!r} adapts a point mass: inner num_samples={inner.num_samples} must be 1."
-        )
-    if method == "maml" and inner.first_order:
-        raise ValueError("method='maml' is second order but the inner loop says first_order=True; use method='fomaml'.")
+        inner = InnerConfig() if method == "abml" else InnerConfig(update="gradient")
+    check_method_inner(method, dataclasses.asdict(inner))
+    if method == "abml":
+        return inner
     return dataclasses.replace(inner, kl_weight=0.0, first_order=method != "maml")
 
 

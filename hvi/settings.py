@@ -11,7 +11,9 @@ The inner loop's settings are :class:`hvi.InnerConfig`'s (part of the
 :class:`hvi.MetaModel`, not of a fit): they change the model, these only how it
 is trained. Their checks are here too (:func:`check_inner`): ``InnerConfig``
 runs them on construction, naming a field ``inner steps``; the run config
-names it by its key (``inner_steps``, see :data:`INNER_KEYS`).
+names it by its key (``inner_steps``, see :data:`INNER_KEYS`). What a
+meta-learning method needs of them (ABML a KL term, MAML and the others plain
+gradient steps on a point mass) is :func:`check_method_inner`.
 
 The keys of a run's configuration (``hvi fit``'s options, ``run.toml``,
 a run directory's ``config.json``) and their checks are here too:
@@ -46,6 +48,7 @@ __all__ = [
     "check_inner",
     "check_inner_field",
     "check_int",
+    "check_method_inner",
     "check_nonnegative",
     "check_positive",
     "check_setting",
@@ -276,11 +279,7 @@ def check_inner(values: Mapping[str, Any], names: Mapping[str, str] | None = Non
     Raises:
         ValueError: One line naming the first bad value, what it must be and what to use instead.
     """
-    names = names or {}
-
-    def n(field: str) -> str:
-        return names.get(field, f"inner {field}")
-
+    n = _namer(names)
     v = {f: check_inner_field(f, x, n(f)) for f, x in values.items()}
     update, memory, lr = v["update"], v["memory"], v["lr"]
     if update == "natural" and lr is not None:
@@ -295,6 +294,11 @@ def check_inner(values: Mapping[str, Any], names: Mapping[str, str] | None = Non
         raise ValueError(
             f"{n('kl_weight')}={v['kl_weight']} leaves the natural-gradient step without a prior precision; "
             f"use {n('kl_weight')} > 0 (e.g. 1e-3) or {n('update')}='gradient'."
+        )
+    if memory == "implicit" and not v["kl_weight"] > 0:
+        raise ValueError(
+            f"{n('memory')}='implicit' needs {n('kl_weight')} > 0 (got {v['kl_weight']}): the KL makes the inner "
+            f"objective's stationary point unique; use e.g. {n('kl_weight')}=1e-3, or {n('memory')}='checkpoint'."
         )
     if memory == "implicit" and v["first_order"]:
         raise ValueError(
@@ -313,6 +317,62 @@ def check_inner(values: Mapping[str, Any], names: Mapping[str, str] | None = Non
             f"'checkpoint' (got {n('update')}={update!r}, {n('memory')}={memory!r}); use {n('curvature_every')}=1."
         )
     return v
+
+
+def _namer(names: Mapping[str, str] | None):
+    """What messages call an inner field: ``names[field]``, else ``"inner {field}"``."""
+    names = names or {}
+    return lambda field: names.get(field, f"inner {field}")
+
+
+def check_method_inner(method: str, values: Mapping[str, Any], names: Mapping[str, str] | None = None) -> None:
+    """Checks that the meta-learning ``method`` can run with these inner settings (the one home of these rules).
+
+    ABML's variational objective needs a KL term (``kl_weight > 0``). The
+    deterministic methods (:mod:`hvi.methods`) adapt a point mass with plain
+    gradient steps and no KL: ``update="gradient"``, one sample, not
+    ``memory="implicit"`` (which needs the KL), and MAML is second order.
+    :func:`hvi.methods.method_inner_config` (so :class:`hvi.MetaModel`) and the
+    run config (``hvi fit``, before any data is read) call it.
+
+    Args:
+        method: One of :data:`hvi.choices.METHODS`.
+        values: :class:`hvi.InnerConfig`'s fields ``update``, ``num_samples``,
+            ``first_order``, ``kl_weight`` and ``memory`` → their values,
+            each already valid on its own (:func:`check_inner`).
+        names: Field → what messages call it, as in :func:`check_inner`.
+
+    Raises:
+        ValueError: One line naming the method, the setting it cannot run with and what to use instead.
+    """
+    check_choice("method", method, choices.METHODS)
+    n = _namer(names)
+    if method == "abml":
+        if not values["kl_weight"] > 0:
+            raise ValueError(
+                f"{n('kl_weight')}={values['kl_weight']} must be > 0 for the variational objective of "
+                "method='abml'; use a small value such as 1e-3 to down-weight the KL."
+            )
+        return
+    if values["update"] != "gradient":
+        raise ValueError(
+            f"method={method!r} takes plain gradient steps on a point mass, but {n('update')}={values['update']!r}; "
+            f"use {n('update')}='gradient' with a small step such as {n('lr')}=0.01."
+        )
+    if values["num_samples"] != 1:
+        raise ValueError(
+            f"method={method!r} adapts a point mass: {n('num_samples')}={values['num_samples']} must be 1."
+        )
+    if values["memory"] == "implicit":
+        raise ValueError(
+            f"method={method!r} adapts a point mass without a KL term, which {n('memory')}='implicit' needs; "
+            f"use {n('memory')}='checkpoint' (or 'none')."
+        )
+    if method == "maml" and values["first_order"]:
+        raise ValueError(
+            f"method='maml' is second order but {n('first_order')}=True; use method='fomaml' "
+            f"(or {n('first_order')}=False)."
+        )
 
 
 # --------------------------------------------------------------------------- a run's config keys

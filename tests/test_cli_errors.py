@@ -116,11 +116,29 @@ def test_debug_shows_the_traceback_of_an_expected_error_too(tmp_path):
         (["--kl-weight", "0"], 1,
          "Error: kl_weight=0.0 leaves the natural-gradient step without a prior precision; use kl_weight > 0 "
          "(e.g. 1e-3) or inner_update='gradient'."),
+        # what the method cannot run with (hvi.settings.check_method_inner), named by the key
+        (["--inner-update", "gradient", "--kl-weight", "0"], 1,
+         "Error: kl_weight=0.0 must be > 0 for the variational objective of method='abml'; use a small value such "
+         "as 1e-3 to down-weight the KL."),
+        (["--method", "maml", "--inner-update", "natural"], 1,
+         "Error: method='maml' takes plain gradient steps on a point mass, but inner_update='natural'; use "
+         "inner_update='gradient' with a small step such as inner_lr=0.01."),
+        (["--method", "maml", "--first-order"], 1,
+         "Error: method='maml' is second order but first_order=True; use method='fomaml' (or first_order=False)."),
     ],
 )
 def test_wrong_typed_fit_options(tmp_path, extra, code, message):
     res = invoke(["fit", *TINY, *extra, "--out", str(tmp_path / "r")])
     assert error_line(res, code) == message
+    assert listing(tmp_path) == []
+
+
+def test_the_method_rules_are_checked_before_the_data_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_mod, "build_source", _boom)
+    res = invoke(["fit", *TINY, "--method", "maml", "--memory-mode", "implicit", "--no-learn-lr",
+                  "--out", str(tmp_path / "r")])
+    assert error_line(res) == ("Error: method='maml' adapts a point mass without a KL term, which "
+                               "memory_mode='implicit' needs; use memory_mode='checkpoint' (or 'none').")
     assert listing(tmp_path) == []
 
 

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import hvi
+from hvi.families import PointMassFamily
 from hvi.guide import guide_globals, inner_lrs
 from hvi.implicit import cg_solve
 from hvi.priors import GaussianPrior, LaplacePrior
@@ -277,13 +278,16 @@ def test_bad_implicit_settings_are_one_line_errors(kwargs, message):
 
 def test_implicit_needs_the_normal_family_and_a_normal_prior(one_thread):
     inner = hvi.InnerConfig(memory="implicit", update="gradient")
-    maml = hvi.MetaModel(tanh_net(), GaussianPrior(init_scale=0.3), "gaussian", inner=inner, method="maml")
+    with pytest.raises(ValueError, match=r"^method='maml' adapts a point mass without a KL term, which inner "
+                       r"memory='implicit' needs; use inner memory='checkpoint' \(or 'none'\)\.$"):
+        hvi.MetaModel(tanh_net(), GaussianPrior(init_scale=0.3), "gaussian", inner=inner, method="maml")
+    abml = hvi.MetaModel(tanh_net(), GaussianPrior(init_scale=0.3), "gaussian", inner=inner)
     with pytest.raises(ValueError, match=r"^memory='implicit' needs the diagonal Normal family, but q\(φ\) uses "
                        r"PointMassFamily; use InnerConfig\(memory='checkpoint'\)\.$"):
-        maml.inner_loop(1)
-    no_kl = hvi.InnerConfig(memory="implicit", update="gradient", kl_weight=0.0)
-    with pytest.raises(ValueError, match=r"^memory='implicit' needs kl_weight > 0 \(got 0.0\): .*use e.g. kl_weight=1e-3"):
-        hvi.InnerLoop(maml.net, maml.prior, maml.likelihood, no_kl, 1)
+        hvi.InnerLoop(abml.net, abml.prior, abml.likelihood, inner, 1, family=PointMassFamily())
+    with pytest.raises(ValueError, match=r"^inner memory='implicit' needs inner kl_weight > 0 \(got 0.0\): .*use e.g. "
+                       r"inner kl_weight=1e-3, or inner memory='checkpoint'\.$"):
+        hvi.InnerConfig(memory="implicit", update="gradient", kl_weight=0.0)
     pyro.clear_param_store()
     laplace = hvi.MetaModel(tanh_net(), LaplacePrior(init_scale=0.3), "gaussian", inner=inner)
     with pytest.raises(ValueError, match=r"^memory='implicit' needs a Normal p\(φ \| θ\) \(e.g. GaussianPrior\), "

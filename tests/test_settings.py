@@ -105,6 +105,44 @@ def test_inner_keys_together_name_the_config_keys():
     assert (inner_config(old).memory, inner_config(old).curvature_every) == ("none", 1)
 
 
+#: method, InnerConfig fields -> the message in Python (MetaModel) and from the run config (keys named).
+METHOD_BAD = [
+    ("abml", dict(update="gradient", kl_weight=0.0),
+     "{kl_weight}=0.0 must be > 0 for the variational objective of method='abml'; use a small value such as 1e-3 "
+     "to down-weight the KL."),
+    ("maml", dict(update="natural"),
+     "method='maml' takes plain gradient steps on a point mass, but {update}='natural'; use {update}='gradient' "
+     "with a small step such as {lr}=0.01."),
+    ("fomaml", dict(update="gradient", num_samples=3), "method='fomaml' adapts a point mass: {num_samples}=3 must be 1."),
+    ("reptile", dict(update="gradient", memory="checkpoint", num_samples=2),
+     "method='reptile' adapts a point mass: {num_samples}=2 must be 1."),
+    ("maml", dict(update="gradient", memory="implicit", learn_lr=False),
+     "method='maml' adapts a point mass without a KL term, which {memory}='implicit' needs; use "
+     "{memory}='checkpoint' (or 'none')."),
+    ("maml", dict(update="gradient", first_order=True),
+     "method='maml' is second order but {first_order}=True; use method='fomaml' (or {first_order}=False)."),
+]
+
+
+@pytest.mark.parametrize("method, fields, message", METHOD_BAD, ids=[f"{m}-{sorted(f)}" for m, f, _ in METHOD_BAD])
+def test_one_message_for_the_method_rules_in_meta_model_and_the_run_config(method, fields, message):
+    """hvi.settings.check_method_inner: MetaModel names InnerConfig's fields, hvi fit's config its keys."""
+    from hvi.builders import inner_config
+    from hvi.defaults import defaults_for
+    from hvi.settings import INNER_KEYS
+
+    inner = hvi.InnerConfig(**fields)
+    python = message.format(**{f: f"inner {f}" for f in INNER_KEYS.values()})
+    with pytest.raises(ValueError) as e:
+        hvi.MetaModel(nn.Linear(1, 1), inner=inner, method=method)
+    assert str(e.value) == python
+    keys = {f: k for k, f in INNER_KEYS.items()}
+    cfg = {**defaults_for("mlp", method), "method": method, **{keys[f]: v for f, v in fields.items()}}
+    with pytest.raises(ValueError) as e:
+        inner_config(cfg)
+    assert str(e.value) == message.format(**keys)
+
+
 def test_defaults_and_normalisation():
     s = FitSettings(lr=1, clip_norm=2, device=torch.device("cpu"))
     assert (s.steps, s.task_batch, s.seed, s.max_skips, s.chunk) == (1000, None, 0, 10, None)
