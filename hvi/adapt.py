@@ -526,18 +526,12 @@ class InnerLoop:
         or per-weight α) become the node's inputs, so that its backward can
         differentiate a recomputed step with respect to them.
         """
-        lik_keys = list(lik)
-        alpha_keys = [k for k, a in alpha.items() if isinstance(a, Tensor)]
-        params = [*lik.values(), *(kl_terms or ()), *(alpha[k] for k in alpha_keys)]
 
-        def spec_step(t, lam_, e, values, create_graph):
-            it = iter(values)
-            lk = {k: next(it) for k in lik_keys}
-            kl = None if kl_terms is None else (next(it), next(it))
-            al = {k: next(it) if k in alpha_keys else a for k, a in alpha.items()}
+        def spec_step(t, lam_, e, inputs, create_graph):
+            lk, kl, al = inputs
             return step(lam_, e, (make_loglik(lk), kl, al), create_graph)
 
-        return recompute_steps(spec_step, lam, params, noise_at, steps)
+        return recompute_steps(spec_step, lam, (lik, kl_terms, alpha), noise_at, steps)
 
     # -- memory="implicit": no graph through the steps (hvi.implicit) ---------------
     def _run_implicit(self, theta, lik, lr, x, y, noise, mask, eps, steps, lead) -> dict[str, Tensor]:
@@ -707,21 +701,14 @@ class InnerLoop:
         reads: likelihood sites, the prior's (μ_p, s_p), and α_m, α_s when tensors.
         """
         S = self.config.num_samples
-        lik_keys = list(lik)
-        alphas = [a for a in (a_m, a_s) if isinstance(a, Tensor)]
-        params = [*lik.values(), *prior, *alphas]
         keep_h = every > 1 and steps > 1
         has_line, has_mean = self.config.line_search, keep_h
 
         def make(lk, n, per_point=False):
             return self._support_loglik(lk, x, y, noise, mask, lead, n, per_point=per_point, twice=True)
 
-        def spec_step(t, state, e, values, create_graph):
-            it = iter(values)
-            lk = {k: next(it) for k in lik_keys}
-            pr = (next(it), next(it))
-            am = next(it) if isinstance(a_m, Tensor) else a_m
-            as_ = next(it) if isinstance(a_s, Tensor) else a_s
+        def spec_step(t, state, e, inputs, create_graph):
+            lk, pr, (am, as_) = inputs
             parts = (make(lk, 2 * S), make(lk, 3, per_point=True) if has_line else None,
                      make(lk, 1) if has_mean else None, pr, am, as_)
             h_last = None if t % every == 0 else state["h"]
@@ -729,7 +716,7 @@ class InnerLoop:
             return {"m": m_, "s": s_, "h": h} if keep_h else {"m": m_, "s": s_}
 
         state = {"m": m, "s": s, **({"h": m.new_zeros(m.shape)} if keep_h else {})}
-        out = recompute_steps(spec_step, state, params, noise_at, steps)
+        out = recompute_steps(spec_step, state, (lik, tuple(prior), (a_m, a_s)), noise_at, steps)
         return out["m"], out["s"]
 
     # -- first order: λ moves in place, no step is recorded ---------------------

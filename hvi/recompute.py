@@ -18,9 +18,10 @@ unchecked loop to 1e-10 (``tests/test_memory.py``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import SimpleNamespace
+from typing import Any
 
 import pyro
 import torch
@@ -29,7 +30,7 @@ from torch.autograd.function import once_differentiable
 
 from hvi.noise import TaskNoise
 
-__all__ = ["Redraw", "RecomputedSteps", "StepInputs", "checkpointed", "checkpointed_loop", "recompute_steps"]
+__all__ = ["Redraw", "RecomputedSteps", "StepInputs", "checkpointed", "checkpointed_loop", "recompute_steps", "split_tensors"]
 
 
 def checkpointed(step):
@@ -189,15 +190,74 @@ class RecomputedSteps(torch.autograd.Function):
         return (None, *out_grads, *(next(it) if w else None for w in need))
 
 
-def recompute_steps(step, lam: dict[str, Tensor], params: list[Tensor], noise_at, steps: int) -> dict[str, Tensor]:
-    """The state after ``steps`` calls ``lam = step(t, lam, noise_at(t), params, create_graph)``, as one
+def recompute_steps(step, lam: dict[str, Tensor], inputs: Any, noise_at, steps: int) -> dict[str, Tensor]:
+    """The state after ``steps`` calls ``lam = step(t, lam, noise_at(t), inputs, create_graph)``, as one
     :class:`RecomputedSteps` node.
 
-    ``params`` are the tensors the step reads besides the state (by position);
-    the node differentiates the recomputed steps with respect to them.
+    ``inputs`` are what the step reads besides the state: dicts, tuples and
+    lists (nested) of the tensors of θ (likelihood sites, prior terms, α) and
+    of constants (a fixed α, None). Its tensors become the node's inputs,
+    which it differentiates the recomputed steps with respect to; ``step``
+    gets ``inputs`` back in the same structure, holding the node's tensors
+    (:func:`split_tensors`).
     """
-    spec = SimpleNamespace(keys=list(lam), steps=steps, noise_at=noise_at, step=step)
+    params, rebuild = split_tensors(inputs)
+
+    def flat_step(t, lam_, e, values, create_graph):
+        return step(t, lam_, e, rebuild(values), create_graph)
+
+    spec = SimpleNamespace(keys=list(lam), steps=steps, noise_at=noise_at, step=flat_step)
     return dict(zip(spec.keys, RecomputedSteps.apply(spec, *lam.values(), *params)))
+
+
+class _Slot:
+    """Where :func:`split_tensors` took a tensor out."""
+
+
+_SLOT = _Slot()
+
+
+def split_tensors(tree: Any) -> tuple[list[Tensor], Callable[[Sequence[Tensor]], Any]]:
+    """The tensors in ``tree`` as a flat list, and the function that puts such a list back.
+
+    Args:
+        tree: Mappings, tuples and lists (nested) whose leaves are tensors or
+            constants (None, numbers, ...).
+
+    Returns:
+        ``(tensors, rebuild)``: ``tensors`` in depth-first order; ``rebuild(values)``
+        is ``tree`` (mappings as dicts) with its tensors replaced by ``values``,
+        in that order, and its constants kept.
+    """
+    tensors: list[Tensor] = []
+
+    def take(x):
+        if isinstance(x, Tensor):
+            tensors.append(x)
+            return _SLOT
+        if isinstance(x, Mapping):
+            return {k: take(v) for k, v in x.items()}
+        if isinstance(x, (tuple, list)):
+            return (tuple if isinstance(x, tuple) else list)(take(v) for v in x)
+        return x
+
+    template = take(tree)
+
+    def rebuild(values: Sequence[Tensor]) -> Any:
+        it = iter(values)
+
+        def put(x):
+            if x is _SLOT:
+                return next(it)
+            if isinstance(x, dict):
+                return {k: put(v) for k, v in x.items()}
+            if isinstance(x, (tuple, list)):
+                return (tuple if isinstance(x, tuple) else list)(put(v) for v in x)
+            return x
+
+        return put(template)
+
+    return tensors, rebuild
 
 
 def checkpointed_loop(step, lam: dict[str, Tensor], noise_at, steps: int) -> dict[str, Tensor]:

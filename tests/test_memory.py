@@ -149,3 +149,19 @@ def test_checkpointed_steps_are_deterministic_and_accept_a_noise_tensor():
     torch.testing.assert_close(grads["checkpoint"][0], grads["none"][0], rtol=1e-12, atol=1e-12)
     for a, b_ in zip(grads["checkpoint"][1], grads["none"][1]):
         torch.testing.assert_close(a, b_, rtol=1e-10, atol=1e-12)
+
+
+def test_split_tensors_gives_the_node_its_inputs_and_the_step_its_structure():
+    """hvi.recompute.split_tensors: the one unpacking of a recomputed step's inputs (sites, prior terms, α)."""
+    from hvi.recompute import split_tensors
+
+    a, b, c, d = (torch.full((2,), float(i)) for i in range(4))
+    tree = ({"sigma": a, "nu": b}, (c, None), {"loc": d, "rho": 0.5})
+    tensors, rebuild = split_tensors(tree)
+    assert [t is u for t, u in zip(tensors, (a, b, c, d))] == [True] * 4 and len(tensors) == 4
+    new = [t + 10 for t in tensors]
+    lik, (prior_loc, none), alpha = rebuild(new)
+    assert list(lik) == ["sigma", "nu"] and lik["sigma"] is new[0] and lik["nu"] is new[1]
+    assert prior_loc is new[2] and none is None
+    assert alpha["loc"] is new[3] and alpha["rho"] == 0.5
+    assert split_tensors((None, 1.0))[0] == [] and split_tensors((None, 1.0))[1]([]) == (None, 1.0)
