@@ -13,7 +13,8 @@ import pyro
 import torch
 from torch import Tensor
 
-from hvi.builders import build_meta, build_source, configure_process
+from hvi.builders import build_meta, build_source
+from hvi.cli.process import configure_process
 from hvi.cli.run import eval_chunk_size
 
 __all__ = ["evaluate_run", "format_table", "predict_files", "load_run"]

@@ -46,7 +46,8 @@ import pyro
 import torch
 
 from hvi.cli.config import finalize, load_toml, resolve, resolve_resume
-from hvi.builders import build_meta, build_source, configure_process, infer_model_args, resolve_device
+from hvi.builders import build_meta, build_source, infer_model_args, resolve_device
+from hvi.cli.process import configure_process
 from hvi.run_dir import (
     DISTRIBUTED_KEY,
     append_metrics,

@@ -174,18 +174,6 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def configure_process(cfg: Mapping[str, Any], device: torch.device) -> None:
-    """Process-wide settings of a run: torch's thread count and, on CPU, glibc's
-    allocator thresholds (:func:`hvi.allocator.tune_allocator`: without them a
-    meta-step refaults its activations' pages from the kernel on every inner step)."""
-    from hvi.allocator import tune_allocator
-
-    if cfg.get("threads"):
-        torch.set_num_threads(cfg["threads"])
-    if device.type == "cpu":
-        tune_allocator()
-
-
 def inner_config(cfg: Mapping[str, Any]):
     """The :class:`hvi.InnerConfig` of a run config (its keys :data:`hvi.settings.INNER_KEYS`).
 
