@@ -101,12 +101,13 @@ def ntk_analysis(
     import torch
 
     from hvi.builders import build_source
+    from hvi.cli.config import check_flag
     from hvi.data.images import pixel_grid
     from hvi.ntk import empirical_ntk, energy_fraction, ntk_spectrum
     from hvi.runs import load_run
 
-    if images < 1 or eigenfunctions < 1:
-        raise ValueError(f"--images {images} and --eigenfunctions {eigenfunctions} must be at least 1.")
+    check_flag("--images", images, 1)
+    check_flag("--eigenfunctions", eigenfunctions, 1)
     run = load_run(run_dir, device)
     source = build_source(run.config)
     h, w = _coordinate_grid(run, source)

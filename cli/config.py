@@ -36,7 +36,21 @@ from typing import Any
 from hvi.defaults import defaults_for
 from hvi.settings import KEYS, MUTABLE_ON_RESUME, TABLE_KEYS, FitSettings, check_value, is_path
 
-__all__ = ["load_toml", "resolve", "resolve_resume", "finalize", "dump_toml"]
+__all__ = ["load_toml", "resolve", "resolve_resume", "finalize", "dump_toml", "check_flag"]
+
+
+def check_flag(flag: str, value: Any, low: int, note: str = "") -> Any:
+    """``value`` of the integer option ``flag`` of ``hvi evaluate``/``predict``/``diagnose``/``analyze`` if it
+    is None (unset) or an integer ``>= low``: the one wording of these options' errors, for the commands and
+    for a Python caller of their functions (:func:`hvi.cli.evaluate.evaluate_run`, ...).
+
+    Raises:
+        ValueError: ``"{flag} {value} must be >= {low}{note}."`` (``"must be an integer >= ..."`` for a non-integer).
+    """
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+        return value
+    kind = "" if isinstance(value, int) and not isinstance(value, bool) else "an integer "
+    raise ValueError(f"{flag} {value} must be {kind}>= {low}{note}.")
 
 def load_toml(path: str | os.PathLike) -> dict[str, Any]:
     """Reads and validates a ``run.toml`` (keys with dashes are accepted)."""

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hvi.cli.config import check_flag
 from hvi.cli.evaluate import load_run, run_source
 from hvi.cli.run import eval_chunk_size
 from hvi.run_dir import read_metrics
@@ -131,12 +132,9 @@ def diagnose_run(
     run_path = Path(os.fspath(run_dir)).expanduser().resolve()
     out_path = Path(os.fspath(out)).expanduser() if out is not None else run_path / "idata.nc"
     plots_path = Path(os.fspath(plots)).expanduser() if plots is not None else None
-    if num_samples is not None and num_samples < 1:
-        raise ValueError(f"--num-samples {num_samples} must be >= 1.")
-    if inner_steps is not None and inner_steps < 0:
-        raise ValueError(f"--inner-steps {inner_steps} must be >= 0.")
-    if max_tasks is not None and max_tasks < 1:
-        raise ValueError(f"--max-tasks {max_tasks} must be >= 1.")
+    check_flag("--num-samples", num_samples, 1)
+    check_flag("--inner-steps", inner_steps, 0)
+    check_flag("--max-tasks", max_tasks, 1)
     if plots_path is not None:
         _check_plots(plots_path)
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from hvi.builders import build_meta, build_source
+from hvi.cli.config import check_flag
 from hvi.cli.process import configure_process
 from hvi.cli.run import eval_chunk_size
 
@@ -100,21 +101,18 @@ def evaluate_run(
     from hvi.metrics import ci_summary, classification_metrics, point_metrics, regression_metrics, skill_score
     from hvi.predict import predict
 
+    check_flag("--num-samples", num_samples, 1)
+    check_flag("--inner-steps", inner_steps, 0)
+    check_flag("--max-tasks", max_tasks, 2, " (a CI needs two tasks)")
     run = load_run(run_dir, device)
     cfg = dict(run.cfg)
     if num_samples is None:
         num_samples = int(cfg.get("eval_samples") or 100)
     if max_tasks is None:
         max_tasks = cfg.get("eval_tasks")
-    if not (isinstance(num_samples, int) and num_samples >= 1):
-        raise ValueError(f"--num-samples {num_samples} must be >= 1.")
-    if inner_steps is not None and inner_steps < 0:
-        raise ValueError(f"--inner-steps {inner_steps} must be >= 0.")
     cfg, source = run_source(run, data, verb="evaluate")
     n = source.num_tasks(split)
     if max_tasks is not None:
-        if max_tasks < 2:
-            raise ValueError(f"--max-tasks {max_tasks} must be >= 2 (a CI needs two tasks).")
         n = min(n, max_tasks)
     meta = run.meta
     steps = cfg["inner_steps"] if inner_steps is None else inner_steps
@@ -317,12 +315,9 @@ def predict_files(
     from hvi.data.files import clean_attrs, read_support_query, write_dataset
     from hvi.predict import predict
 
-    if not (isinstance(num_samples, int) and num_samples >= 1):
-        raise ValueError(f"--num-samples {num_samples} must be >= 1.")
-    if inner_steps is not None and inner_steps < 0:
-        raise ValueError(f"--inner-steps {inner_steps} must be >= 0.")
-    if draws is not None and not (isinstance(draws, int) and draws >= 1):
-        raise ValueError(f"--samples {draws} must be >= 1.")
+    check_flag("--num-samples", num_samples, 1)
+    check_flag("--inner-steps", inner_steps, 0)
+    check_flag("--samples", draws, 1)
     levels = parse_quantiles(quantiles) if isinstance(quantiles, (str, type(None))) else parse_quantiles(
         ",".join(map(str, quantiles))
     )

@@ -187,10 +187,45 @@ def test_a_source_without_its_required_argument(tmp_path):
         (["--num-samples", "0"], 2,
          "Error: Invalid value for '--num-samples': 0 is not in the range x>=1. (see 'hvi evaluate --help')"),
         (["--max-tasks", "1"], 1, "Error: --max-tasks 1 must be >= 2 (a CI needs two tasks)."),
+        (["--max-tasks", "-3"], 1, "Error: --max-tasks -3 must be >= 2 (a CI needs two tasks)."),
     ],
 )
 def test_wrong_typed_evaluate_options(run_dir, extra, code, message):
     assert error_line(invoke(["evaluate", str(run_dir), *extra]), code) == message
+
+
+@pytest.mark.parametrize(
+    "command, kwargs, message",
+    [
+        ("evaluate", {"num_samples": 0}, "--num-samples 0 must be >= 1."),
+        ("predict", {"num_samples": 0}, "--num-samples 0 must be >= 1."),
+        ("diagnose", {"num_samples": 0}, "--num-samples 0 must be >= 1."),
+        ("evaluate", {"inner_steps": -1}, "--inner-steps -1 must be >= 0."),
+        ("predict", {"inner_steps": -1}, "--inner-steps -1 must be >= 0."),
+        ("diagnose", {"inner_steps": -1}, "--inner-steps -1 must be >= 0."),
+        ("evaluate", {"max_tasks": 1}, "--max-tasks 1 must be >= 2 (a CI needs two tasks)."),
+        ("diagnose", {"max_tasks": 0}, "--max-tasks 0 must be >= 1."),
+        ("predict", {"draws": 0}, "--samples 0 must be >= 1."),
+        ("evaluate", {"num_samples": 2.5}, "--num-samples 2.5 must be an integer >= 1."),
+    ],
+)
+def test_run_commands_check_their_flags_in_one_wording_before_reading_the_run(tmp_path, command, kwargs, message):
+    """hvi.cli.config.check_flag: evaluate_run, predict_files and diagnose_run (called from Python, where click's
+    ranges do not apply) refuse a bad option with the same line, before opening the (here missing) run."""
+    from hvi.cli.diagnose import diagnose_run
+    from hvi.cli.evaluate import evaluate_run, predict_files
+
+    missing = tmp_path / "no_run"
+    call = {
+        "evaluate": lambda: evaluate_run(missing, **kwargs),
+        "predict": lambda: predict_files(missing, tmp_path / "s.nc", tmp_path / "q.nc", tmp_path / "p.nc",
+                                         **{"num_samples": 100, **kwargs}),
+        "diagnose": lambda: diagnose_run(missing, **kwargs),
+    }[command]
+    with pytest.raises(ValueError) as e:
+        call()
+    assert str(e.value) == message
+    assert listing(tmp_path) == []
 
 
 # --------------------------------------------------------------------------- --device
