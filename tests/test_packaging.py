@@ -195,3 +195,80 @@ def test_only_the_cli_sets_process_wide_threads_and_allocator():
                     calls.append(f"{path.relative_to(root)}: {name}")
     assert sorted(set(calls)) == ["cli/process.py: set_num_threads", "cli/process.py: tune_allocator",
                                   "hvi/parallel.py: set_num_threads"]
+
+
+def _project_modules(root: Path) -> dict[str, Path]:
+    """Dotted name -> file of every module of hvi/, models/ (hvi.models) and cli/ (hvi.cli)."""
+    out = {}
+    for top, package in (("hvi", "hvi"), ("models", "hvi.models"), ("cli", "hvi.cli")):
+        for path in sorted((root / top).glob("**/*.py")):
+            parts = path.relative_to(root / top).with_suffix("").parts
+            parts = parts[:-1] if parts[-1] == "__init__" else parts
+            out[".".join((package, *parts))] = path
+    return out
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _private_uses(source: str, name: str, is_package: bool, modules) -> list[str]:
+    """``line: what`` for each private name of a project module that the module ``name``'s ``source`` uses."""
+    import ast
+
+    package = name if is_package else name.rpartition(".")[0]
+    tree = ast.parse(source)
+    found, aliases = [], set()  # aliases: local names bound to a project module
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            if not (base == "hvi" or base.startswith("hvi.")):
+                continue
+            for a in node.names:
+                if _private(a.name) or any(_private(p) for p in base.split(".")):
+                    found.append(f"{node.lineno}: from {base} import {a.name}")
+                elif f"{base}.{a.name}" in modules:
+                    aliases.add(a.asname or a.name)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name == "hvi" or a.name.startswith("hvi."):
+                    if any(_private(p) for p in a.name.split(".")):
+                        found.append(f"{node.lineno}: import {a.name}")
+                    aliases.add(a.asname or a.name.split(".")[0])
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _private(node.attr):
+            owner, dotted = node.value, []
+            while isinstance(owner, ast.Attribute):
+                dotted.insert(0, owner.attr)
+                owner = owner.value
+            if isinstance(owner, ast.Name) and owner.id in aliases:
+                found.append(f"{node.lineno}: {'.'.join([owner.id, *dotted, node.attr])}")
+    return found
+
+
+def test_no_module_imports_a_private_name_of_another():
+    """hvi/, models/ and cli/ use each other's public names only: no ``from hvi.x import _y``, no ``import
+    hvi._x``, no ``x._y`` on an imported project module (benchmarks/ and tests/ may reach inside)."""
+    root = Path(__file__).resolve().parents[1]
+    modules = _project_modules(root)
+    offenders = [
+        f"{path.relative_to(root)}:{line}"
+        for name, path in modules.items()
+        for line in _private_uses(path.read_text(encoding="utf-8"), name, path.name == "__init__.py", modules)
+    ]
+    assert offenders == []
+    # ... and the check finds each kind (dunders such as __version__ are public)
+    probe = (
+        "from hvi.adapt import InnerLoop, _learned\n"
+        "from hvi import __version__, recompute\n"
+        "import hvi.parallel as par\n"
+        "from .registry import _MODELS\n"
+        "x = recompute._SLOT, par._POOL, recompute.split_tensors\n"
+    )
+    assert _private_uses(probe, "hvi.models.mlp", False, modules) == [
+        "1: from hvi.adapt import _learned", "4: from hvi.models.registry import _MODELS",
+        "5: recompute._SLOT", "5: par._POOL",
+    ]
