@@ -17,15 +17,25 @@ def test_load_run_leaves_the_global_store_alone_and_activates_its_params(runner,
     res = runner.invoke(cli, ["fit", "--model", "mlp", "--steps", "3", "--out", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
     pyro.clear_param_store()
+    name = sorted(expected_params(hvi.load_run(out).meta))[0]
     mine = pyro.param("mine", torch.tensor(3.0))
+    pyro.param(name, torch.tensor(2.0), constraint=torch.distributions.constraints.positive)  # one of the run's names
+    store = pyro.get_param_store()
+    before = store.get_state()
     run = hvi.load_run(out)
-    assert list(pyro.get_param_store().keys()) == ["mine"] and pyro.param("mine") is mine
+    after = store.get_state()
+    assert list(store.keys()) == ["mine", name] and pyro.param("mine") is mine
+    assert all(after["params"][k] is before["params"][k] for k in ("mine", name))
+    assert after["constraints"][name] is torch.distributions.constraints.positive
     with run.activate():
-        assert set(pyro.get_param_store().keys()) == set(expected_params(run.meta))
+        assert set(store.keys()) == set(expected_params(run.meta))
+        assert torch.equal(pyro.param(name).detach(), run.params()[name])
         batch = hvi.data.get_source("sinusoid", k_shot=10, k_query=10).get_tasks("test", torch.arange(3))
         pred = hvi.predict(run.meta, batch, num_samples=4)
         assert pred.mean.shape == batch.query_y.shape
-    assert list(pyro.get_param_store().keys()) == ["mine"]
+    assert list(store.keys()) == ["mine", name] and pyro.param(name).item() == pytest.approx(2.0)
+    assert store.get_state()["params"][name] is before["params"][name]
+    assert store.get_state()["constraints"][name] is torch.distributions.constraints.positive
     params = run.params()
     assert set(params) == set(expected_params(run.meta)) and run.config["model"] == "mlp"
 
