@@ -86,7 +86,7 @@ def test_sinusoid_determinism_and_seed():
         ({"k_shot": 0}, "k_shot=0 must be an int >= 1"),
         ({"k_query": -1}, "k_query=-1 must be an int >= 0"),
         ({"num_tasks": (10, 5)}, "num_tasks=.* must be three positive ints"),
-        ({"seed": -2}, "seed=-2 must be a non-negative int"),
+        ({"seed": -2}, r"^seed=-2 must be an int >= 0; pass e.g. seed=0\.$"),
     ],
 )
 def test_sinusoid_bad_args(kwargs, match):
@@ -100,6 +100,24 @@ def test_sinusoid_bad_index_and_split():
         src.get_tasks("val", torch.tensor([5]))
     with pytest.raises(ValueError, match="split='dev' must be one of"):
         src.num_tasks("dev")
+
+
+def test_one_split_check_for_every_source():
+    """hvi.data.base.check_split / split_index: the one check (and message) of a split name."""
+    from hvi.data.base import check_split, split_index
+
+    assert [split_index(s) for s in SPLITS] == [0, 1, 2] and check_split("val") == "val"
+    for bad, call in [
+        (1, lambda: check_split(1)),
+        ("dev", lambda: split_index("dev")),
+        ("dev", lambda: SinusoidSource().num_tasks("dev")),
+        ("dev", lambda: CloudSource(size=8).num_tasks("dev")),
+        ("dev", lambda: GlyphSource().num_tasks("dev")),
+        ("dev", lambda: ImageTilesSource().photos("dev")),
+    ]:
+        with pytest.raises(ValueError) as e:
+            call()
+        assert str(e.value) == f"split={bad!r} must be one of ('train', 'val', 'test')."
 
 
 # --------------------------------------------------------------------------- clouds

@@ -26,6 +26,8 @@ __all__ = [
     "TaskSource",
     "check_int",
     "check_num_tasks",
+    "check_split",
+    "split_index",
     "register_source",
     "get_source",
     "list_sources",
@@ -40,6 +42,18 @@ def check_int(name: str, value: object, low: int, hint: str) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
         raise ValueError(f"{name}={value!r} must be an int >= {low}; {hint}.")
     return int(value)
+
+
+def check_split(split: object) -> Split:
+    """``split`` if it is one of :data:`SPLITS` (``"train"``, ``"val"``, ``"test"``), else a one-line ValueError."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} must be one of {SPLITS}.")
+    return split  # type: ignore[return-value]
+
+
+def split_index(split: object) -> int:
+    """The position of ``split`` in :data:`SPLITS` (train 0, val 1, test 2), checked by :func:`check_split`."""
+    return SPLITS.index(check_split(split))
 
 
 def check_num_tasks(num_tasks: object, example: str) -> tuple[int, int, int]:

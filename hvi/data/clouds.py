@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hvi.data.base import SPLITS, Split, TaskSource, check_int, check_num_tasks, register_source
+from hvi.data.base import Split, TaskSource, check_int, check_num_tasks, register_source, split_index
 from hvi.tasks import TaskBatch
 
 __all__ = ["CloudSource", "persistence"]
@@ -130,22 +130,17 @@ class CloudSource(TaskSource):
 
     def num_tasks(self, split: Split) -> int:
         """Number of tasks in ``split``."""
-        return self._num_tasks[self._split_id(split)]
+        return self._num_tasks[split_index(split)]
 
     @staticmethod
     def persistence(batch: TaskBatch) -> Tensor:
         """Persistence baseline (see :func:`persistence`)."""
         return persistence(batch)
 
-    def _split_id(self, split: str) -> int:
-        if split not in SPLITS:
-            raise ValueError(f"split={split!r} must be one of {SPLITS}.")
-        return SPLITS.index(split)
-
     def _generators(
         self, split: Split, index: Tensor | int
     ) -> tuple[Tensor, list[torch.Generator]]:
-        sid = self._split_id(split)
+        sid = split_index(split)
         index = torch.as_tensor(index, dtype=torch.int64).reshape(-1)
         m = self._num_tasks[sid]
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= m):

@@ -62,7 +62,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hvi.data.base import SPLITS, Split, TaskSource, register_source
+from hvi.data.base import SPLITS, Split, TaskSource, check_split, register_source
 from hvi.tasks import TaskBatch
 
 __all__ = ["FileSource", "read_support_query", "write_prediction", "write_tasks"]
@@ -466,8 +466,7 @@ class FileSource(TaskSource):
 
     def task_positions(self, split: Split) -> Tensor:
         """Positions along the file's ``task`` dim of the tasks of ``split`` (int64, ascending)."""
-        if split not in SPLITS:
-            raise ValueError(f"split={split!r} must be one of {SPLITS}.")
+        check_split(split)
         return self._split_tasks[split]
 
     def get_tasks(self, split: Split, index: Tensor) -> TaskBatch:

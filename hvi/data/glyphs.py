@@ -70,7 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hvi.data.base import SPLITS, Split, TaskSource, check_int, check_num_tasks, register_source
+from hvi.data.base import SPLITS, Split, TaskSource, check_int, check_num_tasks, check_split, register_source, split_index
 from hvi.tasks import TaskBatch
 
 __all__ = [
@@ -459,16 +459,16 @@ class GlyphSource(TaskSource):
 
     def num_tasks(self, split: Split) -> int:
         """Number of episodes in ``split``."""
-        return self._num_tasks[self._split_id(split)]
+        return self._num_tasks[split_index(split)]
 
     def alphabets(self, split: Split) -> tuple[str, ...]:
         """Names of the alphabets of ``split`` that have at least one class."""
         present = set(self.bank.alphabets)
-        return tuple(a for a in ALPHABET_SPLITS[SPLITS[self._split_id(split)]] if a in present)
+        return tuple(a for a in ALPHABET_SPLITS[check_split(split)] if a in present)
 
     def classes(self, split: Split) -> Tensor:
         """Bank class indices available to ``split`` (int64, ascending)."""
-        sid = self._split_id(split)
+        sid = split_index(split)
         if self._pools is None:
             bank = self.bank
             pools = {s: bank.classes_of(ALPHABET_SPLITS[s]) for s in SPLITS}
@@ -480,11 +480,6 @@ class GlyphSource(TaskSource):
                     )
             self._pools = pools
         return self._pools[SPLITS[sid]]
-
-    def _split_id(self, split: str) -> int:
-        if split not in SPLITS:
-            raise ValueError(f"split={split!r} must be one of {SPLITS}.")
-        return SPLITS.index(split)
 
     def episode_classes(self, split: Split, index: Tensor | int) -> Tensor:
         """Bank class of each label of episodes ``index``.
@@ -503,7 +498,7 @@ class GlyphSource(TaskSource):
 
     def _plan(self, split: Split, index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Rows into the bank, classes, labels and jitter for each example of each episode."""
-        sid = self._split_id(split)
+        sid = split_index(split)
         m = self._num_tasks[sid]
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= m):
             raise ValueError(

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hvi.data.base import SPLITS, Split, TaskSource, check_int, register_source
+from hvi.data.base import SPLITS, Split, TaskSource, check_int, check_split, register_source
 from hvi.tasks import TaskBatch
 
 __all__ = ["FacesSource", "ImageTilesSource", "PHOTO_SPLITS", "pixel_grid"]
@@ -157,8 +157,7 @@ class _PixelSource(TaskSource):
 
         Task ``i`` of the split shows image ``i // masks_per_image``.
         """
-        if split not in SPLITS:
-            raise ValueError(f"split={split!r} must be one of {SPLITS}.")
+        check_split(split)
         return self._images[split]
 
     def get_tasks(self, split: Split, index: Tensor) -> TaskBatch:
@@ -246,8 +245,7 @@ class FacesSource(_PixelSource):
 
     def face_ids(self, split: Split) -> list[int]:
         """Indices into ``skimage.data.lfw_subset()`` of the faces of ``split``, ascending."""
-        if split not in SPLITS:
-            raise ValueError(f"split={split!r} must be one of {SPLITS}.")
+        check_split(split)
         return list(self._face_ids[split])
 
 
@@ -348,12 +346,10 @@ class ImageTilesSource(_PixelSource):
 
     def photos(self, split: Split) -> tuple[str, ...]:
         """Names of the ``skimage.data`` photos of ``split``."""
-        if split not in SPLITS:
-            raise ValueError(f"split={split!r} must be one of {SPLITS}.")
+        check_split(split)
         return PHOTO_SPLITS[split]
 
     def tile_info(self, split: Split) -> list[tuple[str, int, int]]:
         """``(photo, top row, left col)`` of every tile of ``split``, in task order."""
-        if split not in SPLITS:
-            raise ValueError(f"split={split!r} must be one of {SPLITS}.")
+        check_split(split)
         return list(self._tile_info[split])

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hvi.data.base import SPLITS, Split, TaskSource, check_num_tasks, register_source
+from hvi.data.base import Split, TaskSource, check_int, check_num_tasks, register_source, split_index
 from hvi.tasks import TaskBatch
 
 __all__ = ["SinusoidSource"]
@@ -25,20 +25,6 @@ _SOURCE_TAG = 0x5105  # decorrelates this source's streams from other sources wi
 AMPLITUDE_RANGE: tuple[float, float] = (0.1, 5.0)
 PHASE_RANGE: tuple[float, float] = (0.0, math.pi)
 X_RANGE: tuple[float, float] = (-5.0, 5.0)
-
-
-def _check_positive_int(name: str, value: int, hint: str) -> int:
-    """Validates that ``value`` is an int >= 1."""
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}={value!r} must be an int >= 1; {hint}.")
-    return int(value)
-
-
-def _check_seed(seed: int) -> int:
-    """Validates a non-negative integer seed."""
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed={seed!r} must be a non-negative int; pass e.g. seed=0.")
-    return int(seed)
 
 
 @register_source("sinusoid")
@@ -71,12 +57,10 @@ class SinusoidSource(TaskSource):
         num_tasks: tuple[int, int, int] = (20000, 1000, 1000),
         seed: int = 0,
     ) -> None:
-        self.k_shot = _check_positive_int("k_shot", k_shot, "pass e.g. k_shot=10")
-        if not isinstance(k_query, (int, np.integer)) or isinstance(k_query, bool) or k_query < 0:
-            raise ValueError(f"k_query={k_query!r} must be an int >= 0; pass e.g. k_query=10.")
-        self.k_query = int(k_query)
+        self.k_shot = check_int("k_shot", k_shot, 1, "pass e.g. k_shot=10")
+        self.k_query = check_int("k_query", k_query, 0, "pass e.g. k_query=10")
         self._num_tasks = check_num_tasks(num_tasks, "(20000, 1000, 1000)")
-        self.seed = _check_seed(seed)
+        self.seed = check_int("seed", seed, 0, "pass e.g. seed=0")
 
     @property
     def x_shape(self) -> tuple[int, ...]:
@@ -90,15 +74,10 @@ class SinusoidSource(TaskSource):
 
     def num_tasks(self, split: Split) -> int:
         """Number of tasks in ``split``."""
-        return self._num_tasks[self._split_id(split)]
-
-    def _split_id(self, split: str) -> int:
-        if split not in SPLITS:
-            raise ValueError(f"split={split!r} must be one of {SPLITS}.")
-        return SPLITS.index(split)
+        return self._num_tasks[split_index(split)]
 
     def _rngs(self, split: Split, index: Tensor | int) -> tuple[Tensor, list[np.random.Generator]]:
-        sid = self._split_id(split)
+        sid = split_index(split)
         index = torch.as_tensor(index, dtype=torch.int64).reshape(-1)
         m = self._num_tasks[sid]
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= m):

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hvi.data.base import SPLITS, Split, TaskSource, check_int, register_source
+from hvi.data.base import SPLITS, Split, TaskSource, check_int, check_split, register_source
 from hvi.tasks import TaskBatch
 
 __all__ = ["SolarSource", "persistence", "climatology", "daylight_mask", "load_solar", "HOLDOUT"]
@@ -317,9 +317,7 @@ class SolarSource(TaskSource):
         return (1, self.days, self.hours)
 
     def _split(self, split: str) -> str:
-        if split not in SPLITS:
-            raise ValueError(f"split={split!r} must be one of {SPLITS}.")
-        return split
+        return check_split(split)
 
     def num_tasks(self, split: Split) -> int:
         """Number of tasks in ``split``."""
