@@ -653,3 +653,23 @@ def test_custom_prior_example_runs(registry_cleanup, capsys):
     assert math.isfinite(out["student-t"]["mse"])
     text = capsys.readouterr().out
     assert "learned ν" in text and "Monte Carlo" in text
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: hvi.priors.GaussianPrior(init_scale=0.0), "init_scale=0.0 must be a positive standard deviation."),
+        (lambda: hvi.priors.GaussianLayerPrior(loc_scale=-1.0), "loc_scale=-1.0 must be a positive standard deviation."),
+        (lambda: hvi.priors.LaplacePrior(init_scale=float("nan")), "init_scale=nan must be a positive scale."),
+        (lambda: hvi.priors.NormalGammaPrior(rate=0), "rate=0 must be positive."),
+        (lambda: hvi.priors.HorseshoePrior(global_prior_scale=-0.5), "global_prior_scale=-0.5 must be positive."),
+        (lambda: hvi.priors.HorseshoePrior(loc_scale=0.0), "loc_scale=0.0 must be positive (or None for a point estimate)."),
+    ],
+)
+def test_prior_hyperparameters_are_checked_by_one_function(make, message):
+    """hvi.priors.base.check_hyperparameter: every built-in prior's scales and rates, one line each."""
+    with pytest.raises(ValueError) as e:
+        make()
+    assert str(e.value) == message
+    assert hvi.priors.HorseshoePrior(loc_scale=None).loc_scale is None
+    assert isinstance(hvi.priors.NormalGammaPrior(rate=np.float32(0.5)).rate, float)

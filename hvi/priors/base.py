@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -31,7 +32,7 @@ from hvi.families import GuideFamily, NormalFamily
 from hvi.registry import Registry
 from hvi.sites import GlobalSite
 
-__all__ = ["HierarchicalPrior", "BoundPrior", "constant_like", "loc_scale_sites", "register_prior", "get_prior", "list_priors", "PRIORS"]
+__all__ = ["HierarchicalPrior", "BoundPrior", "check_hyperparameter", "constant_like", "loc_scale_sites", "register_prior", "get_prior", "list_priors", "PRIORS"]
 
 
 class HierarchicalPrior(ABC):
@@ -98,6 +99,17 @@ class HierarchicalPrior(ABC):
     def bind(self, weights: Mapping[str, Tensor]) -> "BoundPrior":
         """Checks this prior against a network's weights and fixes its sites."""
         return BoundPrior(self, weights)
+
+
+def check_hyperparameter(name: str, value: Any, what: str = "positive") -> float:
+    """A prior's scale, rate or shape argument as a float, checked to be ``> 0`` (NaN is not).
+
+    Raises:
+        ValueError: ``"{name}={value} must be {what}."``, e.g. ``what="a positive standard deviation"``.
+    """
+    if not value > 0:
+        raise ValueError(f"{name}={value} must be {what}.")
+    return float(value)
 
 
 def constant_like(weight: Tensor, value: float) -> Tensor:

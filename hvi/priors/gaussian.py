@@ -8,7 +8,7 @@ import pyro.distributions as dist
 from torch import Tensor
 
 from hvi.distributions import Normal
-from hvi.priors.base import HierarchicalPrior, constant_like, loc_scale_sites, register_prior
+from hvi.priors.base import HierarchicalPrior, check_hyperparameter, constant_like, loc_scale_sites, register_prior
 from hvi.sites import GlobalSite
 
 __all__ = ["GaussianPrior"]
@@ -36,13 +36,9 @@ class GaussianPrior(HierarchicalPrior):
         loc_scale: float = 1.0,
         learn_scale: bool = True,
     ) -> None:
-        if not init_scale > 0:
-            raise ValueError(f"init_scale={init_scale} must be a positive standard deviation.")
-        if not loc_scale > 0:
-            raise ValueError(f"loc_scale={loc_scale} must be a positive standard deviation.")
-        self.init_scale = float(init_scale)
+        self.init_scale = check_hyperparameter("init_scale", init_scale, "a positive standard deviation")
         self.hyperprior = bool(hyperprior)
-        self.loc_scale = float(loc_scale)
+        self.loc_scale = check_hyperparameter("loc_scale", loc_scale, "a positive standard deviation")
         self.learn_scale = bool(learn_scale)
 
     def weight_sites(self, name: str, weight: Tensor) -> dict[str, GlobalSite]:

@@ -9,7 +9,7 @@ from pyro.distributions import constraints
 from torch import Tensor
 
 from hvi.distributions import Normal
-from hvi.priors.base import HierarchicalPrior, constant_like, register_prior
+from hvi.priors.base import HierarchicalPrior, check_hyperparameter, constant_like, register_prior
 from hvi.sites import GlobalSite
 
 __all__ = ["HorseshoePrior"]
@@ -61,15 +61,10 @@ class HorseshoePrior(HierarchicalPrior):
         global_prior_scale: float = 0.1,
         loc_scale: float | None = None,
     ) -> None:
-        if not init_scale > 0:
-            raise ValueError(f"init_scale={init_scale} must be positive.")
-        if not global_prior_scale > 0:
-            raise ValueError(f"global_prior_scale={global_prior_scale} must be positive.")
-        if loc_scale is not None and not loc_scale > 0:
-            raise ValueError(f"loc_scale={loc_scale} must be positive (or None for a point estimate).")
-        self.init_scale = float(init_scale)
-        self.global_prior_scale = float(global_prior_scale)
-        self.loc_scale = None if loc_scale is None else float(loc_scale)
+        self.init_scale = check_hyperparameter("init_scale", init_scale)
+        self.global_prior_scale = check_hyperparameter("global_prior_scale", global_prior_scale)
+        self.loc_scale = None if loc_scale is None else check_hyperparameter(
+            "loc_scale", loc_scale, "positive (or None for a point estimate)")
 
     def shared_sites(self, weights: Mapping[str, Tensor]) -> dict[str, GlobalSite]:
         ref = next(iter(weights.values()))

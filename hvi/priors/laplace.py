@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import pyro.distributions as dist
 from torch import Tensor
 
-from hvi.priors.base import HierarchicalPrior, constant_like, loc_scale_sites, register_prior
+from hvi.priors.base import HierarchicalPrior, check_hyperparameter, constant_like, loc_scale_sites, register_prior
 from hvi.sites import GlobalSite
 
 __all__ = ["LaplacePrior"]
@@ -46,14 +46,10 @@ class LaplacePrior(HierarchicalPrior):
         hyperprior: bool = False,
         loc_scale: float = 1.0,
     ) -> None:
-        if not init_scale > 0:
-            raise ValueError(f"init_scale={init_scale} must be a positive scale.")
-        if not loc_scale > 0:
-            raise ValueError(f"loc_scale={loc_scale} must be a positive standard deviation.")
-        self.init_scale = float(init_scale)
+        self.init_scale = check_hyperparameter("init_scale", init_scale, "a positive scale")
         self.per_weight = bool(per_weight)
         self.hyperprior = bool(hyperprior)
-        self.loc_scale = float(loc_scale)
+        self.loc_scale = check_hyperparameter("loc_scale", loc_scale, "a positive standard deviation")
 
     def weight_sites(self, name: str, weight: Tensor) -> dict[str, GlobalSite]:
         if self.per_weight:

@@ -9,7 +9,7 @@ from pyro.distributions import constraints
 from torch import Tensor
 
 from hvi.distributions import Normal
-from hvi.priors.base import HierarchicalPrior, constant_like, register_prior
+from hvi.priors.base import HierarchicalPrior, check_hyperparameter, constant_like, register_prior
 from hvi.sites import GlobalSite
 
 __all__ = ["NormalGammaPrior"]
@@ -49,18 +49,10 @@ class NormalGammaPrior(HierarchicalPrior):
         concentration: float = 1.0,
         rate: float = 0.01,
     ) -> None:
-        for key, value in (
-            ("init_scale", init_scale),
-            ("loc_scale", loc_scale),
-            ("concentration", concentration),
-            ("rate", rate),
-        ):
-            if not value > 0:
-                raise ValueError(f"{key}={value} must be positive.")
-        self.init_scale = float(init_scale)
-        self.loc_scale = float(loc_scale)
-        self.concentration = float(concentration)
-        self.rate = float(rate)
+        self.init_scale = check_hyperparameter("init_scale", init_scale)
+        self.loc_scale = check_hyperparameter("loc_scale", loc_scale)
+        self.concentration = check_hyperparameter("concentration", concentration)
+        self.rate = check_hyperparameter("rate", rate)
 
     def weight_sites(self, name: str, weight: Tensor) -> dict[str, GlobalSite]:
         # The loc init without a copy, as in loc_scale_sites.
