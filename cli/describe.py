@@ -13,7 +13,7 @@ import textwrap
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from hvi.defaults import COMMON, MODEL_DEFAULTS
+from hvi.defaults import COMMON, DATA_DEFAULTS, MODEL_DEFAULTS
 
 __all__ = ["value_text", "builder_args", "args_text", "default_help", "model_lines", "source_lines"]
 
@@ -71,6 +71,9 @@ def model_lines(name: str, width: int = 0) -> list[str]:
     pad = " " * (width + 2)
     fit = " ".join(f"{k}={value_text(v)}" for k, v in row.items())
     lines += _wrap(f"{pad}fit defaults: ", fit or "(the common ones)")
+    for (model, source), extra in DATA_DEFAULTS.items():
+        if model == name:
+            lines += _wrap(f"{pad}{f'on {source}:'.ljust(14)}", " ".join(f"{k}={value_text(v)}" for k, v in extra.items()))
     lines += _wrap(f"{pad}model_args:   ", args_text(builder_args(MODELS.builder(name))))
     return lines
 

@@ -589,7 +589,7 @@ def expected_params(meta: "MetaModel") -> dict[str, tuple[int, ...]]:
             out[names.q_theta_flow(n)] = tuple(p.shape)
     if meta.inner.learn_lr:
         for n in meta.net.shapes:
-            for k in meta.prior.family.param_names:
+            for k in meta.family.param_names:  # q(φ)'s family: a point mass under maml has loc only
                 out[names.inner_lr(n, k)] = ()
     return out
 

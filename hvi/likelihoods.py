@@ -116,15 +116,16 @@ class Gaussian(Likelihood):
         noise: ``"learned"`` (a global positive site, default), ``"known"`` (a
             per-observation std supplied with the data as
             ``support_noise``/``query_noise``), or a positive float (fixed σ).
-        init_scale: Initial σ when learned (default 1.0). The inner gradient
+        init_scale: Initial σ when learned (default None: 1.0). The inner gradient
             scales like 1/σ², so a small initial σ calls for a small inner lr.
+            Refused with a fixed or known σ, where it would be silently unused.
         hyperprior: Optional hyperprior on a learned σ (makes it latent).
     """
 
     def __init__(
         self,
         noise: str | float = "learned",
-        init_scale: float = 1.0,
+        init_scale: float | None = None,
         hyperprior: dist.Distribution | None = None,
     ) -> None:
         if isinstance(noise, str):
@@ -134,6 +135,12 @@ class Gaussian(Likelihood):
                 )
         elif not float(noise) > 0:
             raise ValueError(f"noise={noise} must be a positive standard deviation.")
+        if init_scale is not None and noise != "learned":
+            raise ValueError(
+                f"Gaussian likelihood: init_scale={init_scale} is the initial value of a learned σ, but "
+                f"noise={noise!r} is not learned; drop init_scale, or set noise='learned' as well."
+            )
+        init_scale = 1.0 if init_scale is None else init_scale
         if not init_scale > 0:
             raise ValueError(f"init_scale={init_scale} must be positive.")
         self.noise = noise

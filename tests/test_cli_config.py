@@ -26,8 +26,9 @@ def test_models_show_fit_defaults_and_builder_arguments(runner):
     assert res.exit_code == 0
     text = " ".join(res.output.split())  # undo the wrapping
     mlp = text[text.index("mlp Sinusoid"):text.index("siren SIREN")]
-    assert 'fit defaults: data="sinusoid" model_args={"hidden":[40,40]} prior_args={"init_scale":0.1}' in mlp
-    assert "inner_steps=10 steps=5000 task_batch=8 lr=0.003 eval_tasks=200" in mlp
+    assert 'fit defaults: data="sinusoid" model_args={"hidden":[40,40]} prior_args={"init_scale":0.03}' in mlp
+    assert "inner_steps=5 learn_lr=true steps=5000 task_batch=8 lr=0.003 eval_tasks=200" in mlp
+    assert 'on sinusoid: likelihood_args={"noise":0.1}' in mlp  # hvi.defaults.DATA_DEFAULTS
     assert 'model_args: in_features=1 out_features=1 hidden=[40,40] activation="relu"' in mlp
     assert "model_args: in_channels=3 out_channels=1 base=16 depth=3" in text  # bayes_unet's builder
     assert max(map(len, res.output.splitlines())) <= 100
@@ -122,14 +123,14 @@ def test_print_config_reads_back_to_the_same_configuration(runner, tmp_path):
     assert text.startswith("# hvi fit configuration: defaults < the model's row < --config < options.\n")
     body = [line for line in text.splitlines() if not line.startswith("#")]
     assert body[:3] == ['model = "mlp"', 'data = "sinusoid"', 'prior = "gaussian"']
-    for line in ("steps = 60", "lr = 0.01", "kl_weight = 0.5", "inner_steps = 10", "val_every = 6",
+    for line in ("steps = 60", "lr = 0.01", "kl_weight = 0.5", "inner_steps = 5", "val_every = 6",
                  "checkpoint_every = 6", "eval_tasks = 200"):
         assert line in body, line
     assert "likelihood = " not in text and "clip_norm" not in text  # unset: left out
     tables = text[text.index("[model_args]"):]
     assert tables == (
         "[model_args]\nhidden = [16, 8]\nactivation = \"tanh\"\n\n[data_args]\nk_shot = 4\n\n"
-        "[prior_args]\ninit_scale = 0.2\n\n[likelihood_args]\ninit_scale = 0.3\n"
+        "[prior_args]\ninit_scale = 0.2\n\n[likelihood_args]\nnoise = 0.1\n"
     )
     printed = tmp_path / "printed.toml"
     printed.write_text(text)
@@ -166,13 +167,13 @@ def test_key_value_options_parse_json_or_strings_and_merge_over_the_toml_tables(
     res = invoke(runner, [
         "fit", "--model", "mlp", "--config", str(toml), "--data-arg", "k_shot=5", "--data-arg", "num_tasks=[40,8,8]",
         "--model-arg", "activation=tanh", "--model-arg", 'hidden=[4]', "--prior-arg", "init_scale=0.05",
-        "--likelihood-arg", "init_scale=1", "--print-config",
+        "--likelihood-arg", "init_scale=1", "--likelihood-arg", "noise=learned", "--print-config",
     ])
     assert res.exit_code == 0, res.output
     text = res.stdout
     assert "[data_args]\nk_shot = 5\nk_query = 7\nnum_tasks = [40, 8, 8]\n" in text
     assert '[model_args]\nhidden = [4]\nactivation = "tanh"\n' in text
-    assert "[prior_args]\ninit_scale = 0.05\n" in text and "[likelihood_args]\ninit_scale = 1\n" in text
+    assert "[prior_args]\ninit_scale = 0.05\n" in text and "[likelihood_args]\nnoise = \"learned\"\ninit_scale = 1\n" in text
 
 
 def test_key_value_parser():

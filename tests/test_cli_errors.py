@@ -111,7 +111,8 @@ def test_debug_shows_the_traceback_of_an_expected_error_too(tmp_path):
         # the inner loop's settings: hvi.InnerConfig's checks (hvi.settings.check_inner), named by the key
         (["--inner-steps", "-1"], 1, "Error: inner_steps=-1 must be an integer >= 0."),
         (["--inner-lr", "1.5"], 1,
-         "Error: inner_lr=1.5 is outside (0, 1]: under inner_update='natural' α is the fraction of a full "
+         "Error: inner_lr=1.5 is outside (0, 1) (a learned α starts strictly inside it): under "
+         "inner_update='natural' α is the fraction of a full "
          "natural-gradient step; use e.g. inner_lr=0.5, or inner_update='gradient'."),
         (["--kl-weight", "0"], 1,
          "Error: kl_weight=0.0 leaves the natural-gradient step without a prior precision; use kl_weight > 0 "
@@ -154,9 +155,14 @@ def test_the_method_rules_are_checked_before_the_data_is_read(tmp_path, monkeypa
             "instances of 'str' and 'int'; check the types of these values.",
         ),
         (
-            '[likelihood_args]\ninit_scale = "x"\n',
-            "Error: likelihood 'gaussian' rejected likelihood_args {{'init_scale': 'x'}}: '>' not supported "
-            "between instances of 'str' and 'int'; check the types of these values.",
+            '[likelihood_args]\nnoise = "learned"\ninit_scale = "x"\n',
+            "Error: likelihood 'gaussian' rejected likelihood_args {{'noise': 'learned', 'init_scale': 'x'}}: '>' "
+            "not supported between instances of 'str' and 'int'; check the types of these values.",
+        ),
+        (  # the sinusoid's default fixes σ (hvi.defaults.DATA_DEFAULTS): an initial σ alone would go unused
+            "[likelihood_args]\ninit_scale = 0.5\n",
+            "Error: Gaussian likelihood: init_scale=0.5 is the initial value of a learned σ, but noise=0.1 is "
+            "not learned; drop init_scale, or set noise='learned' as well.",
         ),
     ],
 )
@@ -271,7 +277,7 @@ EDITS = {
     "missing inner_steps": (
         lambda c: c.pop("inner_steps"),
         "Error: {path} lacks the key 'inner_steps' (written by an older hvi, or edited by hand); add it, e.g. "
-        '"inner_steps": 10 if the run used the default, or train a new run.',
+        '"inner_steps": 5 if the run used the default, or train a new run.',
     ),
     "wrong type": (
         lambda c: c.update(steps="x"),

@@ -626,7 +626,8 @@ def test_diagnose_writes_idata_and_plots(tiny_run, tmp_path):
     idata = az.from_netcdf(str(out))
     assert idata.posterior_predictive["y"].shape == (1, 20, 4, 10)
     assert list(idata.posterior["layer"].values)[:2] == ["layers.0.weight", "layers.0.bias"]
-    assert {"loc_mean", "loc_rms", "scale_mean", "scale_rms", "noise"} <= set(idata.posterior.data_vars)
+    assert {"loc_mean", "loc_rms", "scale_mean", "scale_rms"} <= set(idata.posterior.data_vars)
+    assert "noise" not in idata.posterior  # the sinusoid's default σ is fixed (hvi.defaults.DATA_DEFAULTS)
     # The stored ELBO trace is metrics.jsonl's.
     rows = [json.loads(line) for line in (tiny_run / METRICS_FILE).read_text().splitlines()]
     for key in ("elbo", "ell", "local_kl", "global_kl"):

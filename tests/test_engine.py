@@ -356,6 +356,11 @@ def test_bad_configuration_raises_clear_errors():
         hvi.get_likelihood("poisson")
     with pytest.raises(ValueError, match="noise=-1.0 must be a positive standard deviation"):
         hvi.Gaussian(noise=-1.0)
+    for noise in (0.1, "known"):  # an initial σ that would go unused
+        with pytest.raises(ValueError, match=r"init_scale=0.5 is the initial value of a learned σ, but noise="):
+            hvi.Gaussian(noise=noise, init_scale=0.5)
+    assert hvi.Gaussian(init_scale=0.5).global_sites()["noise"].init.item() == 0.5
+    assert hvi.Gaussian().global_sites()["noise"].init.item() == 1.0
     with pytest.raises(ValueError, match="init_scale=0.0 must be a positive standard deviation"):
         GaussianPrior(init_scale=0.0)
     with pytest.raises(ValueError, match=r"^inner lr=-0.1 must be a positive finite number\.$"):

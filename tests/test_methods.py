@@ -190,6 +190,19 @@ def test_method_is_in_the_config_and_defaults_to_plain_gradient_steps():
     assert hvi.MetaModel(tiny_net()).config()["method"] == "abml"
 
 
+def test_meta_sgd_checkpoint_expects_the_params_the_guide_makes():
+    """maml with learned α (Meta-SGD): one α per weight for the point mass's loc only, not the prior's ρ."""
+    from hvi.checkpoint import expected_params
+
+    m = hvi.MetaModel(tiny_net(), prior="gaussian", likelihood=hvi.Gaussian(noise=math.sqrt(0.5)),
+                      inner=hvi.InnerConfig(steps=1, update="gradient", lr=ALPHA, learn_lr=True,
+                                            parallel_tasks=False), method="maml")
+    outer_loss(m)(m.model, m.guide, batch())
+    made = dict(pyro.get_param_store().items())
+    assert expected_params(m) == {k: tuple(v.shape) for k, v in made.items()}
+    assert sum(k.startswith("inner_lr.") for k in made) == len(m.net.shapes)
+
+
 # --------------------------------------------------------------------------- the CLI
 
 
