@@ -264,7 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replace-sizes", default=None, metavar="S1,S2",
                    help="rerun only the configurations at these image sizes and replace them in the existing "
                         "JSON (whose earlier commands are kept under 'previous')")
+    p.add_argument("--replace-series", default=None, metavar="A;B",
+                   help="rerun only these series (semicolon list, as --series) on the whole grid and replace "
+                        "their rows in the existing JSON, keeping the other series' rows and commands")
     args = p.parse_args(argv)
+    if args.replace_series and (args.replace_sizes or args.series):
+        p.error("--replace-series reruns whole series: use it without --replace-sizes and --series")
     if args.plot_only:
         result = json.loads(Path(args.out).read_text())
         write_csv(Path(args.csv), result["results"])
@@ -285,6 +290,18 @@ def main(argv: list[str] | None = None) -> int:
         previous = old.get("previous", []) + [{"command": old["command"], "date": old["date"]}]
         kept = [r for r in old["results"] if r["size"] not in sizes]
         calls = [c for c in calls if c["size"] in sizes]
+    if args.replace_series:
+        wanted = [s.strip() for s in args.replace_series.split(";")]
+        unknown = sorted(set(wanted) - {s["series"] for s in series})
+        if unknown:
+            p.error(f"--replace-series: unknown series {unknown[0]!r}; the series are "
+                    + "; ".join(s["series"] for s in series))
+        old = json.loads(Path(args.out).read_text())
+        if old["grid"]["name"] != name:
+            p.error(f"--replace-series: {args.out} holds the {old['grid']['name']!r} grid, not {name!r}")
+        previous = old.get("previous", []) + [{"command": old["command"], "date": old["date"]}]
+        kept = [r for r in old["results"] if r["series"] not in wanted]
+        series = [s for s in series if s["series"] in wanted]
     if args.series:
         wanted = [s.strip() for s in args.series.split(";")]
         series = [s for s in series if s["series"] in wanted]

@@ -83,3 +83,32 @@ def test_meta_step_refuses_network_options_for_the_naive_loop():
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 2
     assert "--compile and --autocast configure the engine's network; add --impl engine" in proc.stderr
+
+
+@pytest.mark.skipif(not RESULT.exists(), reason="no sweep results yet")
+def test_replace_series_reruns_one_series_and_keeps_the_others(tmp_path, monkeypatch):
+    old = json.loads(RESULT.read_text())
+    out = tmp_path / "s.json"
+    out.write_text(json.dumps(old))
+    target = "engine, memory checkpoint"
+    called = []
+
+    def fake(series, call, grid, timeout):
+        called.append(series["series"])
+        return [{**r, "peak_rss_mb": -1.0} for r in old["results"]
+                if r["series"] == series["series"] and r["size"] == call["size"]
+                and r["inner_steps"] in call["inner_steps"] and r["task_batch"] in call["task_batch"]], None
+
+    monkeypatch.setattr(sweep, "run_meta_step", fake)
+    argv = ["--quick", "--replace-series", target, "--out", str(out), "--csv", str(tmp_path / "s.csv"),
+            "--png", str(tmp_path / "s.png")]
+    assert sweep.main(argv) == 0
+    new = json.loads(out.read_text())
+    assert set(called) == {target}
+    assert [r for r in new["results"] if r["series"] != target] == [r for r in old["results"] if r["series"] != target]
+    mine = [r for r in new["results"] if r["series"] == target]
+    assert len(mine) == sum(r["series"] == target for r in old["results"]) > 0
+    assert all(r["peak_rss_mb"] == -1.0 for r in mine)
+    assert new["previous"][-1] == {"command": old["command"], "date": old["date"]}
+    with pytest.raises(SystemExit):
+        sweep.main(["--quick", "--replace-series", "engine, memory nonsense", "--out", str(out)])
