@@ -9,6 +9,7 @@
     python benchmarks/results_table.py cli_quickstart  # the README's hvi fit / evaluate / diagnose transcript
     python benchmarks/results_table.py sinusoid_methods  # ABML vs MAML, FOMAML, Reptile, one budget
     python benchmarks/results_table.py sinusoid_abml_screen  # ABML settings screened against MAML, short budget
+    python benchmarks/results_table.py glyph_abml_screen  # ABML settings screened on 5-shot glyph episodes
     python benchmarks/results_table.py siren_study     # SIREN meta-initialization: PSNR vs steps, meta vs standard init
     python benchmarks/results_table.py siren_ntk       # the SIREN's NTK: energy of held-out faces in the top-k eigenfunctions
     python benchmarks/results_table.py distributed     # hvi fit on 1 and 2 processes (torchrun, gloo)
@@ -18,6 +19,7 @@
     python benchmarks/results_table.py memory_modes    # second-order memory: every step's graph vs checkpointed steps
     python benchmarks/results_table.py scaling         # tasks/s and peak RSS vs task batch, inner steps, image size
     python benchmarks/results_table.py scaling_guide   # per memory mode: CPU cost vs none, peak RSS growth per axis
+    python benchmarks/results_table.py reference_speed # engine vs the seed reference and the naive loop: #16's speed criteria
     python benchmarks/results_table.py net_options     # torch.compile and a bf16 forward: speed and meta-gradient error
     python benchmarks/results_table.py zoo             # every zoo model's defaults: adapted vs prior vs scratch
     python benchmarks/results_table.py --update README.md docs/*.md   # rewrite the marked tables in place
@@ -182,27 +184,65 @@ def nuts() -> str:
             f"`{ref.get('command', 'python scripts/nuts_reference.py')}`; hvi: {cmds}.")
 
 
+def _glyph_setting(s: dict) -> str:
+    """A glyph_methods.py settings row in words."""
+    if s["method"] != "abml":
+        order = "first order" if s["first_order"] else "second order"
+        return f"{s['inner_update']} α = {s['inner_lr']:g}, {order}, outer {s['outer_optimizer']} {s['outer_lr']:g}"
+    alpha = f"α learned per tensor from {s['inner_lr']:g}" if s.get("learn_lr") else f"α = {s['inner_lr']:g}"
+    if s.get("inner_lr_rho") is not None:
+        alpha += f" (precision {s['inner_lr_rho']:g})"
+    extra = "".join([", line search" if s.get("line_search") else "",
+                     f", {s['inner_samples']} draws a step" if s.get("inner_samples", 1) > 1 else ""])
+    order = "first order" if s["first_order"] else "second order"
+    return f"{s['inner_update']} {alpha}{extra}, β = {s['kl_weight']:g}, {order}, outer {s['outer_optimizer']} {s['outer_lr']:g}"
+
+
+def _glyph_rows(d: dict, label) -> tuple[list[str], dict[str, list[str]]]:
+    """The table rows of a glyph_methods.py JSON and {"`command` (date)": the row labels it measured}."""
+    rows, sources = [], {}
+    for shots, block in d["results"].items():
+        for name, r in block.items():
+            b = r["by_inner_steps"]
+            acc = [f"{b[k]['accuracy']:.3f} [{b[k]['accuracy_ci95'][0]:.3f}, {b[k]['accuracy_ci95'][1]:.3f}]" for k in ("1", "3", "10")]
+            ece = f"{b['3']['ece']:.3f} [{b['3']['ece_ci95'][0]:.3f}, {b['3']['ece_ci95'][1]:.3f}]"
+            rows.append(f"| 5-way {shots} | {label(name)} | {_glyph_setting(r['settings'])} | " + " | ".join(acc)
+                        + f" | {ece} | {r['fit_seconds']:.0f} s |")
+            sources.setdefault(f"`{r.get('command', d['command'])}` ({r.get('date', d['date'])})", []).append(
+                f"{shots} {label(name)}")
+    return rows, sources
+
+
 def glyph_methods() -> str:
     """ABML, MAML, first-order MAML and Reptile on 5-way glyph episodes: accuracy and pooled ECE."""
     d = json.loads((RESULTS / "glyph_methods.json").read_text())
     labels = {"abml": "ABML", "maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile"}
     rows = ["| episodes | method | settings | accuracy, 1 step | accuracy, 3 steps | accuracy, 10 steps | ECE, 3 steps | training |",
             "|---|---|---|---|---|---|---|---|"]
-    for shots, block in d["results"].items():
-        for name, r in block.items():
-            s, b = r["settings"], r["by_inner_steps"]
-            acc = [f"{b[k]['accuracy']:.3f} [{b[k]['accuracy_ci95'][0]:.3f}, {b[k]['accuracy_ci95'][1]:.3f}]" for k in ("1", "3", "10")]
-            ece = f"{b['3']['ece']:.3f} [{b['3']['ece_ci95'][0]:.3f}, {b['3']['ece_ci95'][1]:.3f}]"
-            beta = f", β = {s['kl_weight']:g}" if s["method"] == "abml" else ""
-            order = "first order" if s["first_order"] else "second order"
-            setting = f"{s['inner_update']} α = {s['inner_lr']:g}{beta}, {order}, outer {s['outer_optimizer']} {s['outer_lr']:g}"
-            rows.append(f"| 5-way {shots} | {labels.get(name, name)} | {setting} | " + " | ".join(acc)
-                        + f" | {ece} | {r['fit_seconds']:.0f} s |")
+    body, sources = _glyph_rows(d, lambda n: labels.get(n, f"ABML ({n})" if n.startswith("abml_") else n))
     cfg = d["config"]
     done = "" if d["complete"] else " The run was stopped before every setting finished; the missing rows were not measured."
-    return ("\n".join(rows) + f"\n\nQuery accuracy [95% CI over {cfg['test_tasks']} held-out episodes] after 1, 3, 10 inner "
+    origin = ("; ".join(f"{c} ({', '.join(rs)})" for c, rs in sources.items()) if len(sources) > 1
+              else next(iter(sources)))
+    return ("\n".join(rows + body) + f"\n\nQuery accuracy [95% CI over {cfg['test_tasks']} held-out episodes] after 1, 3, 10 inner "
             f"steps and the pooled 15-bin ECE [bootstrap 95% CI] after 3; every method {cfg['steps']} outer steps of "
-            f"{cfg['task_batch']} episodes with 3 inner steps, one CPU thread.{done} From `{d['command']}` ({d['date']}).")
+            f"{cfg['task_batch']} episodes with 3 inner steps, one CPU thread.{done} From {origin}.")
+
+
+def glyph_abml_screen() -> str:
+    """ABML settings screened on 5-way 5-shot glyph episodes (benchmarks/glyph_methods.py --merge, one variant a run)."""
+    d = json.loads((RESULTS / "glyph_abml_screen.json").read_text())
+    rows = ["| episodes | variant | settings | accuracy, 1 step | accuracy, 3 steps | accuracy, 10 steps | ECE, 3 steps | training |",
+            "|---|---|---|---|---|---|---|---|"]
+    body, sources = _glyph_rows(d, lambda n: n)
+    cfg = d["config"]
+    dates = sorted({s.rsplit("(", 1)[1].rstrip(")") for s in sources})
+    return ("\n".join(rows + body) + f"\n\nQuery accuracy [95% CI over the first {cfg['test_tasks']} of the held-out episodes] "
+            f"after 1, 3, 10 inner steps and the pooled 15-bin ECE [bootstrap 95% CI] after 3; every variant "
+            f"{cfg['steps']} outer steps of {cfg['task_batch']} episodes with 3 inner steps, one CPU thread on a shared "
+            "2-core machine (training times only rough). Each row: `python benchmarks/glyph_methods.py --methods VARIANT "
+            f"--shots 5 --test-tasks {cfg['test_tasks']} --merge --out docs/results/glyph_abml_screen.json` "
+            f"({', '.join(dates)}; each row's command is in the JSON).")
 
 
 def sinusoid_methods() -> str:
@@ -499,6 +539,39 @@ def scaling_guide() -> str:
             f"From {_sweep_source(d)}.")
 
 
+def reference_speed() -> str:
+    """Issue #16's speed criteria: the engine against the seed reference and the naive loop (reference_speed.py)."""
+    d = json.loads((RESULTS / "reference_speed.json").read_text())
+    label = {"reference": "seed reference (`higher`, one task at a time)", "engine": "engine", "naive": "naive loop"}
+    rows = ["| implementation | order | task batch | tasks per CPU-s (runs) | tasks/s wall | GFLOP per task | GFLOP per CPU-s |",
+            "|---|---|---|---|---|---|---|"]
+    for name, s in d["summary"].items():
+        impl, order, *rest = name.split("_")
+        runs = ", ".join(f"{v:.2f}" for v in s["tasks_per_cpu_s_runs"])
+        rows.append(f"| {label[impl]} | {'second' if order == '2nd' else 'first'} | {rest[0][1:] if rest else 1} "
+                    f"| {s['tasks_per_cpu_s']:.2f} ({runs}) | {s['tasks_per_s']:.2f} | {s['gflop_per_task']:.1f} "
+                    f"| {s['gflop_per_cpu_s']:.1f} |")
+    crit = ["| criterion (issue #16) | needs | CPU time | wall time | met (CPU time) |", "|---|---|---|---|---|"]
+    names = {"engine_2nd_vs_reference_2nd": "engine second order / reference second order",
+             "engine_2nd_vs_best_naive_2nd": "engine second order / naive loop at its best batch",
+             "engine_2nd_gflop_share_of_matmul": "engine second-order GFLOP/s / same-run matmul",
+             "engine_1st_vs_reference_2nd": "engine first order / reference second order"}
+    for k, c in d["criteria"].items():
+        w = d["criteria_wall"][k]
+        crit.append(f"| {names[k]} | ≥ {c['threshold']:g} | {c['ratio']:.2f} | {w['ratio']:.2f} | {'yes' if c['met'] else 'no'} |")
+    cfg, mm = d["config"], d["matmul"]
+    others = [v for s in d["summary"].values() for v in s["others_cpu_share_runs"] if v is not None]
+    return ("\n".join(rows) + "\n\n" + "\n".join(crit)
+            + f"\n\n{cfg['size']}×{cfg['size']} U-Net base {cfg['base']}, {cfg['k_shot']}-shot, {cfg['k_query']} query "
+            f"points, K = {cfg['inner_steps']} gradient steps, one thread, each configuration in a fresh process; medians "
+            f"of {cfg['rounds']} alternating rounds. Tasks per CPU second of the process (the criteria's basis: other jobs "
+            f"took {min(others):.0%}–{max(others):.0%} of the machine's CPU during the runs, which wall time mostly "
+            f"measures); same-run 2048² float32 matmul {mm['gflop_per_cpu_s']:.0f} GFLOP per CPU-s "
+            f"({mm['gflop_per_s']:.0f} per wall second). The two U-Nets differ (the reference's {d['summary']['reference_2nd']['weights']:,} weights "
+            f"upsample by nearest neighbour and a 1×1 convolution; the engine's {d['summary']['engine_2nd_B8']['weights']:,} bilinearly), "
+            f"hence their GFLOP per task. From `{d['command']}` ({d['date']}).")
+
+
 def net_options() -> str:
     """The network's speed options (FunctionalNet.configure): tasks/s, and bf16/fp16 meta-gradients vs float32."""
     d = json.loads((RESULTS / "net_options.json").read_text())
@@ -549,7 +622,7 @@ def update(paths: list[str], tables: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    tables = {"scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "curvature": curvature, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "sinusoid_abml_screen": sinusoid_abml_screen, "glyph_methods": glyph_methods, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk}
+    tables = {"reference_speed": reference_speed, "scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "curvature": curvature, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "sinusoid_abml_screen": sinusoid_abml_screen, "glyph_methods": glyph_methods, "glyph_abml_screen": glyph_abml_screen, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk}
     if args[:1] == ["--update"] and len(args) > 1:
         update(args[1:], tables)
         return 0
