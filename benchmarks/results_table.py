@@ -40,8 +40,8 @@ RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 def sinusoid() -> str:
     rows = ["| inner update | 0 steps (prior) | 1 step | 5 steps | 10 steps | training |", "|---|---|---|---|---|---|"]
     notes = []
-    for name, label in (("sinusoid_tuned.json", "natural, α learned per tensor, fixed σ = 0.1, prior scale 0.03 (the snippet)"),
-                        ("sinusoid.json", "natural, α = 0.1, learned σ, prior scale 0.1 (zoo `mlp` defaults)"),
+    for name, label in (("sinusoid_tuned.json", "natural, α learned per tensor, fixed σ = 0.1, prior scale 0.03 (the snippet; `hvi fit --model mlp`)"),
+                        ("sinusoid.json", "natural, α = 0.1, learned σ, prior scale 0.1 (the earlier `mlp` defaults)"),
                         ("sinusoid_gradient.json", "gradient ascent, α = 0.01")):
         path = RESULTS / name
         if not path.exists():

@@ -16,7 +16,7 @@ Settings per method (``SETTINGS`` below):
   when training, Gaussian noise of fixed σ = 0.1, prior scale starting at
   0.03, outer Adam 3e-3. Chosen by the short-budget screen of
   benchmarks/sinusoid_abml_screen.py (docs/results/sinusoid_abml_screen.json):
-  the `mlp` defaults of ``hvi fit`` (α = 0.1 fixed, K = 10, learned σ from 0.3,
+  the earlier `mlp` defaults of ``hvi fit`` (α = 0.1 fixed, K = 10, learned σ from 0.3,
   prior scale 0.1) lost to MAML by 2-2.5x here, and a learned σ from 0.1
   degraded with longer training.
 
