@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ def write_result(path: str | os.PathLike, script: str, argv: list[str] | None, p
         What was written.
     """
     args = sys.argv[1:] if argv is None else argv
-    out = {"command": " ".join(["python", script, *args]), "date": datetime.date.today().isoformat()}
+    # Quoted, so that the command pastes back into a shell.
+    out = {"command": shlex.join(["python", script, *args]), "date": datetime.date.today().isoformat()}
     out.update(payload if isinstance(payload, dict) else {"results": payload})
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")

@@ -454,12 +454,10 @@ def distributed() -> str:
 
 
 def _sweep_source(d: dict) -> str:
-    """The command(s) that wrote scaling.json: an earlier full run, and any reruns of some sizes."""
-    now = f"`{d['command']}` ({d['date']})"
-    if not d.get("previous"):
-        return now
-    before = "; ".join(f"`{p['command']}` ({p['date']})" for p in d["previous"])
-    return f"{before}, with the configurations at the rerun sizes replaced by {now}"
+    """The commands that wrote scaling.json: the first run, then each rerun (of some sizes or series) in order."""
+    runs = [*d.get("previous", []), {"command": d["command"], "date": d["date"]}]
+    first, *later = [f"`{r['command']}` ({r['date']})" for r in runs]
+    return first + "".join(f", then {c} replaced what it reran" for c in later)
 
 
 def scaling() -> str:

@@ -319,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
             if error:
                 failures.append({"series": s["series"], "call": call, "error": error})
                 print(f"{s['series']} {call}: FAILED {error}", file=sys.stderr, flush=True)
+            if args.replace_series:  # the replaced series back in their place among the kept ones
+                order = {s["series"]: i for i, s in enumerate(series_list())}
+                rows.sort(key=lambda r: order.get(r["series"], len(order)))
             # Written after every call: an interrupted sweep keeps what it measured ("complete": false).
             result = save(args, argv, name, grid, rows, failures, load_before, t0, False, previous)
     result = save(args, argv, name, grid, rows, failures, load_before, t0, True, previous)
