@@ -247,7 +247,8 @@ def glyph_abml_screen() -> str:
 
 def sinusoid_methods() -> str:
     d = json.loads((RESULTS / "sinusoid_methods.json").read_text())
-    labels = {"abml": "ABML", "maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile"}
+    labels = {"abml": "ABML", "maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile",
+              "maml_k5": "MAML, K = 5 in training", "abml_k1": "ABML, K = 1 in training"}
     rows = ["| method | settings | 1 step | 5 steps | 10 steps | training |", "|---|---|---|---|---|---|"]
     sources: dict[str, list[str]] = {}  # "command (date)" -> the rows it measured (rows merged in later carry their own)
     for name, r in d["methods"].items():
@@ -264,9 +265,10 @@ def sinusoid_methods() -> str:
         rows.append(f"| {labels.get(name, name)} | {setting} | " + " | ".join(cells) + f" | {r['fit_seconds']:.0f} s |")
         sources.setdefault(f"`{r.get('command', d['command'])}` ({r.get('date', d['date'])})", []).append(labels.get(name, name))
     cfg = d["config"]
-    cover = ["/".join(f"{r['by_inner_steps'][k]['coverage_90']:.2f}" for k in ("1", "5", "10"))
+    cover = ["/".join(f"{r['by_inner_steps'][k]['coverage_90']:.2f}" for k in ("1", "5", "10")) + f" ({labels.get(n, n)})"
              for n, r in d["methods"].items() if "coverage_90" in r["by_inner_steps"]["1"]]
-    cover = f" ABML's 90% predictive intervals covered {cover[0]} of the query points after 1/5/10 steps." if cover else ""
+    cover = (f" ABML's 90% predictive intervals covered {', '.join(cover)} of the query points after 1/5/10 steps."
+             if cover else "")
     origin = "; ".join(f"{c} ({', '.join(rs)})" for c, rs in sources.items()) if len(sources) > 1 else next(iter(sources))
     return ("\n".join(rows) + f"\n\nQuery MSE ± 95% CI over {cfg['test_tasks']} held-out tasks after 1, 5, 10 inner steps; "
             f"every method {cfg['steps']} outer steps of {cfg['task_batch']} tasks, one CPU thread.{cover} "

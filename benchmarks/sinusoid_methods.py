@@ -56,6 +56,10 @@ SETTINGS = {
     "fomaml": ("fomaml", "gradient", 0.01, 1, 3e-3, 0.0),
     "reptile": ("reptile", "gradient", 0.01, 5, 0.1, 0.0),
     "abml": ("abml", "natural", 0.1, 5, 3e-3, 1.0),
+    # The training K, swapped: is ABML's lead after 5 steps its K = 5 in training, and its
+    # loss after 1 step MAML's K = 1? (Each scored after 1, 5 and 10 steps like the rest.)
+    "maml_k5": ("maml", "gradient", 0.01, 5, 3e-3, 0.0),
+    "abml_k1": ("abml", "natural", 0.1, 1, 3e-3, 1.0),
 }
 #: ABML's likelihood noise σ (fixed), its prior's initial scale σ_p, and whether it learns one
 #: inner α per weight tensor and λ key (bounded to (0, 1), starting at SETTINGS' α).
