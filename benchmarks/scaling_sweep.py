@@ -282,13 +282,17 @@ def main(argv: list[str] | None = None) -> int:
     kept: list[dict[str, Any]] = []
     previous: list[dict[str, str]] = []
     calls = invocations(grid)
-    if args.replace_sizes:
-        sizes = {int(v) for v in args.replace_sizes.split(",")}
+    def earlier(flag: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+        """The rows of the existing --out (same grid) and its commands so far, for a partial rerun."""
         old = json.loads(Path(args.out).read_text())
         if old["grid"]["name"] != name:
-            p.error(f"--replace-sizes: {args.out} holds the {old['grid']['name']!r} grid, not {name!r}")
-        previous = old.get("previous", []) + [{"command": old["command"], "date": old["date"]}]
-        kept = [r for r in old["results"] if r["size"] not in sizes]
+            p.error(f"{flag}: {args.out} holds the {old['grid']['name']!r} grid, not {name!r}")
+        return old["results"], old.get("previous", []) + [{"command": old["command"], "date": old["date"]}]
+
+    if args.replace_sizes:
+        sizes = {int(v) for v in args.replace_sizes.split(",")}
+        old_rows, previous = earlier("--replace-sizes")
+        kept = [r for r in old_rows if r["size"] not in sizes]
         calls = [c for c in calls if c["size"] in sizes]
     if args.replace_series:
         wanted = [s.strip() for s in args.replace_series.split(";")]
@@ -296,11 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             p.error(f"--replace-series: unknown series {unknown[0]!r}; the series are "
                     + "; ".join(s["series"] for s in series))
-        old = json.loads(Path(args.out).read_text())
-        if old["grid"]["name"] != name:
-            p.error(f"--replace-series: {args.out} holds the {old['grid']['name']!r} grid, not {name!r}")
-        previous = old.get("previous", []) + [{"command": old["command"], "date": old["date"]}]
-        kept = [r for r in old["results"] if r["series"] not in wanted]
+        old_rows, previous = earlier("--replace-series")
+        kept = [r for r in old_rows if r["series"] not in wanted]
         series = [s for s in series if s["series"] in wanted]
     if args.series:
         wanted = [s.strip() for s in args.series.split(";")]
