@@ -10,6 +10,14 @@ results along the task dim. It is a ``torch.autograd.Function``: the
 backward pass runs each chunk's vector-Jacobian product in the same worker
 threads, so the expensive backward through a second-order inner loop is
 parallel too. On other devices, or with one thread, nothing changes.
+
+How many workers: one per intra-op thread (``torch.get_num_threads()``) unless
+the program fixes the count with :func:`set_task_workers`. ``hvi fit
+--threads N`` does that and keeps the main thread's kernels single-threaded
+(``cli/process.py``): with torch's intra-op threads > 1 every small kernel of
+the main thread's share of a step (Pyro's sites, the query likelihood, Adam)
+becomes an OpenMP region whose idle thread spin-waits: more CPU time for no
+gain in wall time (measured in docs/performance.md).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-__all__ = ["map_task_chunks", "num_task_chunks"]
+__all__ = ["map_task_chunks", "num_task_chunks", "set_task_workers", "task_workers"]
 
 # fn(inputs, chunk) -> outputs, each with the task dim at ``task_dim``.
 ChunkFn = Callable[[Sequence[Tensor], slice], tuple[Tensor, ...]]
@@ -31,6 +39,34 @@ _WORKER_PREFIX = "hvi-tasks"
 _POOL: ThreadPoolExecutor | None = None
 _POOL_WORKERS = 0
 _POOL_LOCK = threading.Lock()
+_TASK_WORKERS: int | None = None  # None: one per intra-op thread
+
+
+def set_task_workers(workers: int | None) -> None:
+    """Fixes how many worker threads split a task batch on CPU, process-wide.
+
+    A program's setting, like ``torch.set_num_threads`` (``hvi fit --threads``
+    calls it; the library never does): with ``workers`` fixed, the intra-op
+    thread count no longer decides the chunks, so the main thread can run its
+    kernels single-threaded while ``workers`` threads adapt the chunks.
+
+    Args:
+        workers: Worker threads (>= 1), or None for one per intra-op thread
+            (``torch.get_num_threads()``, the default).
+
+    Raises:
+        ValueError: ``workers`` is not None or an integer >= 1.
+    """
+    global _TASK_WORKERS
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"task workers must be None or an integer >= 1, got {workers!r}; pass e.g. 2 (one per core).")
+    _TASK_WORKERS = workers
+
+
+def task_workers() -> int:
+    """The worker threads a task batch is split over on CPU: :func:`set_task_workers`'s count, else
+    ``torch.get_num_threads()``."""
+    return _TASK_WORKERS if _TASK_WORKERS is not None else torch.get_num_threads()
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
@@ -58,8 +94,8 @@ def _single_threaded_kernels():
 def num_task_chunks(num_tasks: int, device: torch.device, enabled: bool = True) -> int:
     """How many chunks :func:`map_task_chunks` should split ``num_tasks`` tasks into.
 
-    One per intra-op thread (``torch.get_num_threads()``) on CPU, never more
-    than there are tasks; 1 (no threads) on other devices, when disabled,
+    One per worker (:func:`task_workers`: one per intra-op thread unless
+    :func:`set_task_workers` fixed the count) on CPU, never more than there are tasks; 1 (no threads) on other devices, when disabled,
     inside a worker, and under thread-local state a worker would not see: a
     ``torch.func`` transform or a ``TorchDispatchMode`` (e.g. ``FlopCounterMode``).
     """
@@ -67,7 +103,7 @@ def num_task_chunks(num_tasks: int, device: torch.device, enabled: bool = True) 
         return 1
     if _thread_local_state_active():
         return 1
-    return max(1, min(num_tasks, torch.get_num_threads()))
+    return max(1, min(num_tasks, task_workers()))
 
 
 def _thread_local_state_active() -> bool:

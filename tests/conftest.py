@@ -54,3 +54,13 @@ def mallopt_calls(monkeypatch):
 
     monkeypatch.setattr(hvi.allocator, "_glibc_mallopt", lambda: mallopt)
     return calls
+
+
+@pytest.fixture(autouse=True)
+def task_workers_reset():
+    """The task-worker count left at the library's default (one per intra-op thread) after each test:
+    in-process ``hvi fit`` / ``hvi evaluate`` fix it process-wide (``--threads``)."""
+    import hvi.parallel
+
+    yield
+    hvi.parallel.set_task_workers(None)

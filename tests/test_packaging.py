@@ -180,11 +180,11 @@ def test_the_library_does_not_import_the_cli():
 
 def test_only_the_cli_sets_process_wide_threads_and_allocator():
     """The library calls neither torch.set_num_threads (but hvi.parallel's scoped one, restored on exit, and its
-    workers' own) nor hvi.tune_allocator: those are the program's (hvi.cli.process.configure_process)."""
+    workers' own), hvi.parallel.set_task_workers nor hvi.tune_allocator: those are the program's (hvi.cli.process.configure_process)."""
     import ast
 
     root = Path(__file__).resolve().parents[1]
-    setters = {"set_num_threads", "set_num_interop_threads", "tune_allocator"}
+    setters = {"set_num_threads", "set_num_interop_threads", "tune_allocator", "set_task_workers"}
     calls = []
     for path in sorted([*root.glob("hvi/**/*.py"), *root.glob("models/**/*.py"), *root.glob("cli/**/*.py")]):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -193,8 +193,8 @@ def test_only_the_cli_sets_process_wide_threads_and_allocator():
                 name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
                 if name in setters:
                     calls.append(f"{path.relative_to(root)}: {name}")
-    assert sorted(set(calls)) == ["cli/process.py: set_num_threads", "cli/process.py: tune_allocator",
-                                  "hvi/parallel.py: set_num_threads"]
+    assert sorted(set(calls)) == ["cli/process.py: set_num_threads", "cli/process.py: set_task_workers",
+                                  "cli/process.py: tune_allocator", "hvi/parallel.py: set_num_threads"]
 
 
 def _project_modules(root: Path) -> dict[str, Path]:
