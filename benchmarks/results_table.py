@@ -10,6 +10,7 @@
     python benchmarks/results_table.py sinusoid_methods  # ABML vs MAML, FOMAML, Reptile, one budget
     python benchmarks/results_table.py sinusoid_abml_screen  # ABML settings screened against MAML, short budget
     python benchmarks/results_table.py glyph_abml_screen  # ABML settings screened on 5-shot glyph episodes
+    python benchmarks/results_table.py glyph_abml_step  # why: the first natural step on 1- vs 5-shot glyph episodes
     python benchmarks/results_table.py siren_study     # SIREN meta-initialization: PSNR vs steps, meta vs standard init
     python benchmarks/results_table.py siren_ntk       # the SIREN's NTK: energy of held-out faces in the top-k eigenfunctions
     python benchmarks/results_table.py distributed     # hvi fit on 1 and 2 processes (torchrun, gloo)
@@ -243,6 +244,24 @@ def glyph_abml_screen() -> str:
             "2-core machine (training times only rough). Each row: `python benchmarks/glyph_methods.py --methods VARIANT "
             f"--shots 5 --test-tasks {cfg['test_tasks']} --merge --out docs/results/glyph_abml_screen.json` "
             f"({', '.join(dates)}; each row's command is in the JSON).")
+
+
+def glyph_abml_step() -> str:
+    """The first natural step on 1- and 5-shot glyph episodes at conv4's initialisation (benchmarks/glyph_abml_step.py)."""
+    d = json.loads((RESULTS / "glyph_abml_step.json").read_text())
+    rows = ["| episodes | weights with α·h/β > c_p | line search t: median [min, max] | support cross-entropy after 0 / 1 / 3 steps | the same with the line search |",
+            "|---|---|---|---|---|"]
+    for shots, r in d["results"].items():
+        ce = r["support_cross_entropy"]
+        cells = [" / ".join(f"{ce[v][k]['mean']:.2f}" for k in ("0", "1", "3")) for v in ("abml", "abml_ls")]
+        t = r["line_t"]
+        rows.append(f"| 5-way {shots} | {r['newton_fraction']:.1%} | {t['median']:.2f} [{t['min']:.2f}, {t['max']:.2f}] | "
+                    + " | ".join(cells) + " |")
+    s = next(iter(d["results"].values()))["settings"]
+    return ("\n".join(rows) + f"\n\nThe conv4 defaults (α = {s['alpha']:g}, β = {s['kl_weight']:g}, prior scale "
+            f"{s['prior_scale']:g}) at the shared, untrained initialisation, on {d['config']['tasks']} held-out episodes "
+            f"({d['config']['samples']} weight draws each); the first two columns are the first inner step's. "
+            f"From `{d['command']}` ({d['date']}).")
 
 
 def sinusoid_methods() -> str:
@@ -622,7 +641,7 @@ def update(paths: list[str], tables: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    tables = {"reference_speed": reference_speed, "scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "curvature": curvature, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "sinusoid_abml_screen": sinusoid_abml_screen, "glyph_methods": glyph_methods, "glyph_abml_screen": glyph_abml_screen, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk}
+    tables = {"reference_speed": reference_speed, "scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "curvature": curvature, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "sinusoid_abml_screen": sinusoid_abml_screen, "glyph_methods": glyph_methods, "glyph_abml_screen": glyph_abml_screen, "glyph_abml_step": glyph_abml_step, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk}
     if args[:1] == ["--update"] and len(args) > 1:
         update(args[1:], tables)
         return 0
