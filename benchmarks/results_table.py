@@ -16,6 +16,7 @@
     python benchmarks/results_table.py distributed     # hvi fit on 1 and 2 processes (torchrun, gloo)
     python benchmarks/results_table.py solar_headroom  # the best linear blend of the solar baselines vs climatology
     python benchmarks/results_table.py cli_startup     # hvi bare / --help / models --brief, with their times
+    python benchmarks/results_table.py cli_threads     # hvi fit at 1 vs 2 threads: wall and CPU s, main thread vs workers
     python benchmarks/results_table.py memory_criteria # peak RSS at 20 vs 2 inner steps (checkpoint), batch 16 vs 1 (chunks)
     python benchmarks/results_table.py memory_modes    # second-order memory: every step's graph vs checkpointed steps
     python benchmarks/results_table.py scaling         # tasks/s and peak RSS vs task batch, inner steps, image size
@@ -618,6 +619,45 @@ def net_options() -> str:
             f"({d['accuracy'][0]['setup']}):\n\n" + "\n".join(acc) + f"\n\nFrom `{d['command']}` ({d['date']}).")
 
 
+def cli_threads() -> str:
+    """hvi fit at 1 and 2 threads (task workers), and the earlier intra-op meaning: wall and CPU seconds, per-step shares."""
+    rows = ["| run | `--threads` | wall s | training s | CPU s (user + sys) | 1-min load at start |", "|---|---|---|---|---|---|"]
+    sources, loads, cpus = [], [], set()
+    for name in ("cli_threads", "cli_threads_intraop", "cli_threads_mlp"):
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            continue
+        d = json.loads(path.read_text())
+        cfg = d["config"]
+        cpus.add(d["cpu_count"])
+        loads += [r[k] for runs in d["runs"].values() for r in runs for k in ("load_1min_start", "load_1min_end")]
+        for t, m in d["median"].items():
+            label = f"{t[:-1]} intra-op (earlier)" if t.endswith("i") else t
+            rows.append(f"| `{cfg['model']}`, {cfg['steps']} steps, {len(d['runs'][t])} run(s) | {label} | {m['wall_s']:.1f} "
+                        f"| {m['train_s']:.1f} | {m['cpu_s']:.1f} | {m['load_1min_start']:.1f} |")
+        sources.append(f"`{d['command']}` ({d['date']})")
+    share = ["| model | `--threads` | CPU s / step | main thread | task workers | wall s / step | CPU vs 1 thread |",
+             "|---|---|---|---|---|---|---|"]
+    for name in ("thread_share", "thread_share_mlp"):
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            continue
+        d = json.loads(path.read_text())
+        cpus.add(d["cpu_count"])
+        for r in d["results"]:
+            loads += [x[k] for x in r["runs"].values() for k in ("load_1min_start", "load_1min_end")]
+            p = r["per_step"]
+            share.append(f"| `{d['config']['model']}` | {r['threads']} | {p['cpu_s']:.3f} | {p['main_thread_cpu_s']:.3f} "
+                         f"| {p['worker_cpu_s']:.3f} | {p['wall_s']:.3f} | {r['cpu_vs_one_thread']:.2f} |")
+        sources.append(f"`{d['command']}` ({d['date']})")
+    return ("\n".join(rows) + "\n\nMedians per setting; each run a fresh `hvi fit` process with the model's defaults."
+            + "\n\n" + "\n".join(share) + "\n\nPer step: the difference of two runs' totals (start-up and the final "
+            "validation cancel), the main thread's CPU by `time.thread_time`, the workers' the rest of the process's. "
+            f"{'/'.join(map(str, sorted(cpus)))} CPU cores shared with other jobs (1-minute load average "
+            f"{min(loads):.1f}–{max(loads):.1f} during the runs), so the CPU seconds are the evidence, not the "
+            "wall seconds. From " + "; ".join(sources) + ".")
+
+
 #: A generated table in a Markdown page: between these markers (tests/test_docs.py checks them).
 MARKED = re.compile(r"^<!-- results_table\.py (\w+) -->\n(.*?)^<!-- end -->$", re.S | re.M)
 
@@ -641,7 +681,7 @@ def update(paths: list[str], tables: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    tables = {"reference_speed": reference_speed, "scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "curvature": curvature, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "sinusoid_abml_screen": sinusoid_abml_screen, "glyph_methods": glyph_methods, "glyph_abml_screen": glyph_abml_screen, "glyph_abml_step": glyph_abml_step, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk}
+    tables = {"cli_threads": cli_threads, "reference_speed": reference_speed, "scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "curvature": curvature, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "sinusoid_abml_screen": sinusoid_abml_screen, "glyph_methods": glyph_methods, "glyph_abml_screen": glyph_abml_screen, "glyph_abml_step": glyph_abml_step, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk}
     if args[:1] == ["--update"] and len(args) > 1:
         update(args[1:], tables)
         return 0

@@ -281,7 +281,8 @@ def _key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, .
 @click.option("--seed", type=int, metavar="S", help=_d("Seed of initialisation, sampling and task order", "seed"))
 @click.option("--device", metavar="cpu|cuda", help=_d("Where to train (cpu, cuda, cuda:N)", "device"))
 @click.option("--nproc", "nproc", type=int, metavar="N", help="Train on N local processes: re-runs this command under torchrun (python -m torch.distributed.run --standalone --nproc-per-node N; docs/distributed.md).")
-@click.option("--threads", type=int, metavar="N", help=_d("CPU threads for torch (1 is fastest for small models on a busy machine)", "threads"))
+@click.option("--threads", type=int, metavar="N", help=_d("CPU threads: N task workers, each adapting a chunk of the task batch with single-threaded torch kernels; "
+                    "more than 1 costs more CPU than it saves time in the default bayes_unet and mlp runs (docs/performance.md)", "threads"))
 @click.option("--resume", is_flag=True, help="Continue the interrupted or finished run at --out.")
 @click.option("--val-every", "val_every", type=int, metavar="N", help="Validate on held-out val tasks every N steps (default steps/10).")
 @click.option("--checkpoint-every", "checkpoint_every", type=int, metavar="N", help="Write checkpoint/ every N steps (default steps/10).")

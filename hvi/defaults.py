@@ -46,7 +46,7 @@ COMMON: dict[str, Any] = {
     "clip_norm": None,
     "seed": 0,
     "device": "cpu",
-    "threads": 1,
+    "threads": 1,  # task workers; a second costs more CPU than it saves (docs/performance.md#threads-the-cli-default)
     "val_every": None,  # None: steps // 10
     "val_tasks": 32,
     "val_samples": 20,
