@@ -58,9 +58,11 @@ def run_fit(model: str, steps: int, threads: str, extra: list[str]) -> dict[str,
         load = os.getloadavg()[0]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode:
+        raise SystemExit(f"hvi fit failed ({' '.join(cmd[1:])}):\n{done.stderr[-2000:]}")
     trained = _TRAINED.search(done.stdout)
     return {
         "wall_s": wall,
