@@ -218,7 +218,8 @@ def _glyph_rows(d: dict, label) -> tuple[list[str], dict[str, list[str]]]:
 def glyph_methods() -> str:
     """ABML, MAML, first-order MAML and Reptile on 5-way glyph episodes: accuracy and pooled ECE."""
     d = json.loads((RESULTS / "glyph_methods.json").read_text())
-    labels = {"abml": "ABML", "maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile"}
+    labels = {"abml": "ABML", "maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile",
+              "abml_ls": "ABML, line search"}
     rows = ["| episodes | method | settings | accuracy, 1 step | accuracy, 3 steps | accuracy, 10 steps | ECE, 3 steps | training |",
             "|---|---|---|---|---|---|---|---|"]
     body, sources = _glyph_rows(d, lambda n: labels.get(n, f"ABML ({n})" if n.startswith("abml_") else n))
@@ -571,20 +572,23 @@ def reference_speed() -> str:
         rows.append(f"| {label[impl]} | {'second' if order == '2nd' else 'first'} | {rest[0][1:] if rest else 1} "
                     f"| {s['tasks_per_cpu_s']:.2f} ({runs}) | {s['tasks_per_s']:.2f} | {s['gflop_per_task']:.1f} "
                     f"| {s['gflop_per_cpu_s']:.1f} |")
-    crit = ["| criterion (issue #16) | needs | CPU time | wall time | met (CPU time) |", "|---|---|---|---|---|"]
+    crit = ["| criterion (issue #16) | needs | CPU time | CPU time, per round (median) | wall time | met (CPU time) |",
+            "|---|---|---|---|---|---|"]
     names = {"engine_2nd_vs_reference_2nd": "engine second order / reference second order",
              "engine_2nd_vs_best_naive_2nd": "engine second order / naive loop at its best batch",
              "engine_2nd_gflop_share_of_matmul": "engine second-order GFLOP/s / same-run matmul",
              "engine_1st_vs_reference_2nd": "engine first order / reference second order"}
     for k, c in d["criteria"].items():
-        w = d["criteria_wall"][k]
-        crit.append(f"| {names[k]} | ≥ {c['threshold']:g} | {c['ratio']:.2f} | {w['ratio']:.2f} | {'yes' if c['met'] else 'no'} |")
+        w, r = d["criteria_wall"][k], d.get("criteria_per_round", {}).get(k)
+        rounds = "–" if r is None else ", ".join(f"{v:.2f}" for v in r["ratios"]) + f" ({r['median']:.2f})"
+        crit.append(f"| {names[k]} | ≥ {c['threshold']:g} | {c['ratio']:.2f} | {rounds} | {w['ratio']:.2f} "
+                    f"| {'yes' if c['met'] else 'no'} |")
     cfg, mm = d["config"], d["matmul"]
     others = [v for s in d["summary"].values() for v in s["others_cpu_share_runs"] if v is not None]
     return ("\n".join(rows) + "\n\n" + "\n".join(crit)
             + f"\n\n{cfg['size']}×{cfg['size']} U-Net base {cfg['base']}, {cfg['k_shot']}-shot, {cfg['k_query']} query "
             f"points, K = {cfg['inner_steps']} gradient steps, one thread, each configuration in a fresh process; medians "
-            f"of {cfg['rounds']} alternating rounds. Tasks per CPU second of the process (the criteria's basis: other jobs "
+            f"of {cfg['rounds']} alternating rounds (and each criterion's ratio within each round). Tasks per CPU second of the process (the criteria's basis: other jobs "
             f"took {min(others):.0%}–{max(others):.0%} of the machine's CPU during the runs, which wall time mostly "
             f"measures); same-run 2048² float32 matmul {mm['gflop_per_cpu_s']:.0f} GFLOP per CPU-s "
             f"({mm['gflop_per_s']:.0f} per wall second). The two U-Nets differ (the reference's {d['summary']['reference_2nd']['weights']:,} weights "

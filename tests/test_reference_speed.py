@@ -66,3 +66,14 @@ def test_judge_uses_best_batches_and_thresholds():
     assert w["engine_2nd_vs_reference_2nd"]["of"] == ["engine_2nd_B4", "reference_2nd"]
     assert w["engine_2nd_vs_best_naive_2nd"]["ratio"] == 3.0
     assert w["engine_2nd_gflop_share_of_matmul"]["ratio"] == 0.6 and w["engine_2nd_gflop_share_of_matmul"]["met"]
+
+
+def test_per_round_ratios_pair_each_round():
+    criteria = {"engine_2nd_vs_reference_2nd": {"of": ["engine_2nd_B8", "reference_2nd"]},
+                "engine_2nd_gflop_share_of_matmul": {"of": ["engine_2nd_B8", "matmul"]}}
+    runs = {"engine_2nd_B8": [{"tasks_per_cpu_s": 4.0}, {"tasks_per_cpu_s": 3.0}, {"tasks_per_cpu_s": 5.0}],
+            "reference_2nd": [{"tasks_per_cpu_s": 2.0}, {"tasks_per_cpu_s": 1.0}, {"tasks_per_cpu_s": 2.5}]}
+    matmuls = [{"gflop_per_cpu_s": 100.0}, {"gflop_per_cpu_s": 60.0}, {"gflop_per_cpu_s": 100.0}]
+    r = rs.per_round(criteria, runs, matmuls, {"engine_2nd_B8": 10.0})
+    assert r["engine_2nd_vs_reference_2nd"] == {"ratios": [2.0, 3.0, 2.0], "median": 2.0}
+    assert r["engine_2nd_gflop_share_of_matmul"] == {"ratios": [0.4, 0.5, 0.5], "median": 0.5}
