@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from hvi.defaults import defaults_for
-from hvi.settings import KEYS, MUTABLE_ON_RESUME, TABLE_KEYS, FitSettings, check_value, is_path
+from hvi.settings import KEYS, MUTABLE_ON_RESUME, TABLE_KEYS, FitSettings, check_method_theta, check_value, is_path
 
 __all__ = ["load_toml", "resolve", "resolve_resume", "finalize", "dump_toml", "check_flag"]
 
@@ -185,6 +185,7 @@ def finalize(cfg: dict[str, Any]) -> dict[str, Any]:
     from hvi.builders import inner_config
 
     inner_config(cfg)  # the inner keys together and with the method (inner_lr <= 1 under natural, ...)
+    check_method_theta(cfg.get("method", "abml"), cfg.get("q_theta", "delta"))
     return cfg
 
 

@@ -17,7 +17,7 @@ from hvi.likelihoods import Likelihood, get_likelihood
 from hvi.methods import Method, is_deterministic, method_inner_config
 from hvi.model import model as _model
 from hvi.priors.base import HierarchicalPrior, get_prior
-from hvi.settings import check_choice
+from hvi.settings import check_choice, check_method_theta
 from hvi.sites import GlobalSite
 from hvi.tasks import TaskBatch
 
@@ -75,8 +75,7 @@ class MetaModel:
         self.inner = method_inner_config(method, inner)
         #: The meta-learning method (see :mod:`hvi.methods`).
         self.method: str = method
-        if is_deterministic(method) and q_theta != "delta":
-            raise ValueError(f"method={method!r} learns a point θ; use q_theta='delta' (or method='abml').")
+        check_method_theta(method, q_theta)
         self.net = FunctionalNet(net, parallel_tasks=self.inner.parallel_tasks)
         self.prior = get_prior(prior).bind(self.net.init_weights)
         #: q(φ_i)'s family: the prior's, or a point mass for the deterministic methods.

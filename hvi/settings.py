@@ -49,6 +49,7 @@ __all__ = [
     "check_inner_field",
     "check_int",
     "check_method_inner",
+    "check_method_theta",
     "check_nonnegative",
     "check_positive",
     "check_setting",
@@ -373,6 +374,20 @@ def check_method_inner(method: str, values: Mapping[str, Any], names: Mapping[st
             f"method='maml' is second order but {n('first_order')}=True; use method='fomaml' "
             f"(or {n('first_order')}=False)."
         )
+
+
+def check_method_theta(method: str, q_theta: str) -> None:
+    """Checks that ``method`` can learn this q(θ): the deterministic methods learn a point θ.
+
+    :class:`hvi.MetaModel` and the run config (``hvi fit``, before any data is
+    read) call it.
+
+    Raises:
+        ValueError: One line naming the method, the q(θ) and what to use instead.
+    """
+    check_choice("method", method, choices.METHODS)
+    if method != "abml" and q_theta != "delta":
+        raise ValueError(f"method={method!r} learns a point θ; use q_theta='delta' (or method='abml').")
 
 
 # --------------------------------------------------------------------------- a run's config keys

@@ -141,6 +141,9 @@ def test_the_method_rules_are_checked_before_the_data_is_read(tmp_path, monkeypa
     assert error_line(res) == ("Error: method='maml' adapts a point mass without a KL term, which "
                                "memory_mode='implicit' needs; use memory_mode='checkpoint' (or 'none').")
     assert listing(tmp_path) == []
+    res = invoke(["fit", *TINY, "--method", "reptile", "--q-theta", "normal", "--out", str(tmp_path / "r")])
+    assert error_line(res) == "Error: method='reptile' learns a point θ; use q_theta='delta' (or method='abml')."
+    assert listing(tmp_path) == []
 
 
 @pytest.mark.parametrize(

@@ -183,6 +183,12 @@ def test_bad_method_settings_are_one_line_errors(kwargs, match):
     assert "\n" not in str(e.value)
 
 
+def test_a_deterministic_method_learns_a_point_theta():
+    with pytest.raises(ValueError, match=r"^method='maml' learns a point θ; use q_theta='delta' \(or method='abml'\)\.$"):
+        hvi.MetaModel(tiny_net(), method="maml", q_theta="normal")
+    assert hvi.MetaModel(tiny_net(), GaussianPrior(hyperprior=True), q_theta="normal").q_theta == "normal"  # abml may
+
+
 def test_method_is_in_the_config_and_defaults_to_plain_gradient_steps():
     m = hvi.MetaModel(tiny_net(), method="fomaml")
     assert m.config()["method"] == "fomaml"
