@@ -97,10 +97,18 @@ def solar() -> str:
     skill = "; ".join(
         f"skill against {k}: {v['value']:.3f} (95% CI {v['ci_low']:.3f} to {v['ci_high']:.3f})" for k, v in ev.get("skill", {}).items()
     )
+    seeds, cmds = [], [f"`{d['command']}` ({d['date']})"]
+    for path in sorted(RESULTS.glob("solar_seed*.json")):  # the same defaults, other seeds of the fit
+        other = json.loads(path.read_text())
+        v, seed = other["evaluation"]["skill"]["climatology"], other["config"]["seed"]
+        seeds.append(f"seed {seed}: {v['value']:.3f} ({v['ci_low']:.3f} to {v['ci_high']:.3f}), "
+                     f"RMSE {other['evaluation']['metrics']['rmse']['value']:.3f}")
+        cmds.append(f"`{other['command']}` ({other['date']})")
+    others = f" Skill against climatology at other seeds of the fit: {'; '.join(seeds)}." if seeds else ""
     return (
         "\n".join(rows)
-        + f"\n\nMean and 95% CI over {ev['num_tasks']} held-out tasks; {skill}. Training took {d['fit_seconds']:.0f} s. "
-        + f"From `{d['command']}` ({d['date']})."
+        + f"\n\nMean and 95% CI over {ev['num_tasks']} held-out tasks (seed {d['config']['seed']}); {skill}. "
+        + f"Training took {d['fit_seconds']:.0f} s.{others} From {'; '.join(cmds)}."
     )
 
 
