@@ -173,6 +173,7 @@ def make_engine(cfg: dict[str, Any]):
             steps=cfg["inner_steps"], lr=cfg["inner_lr"], kl_weight=cfg["kl_weight"],
             first_order=cfg["first_order"], update=cfg.get("update", "gradient"),
             memory=cfg.get("memory_mode", "none"), curvature_every=cfg.get("curvature_every", 1),
+            curvature=cfg.get("curvature", "pair"),
         ),
     )
     # --compile / --autocast: the network's forward (FunctionalNet.configure).
@@ -401,6 +402,7 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "update": cfg.get("update", "gradient"),
         "memory_mode": cfg.get("memory_mode", "none"),
         "curvature_every": cfg.get("curvature_every", 1),
+        "curvature": cfg.get("curvature", "pair"),
         "chunk": cfg.get("chunk"),
         "compile": cfg.get("compile"),
         "autocast": cfg.get("autocast", "none"),
@@ -568,6 +570,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the engine's inner update (the naive reference implements 'gradient' only)")
     p.add_argument("--curvature-every", type=int, default=1,
                    help="natural update: InnerConfig(curvature_every=n), measure the curvature every n-th inner step")
+    p.add_argument("--curvature", choices=__import__("hvi.choices").choices.INNER_CURVATURES, default="pair",
+                   help="natural update: InnerConfig(curvature=...), antithetic sign pairs (2 evaluations per "
+                        "sample) or one-sided points (1)")
     p.add_argument("--inner-lr", type=float, default=None,
                    help="inner step size α: per support example for 'gradient' (default 1e-5, small "
                         "enough that random image data do not diverge), a fraction of a full step "
@@ -620,6 +625,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--update natural: the naive reference implements only the gradient update; add --impl engine")
     if args.curvature_every < 1 or (args.curvature_every > 1 and args.update != "natural"):
         p.error("--curvature-every must be >= 1, and > 1 only with --update natural")
+    if args.curvature != "pair" and args.update != "natural":
+        p.error("--curvature one_sided needs --update natural")
     if (args.compile or args.autocast != "none") and args.impl != "engine":
         p.error("--compile and --autocast configure the engine's network; add --impl engine")
     if args.inner_lr is None:
@@ -662,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
                     "inner_steps": K, "task_batch": B, "first_order": args.first_order,
                     "steps": args.steps, "warmup": args.warmup, "inner_lr": args.inner_lr,
                     "update": args.update, "memory_mode": args.memory_mode, "chunk": args.chunk,
-                    "curvature_every": args.curvature_every,
+                    "curvature_every": args.curvature_every, "curvature": args.curvature,
                     "kl_weight": args.kl_weight, "prior_scale": args.prior_scale,
                     "noise_scale": args.noise_scale, "lr": args.lr, "threads": args.threads,
                     "seed": args.seed, "omp_wait_policy": args.omp_wait_policy,

@@ -2,9 +2,11 @@
 
 Runs ``benchmarks/meta_step.py --impl engine`` (one fresh process per
 configuration and round) for the gradient update, the natural update with the
-curvature measured every step, and the natural update with
-``InnerConfig(curvature_every=n)``; keeps every run's JSON line and the
-medians per configuration::
+curvature measured every step, the natural update with
+``InnerConfig(curvature_every=n)``, and the natural update with the one-sided
+curvature estimate (``InnerConfig(curvature="one_sided")``: one network
+evaluation per sample instead of an antithetic pair's two); keeps every run's
+JSON line and the medians per configuration::
 
     python benchmarks/natural_cost.py --out docs/results/meta_step_updates.json
 
@@ -47,11 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", default="docs/results/meta_step_updates.json", help="JSON file to write")
     args = p.parse_args(argv)
+    load_start = os.getloadavg()[0]
     common = ["--steps", str(args.steps), "--warmup", "1", "--threads", str(args.threads)]
     configs = {
         "gradient": ["--update", "gradient"],
         "natural": ["--update", "natural"],
         f"natural, curvature_every={args.every}": ["--update", "natural", "--curvature-every", str(args.every)],
+        "natural, one_sided": ["--update", "natural", "--curvature", "one_sided"],
     }
     runs: dict[str, list[dict]] = {name: [] for name in configs}
     matmul = []
@@ -72,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         last = rs[-1]
         summary[name] = {
             "update": last["update"], "curvature_every": last.get("curvature_every", 1),
+            "curvature": last.get("curvature", "pair"),
             "step_s_median": round(step, 4), "cpu_s_median": round(cpu, 4),
             "step_ratio_to_gradient": round(step / base[0], 3), "cpu_ratio_to_gradient": round(cpu / base[1], 3),
             "gflop_per_task": last["gflop_per_task"], "peak_rss_mb": statistics.median(d["peak_rss_mb"] for d in rs),
@@ -79,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     write_result(args.out, "benchmarks/natural_cost.py", argv, {
         "config": vars(args),
+        "loadavg_1m_start": load_start,
         "loadavg_1m_end": os.getloadavg()[0],
         "summary": summary,
         "matmul_gflop_per_s_median": statistics.median(d["gflop_per_s"] for d in matmul) if matmul else None,

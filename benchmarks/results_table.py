@@ -6,6 +6,7 @@
     python benchmarks/results_table.py nuts            # full hierarchical VI against NUTS
     python benchmarks/results_table.py meta_step       # a meta-step's time and memory, gradient vs natural
     python benchmarks/results_table.py curvature       # natural update, curvature every step vs every 5th: quality and cost
+    python benchmarks/results_table.py one_sided       # natural update, antithetic pairs vs one-sided points: quality and cost
     python benchmarks/results_table.py cli_quickstart  # the README's hvi fit / evaluate / diagnose transcript
     python benchmarks/results_table.py sinusoid_methods  # ABML vs MAML, FOMAML, Reptile, one budget
     python benchmarks/results_table.py sinusoid_abml_screen  # ABML settings screened against MAML, short budget
@@ -138,7 +139,8 @@ def zoo() -> str:
 def curvature() -> str:
     """The natural update with the curvature measured every step against every 5th step: quality and cost."""
     cost = json.loads((RESULTS / "meta_step_updates.json").read_text())["summary"]
-    ratio = {s["curvature_every"]: s["cpu_ratio_to_gradient"] for s in cost.values() if s["update"] == "natural"}
+    ratio = {s["curvature_every"]: s["cpu_ratio_to_gradient"] for s in cost.values()
+             if s["update"] == "natural" and s.get("curvature", "pair") == "pair"}
     rows = ["| source | metric | every step | every 5 steps |", "|---|---|---|---|"]
     cmds = []
     pairs = (("solar", "solar.json", "solar_curvature_every5.json"),
@@ -159,6 +161,25 @@ def curvature() -> str:
     rows.append(f"| meta-step cost (U-Net, K = 5, second order) | CPU time vs a gradient step | {ratio[1]:.2f}× | {ratio[5]:.2f}× |")
     return ("\n".join(rows) + "\n\nMean [95% CI] over the held-out tasks (solar) or ± 95% CI half-width (sinusoid). "
             "From " + "; ".join(cmds) + "; cost from `docs/results/meta_step_updates.json` (`results_table.py meta_step`).")
+
+
+def one_sided() -> str:
+    """The natural update's curvature from antithetic pairs (default) vs one-sided points: sinusoid quality and cost."""
+    cost = {s.get("curvature", "pair"): s["cpu_ratio_to_gradient"]
+            for s in json.loads((RESULTS / "meta_step_updates.json").read_text())["summary"].values()
+            if s["update"] == "natural" and s["curvature_every"] == 1}
+    da, db = (json.loads((RESULTS / f).read_text()) for f in ("sinusoid_tuned.json", "sinusoid_one_sided.json"))
+    rows = ["| source | metric | pairs m ± σ·r (default) | one-sided m + σ·r |", "|---|---|---|---|"]
+    for k in ("1", "5", "10"):
+        va, vb = (d["by_inner_steps"][k] for d in (da, db))
+        rows.append(f"| sinusoid (README setting, K = 5) | query MSE after {k} step{'s' if k != '1' else ''} | "
+                    f"{va['mse']:.3f} ± {va['mse_ci95']:.3f} | {vb['mse']:.3f} ± {vb['mse_ci95']:.3f} |")
+    rows.append(f"| sinusoid | training time | {da['fit_seconds']:.0f} s | {db['fit_seconds']:.0f} s |")
+    rows.append(f"| meta-step cost (U-Net, K = 5, second order) | CPU time vs a gradient step | {cost['pair']:.2f}× "
+                f"| {cost['one_sided']:.2f}× |")
+    cmds = [f"`{d['command']}` ({d['date']})" for d in (da, db)]
+    return ("\n".join(rows) + "\n\nMean ± 95% CI half-width over the held-out tasks. From " + "; ".join(cmds)
+            + "; cost from `docs/results/meta_step_updates.json` (`results_table.py meta_step`).")
 
 
 def nuts() -> str:
@@ -393,6 +414,8 @@ def meta_step() -> str:
     for s in d["summary"].values():
         every = s["curvature_every"]
         measured = "n/a" if s["update"] == "gradient" else ("every step" if every == 1 else f"every {every} steps")
+        if s.get("curvature", "pair") != "pair":
+            measured += f", {s['curvature'].replace('_', '-')}"
         rows.append(f"| {s['update']} | {measured} | {s['step_s_median']:.3f} | {s['step_ratio_to_gradient']:.2f}× "
                     f"| {s['cpu_s_median']:.3f} | {s['cpu_ratio_to_gradient']:.2f}× | {s['gflop_per_task']:.1f} "
                     f"| {s['peak_rss_mb']:.0f} |")
@@ -693,7 +716,7 @@ def update(paths: list[str], tables: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    tables = {"cli_threads": cli_threads, "reference_speed": reference_speed, "scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "curvature": curvature, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "sinusoid_abml_screen": sinusoid_abml_screen, "glyph_methods": glyph_methods, "glyph_abml_screen": glyph_abml_screen, "glyph_abml_step": glyph_abml_step, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk}
+    tables = {"cli_threads": cli_threads, "reference_speed": reference_speed, "scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "curvature": curvature, "one_sided": one_sided, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "sinusoid_abml_screen": sinusoid_abml_screen, "glyph_methods": glyph_methods, "glyph_abml_screen": glyph_abml_screen, "glyph_abml_step": glyph_abml_step, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk}
     if args[:1] == ["--update"] and len(args) > 1:
         update(args[1:], tables)
         return 0

@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inner-steps", type=int, default=5, help="inner steps when training (default 5)")
     p.add_argument("--curvature-every", type=int, default=1,
                    help="natural update: measure the curvature every n-th inner step (default 1)")
+    p.add_argument("--curvature", choices=("pair", "one_sided"), default="pair",
+                   help="natural update: InnerConfig(curvature=...), antithetic pairs or one-sided points (default pair)")
     p.add_argument("--noise", type=float, default=0.3, help="initial likelihood sd (default 0.3)")
     p.add_argument("--fixed-noise", action="store_true", help="keep the likelihood sd at --noise (not learned)")
     p.add_argument("--learn-lr", action="store_true", help="InnerConfig(learn_lr=True): one learned α per λ tensor")
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         prior=hvi.get_prior("gaussian", init_scale=args.prior_scale),
         likelihood=hvi.Gaussian(noise=args.noise) if args.fixed_noise else hvi.Gaussian(noise="learned", init_scale=args.noise),
         inner=hvi.InnerConfig(steps=args.inner_steps, update=args.update, lr=args.lr_inner,
-                              curvature_every=args.curvature_every, learn_lr=args.learn_lr),
+                              curvature_every=args.curvature_every, curvature=args.curvature,
+                              learn_lr=args.learn_lr),
     )
     t0 = time.perf_counter()
     result = hvi.fit(meta, source, steps=args.steps, task_batch=8, lr=args.lr, seed=args.seed)

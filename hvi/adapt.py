@@ -91,7 +91,7 @@ class InnerConfig:
               by about the number of coupled weights: use α ≈ 0.1 (the
               default). Each of the ``num_samples`` draws is an antithetic pair
               of points m ± σ·r (r a random sign vector): two network
-              evaluations.
+              evaluations (one with ``curvature="one_sided"``).
             * ``"gradient"``: plain gradient ascent on (μ, ρ) with σ = softplus(ρ),
               the ABML paper's update. α is a step size per support example,
               stable only below ~2/curvature; the KL term alone has curvature
@@ -147,6 +147,13 @@ class InnerConfig:
             step stays exact on a quadratic likelihood (the conjugate models
             keep their one-step property at α = 1); the precision moves toward
             c_p + h/β with the last measured h.
+        curvature: Natural update only: where a step measures g and h.
+            ``"pair"`` (default): antithetic sign pairs m ± σ·r, 2 network
+            evaluations per sample, exact on a quadratic likelihood.
+            ``"one_sided"``: the points m + σ·r alone, 1 evaluation per sample
+            (about half the cost); h then carries the zero-mean noise
+            −∇ℓ(m)·r/σ, so the conjugate one-step property holds only to Monte
+            Carlo error (see :mod:`hvi.natural`).
         implicit_damping: δ ≥ 0 of the implicit solve (−∇²F + δ·M) v = λ̄, M
             the diagonal curvature preconditioner (default 0.0). δ > 0 steadies
             an indefinite Hessian (a non-convex network far from convergence) at
@@ -166,6 +173,7 @@ class InnerConfig:
     implicit_cg_steps: int = 10
     implicit_damping: float = 0.0
     curvature_every: int = 1
+    curvature: str = "pair"
 
     def __post_init__(self) -> None:
         # The checks (and their messages) are hvi.settings.check_inner's, shared with the run config.
@@ -551,7 +559,7 @@ class InnerLoop:
         record = _LastNoise(**{f.name: getattr(eps, f.name) for f in fields(eps)}) if isinstance(eps, TaskNoise) else eps
         lam = self._run(theta, lik, lr, x, y, noise, mask, record, steps, lead, needs_graph=False)
         last = record.last if isinstance(eps, TaskNoise) else eps[..., steps - 1, :, :]
-        points = natural.probes(last) if cfg.update == "natural" else last
+        points = natural.probes(last, cfg.curvature == "pair") if cfg.update == "natural" else last
         J = points.shape[-2]
         keys = tuple(lik)
 
@@ -625,7 +633,9 @@ class InnerLoop:
         if not second_order:
             lik = {k: v.detach() for k, v in lik.items()}
         prior = self._prior_terms(kl_terms, closed_form, lead, B)
-        loglik = self._support_loglik(lik, x, y, noise, mask, lead, 2 * cfg.num_samples, twice=second_order)
+        pairs = cfg.curvature == "pair"
+        loglik = self._support_loglik(lik, x, y, noise, mask, lead, natural.num_points(cfg.num_samples, pairs),
+                                      twice=second_order)
         line = (self._support_loglik(lik, x, y, noise, mask, lead, 3, per_point=True, twice=second_order)
                 if cfg.line_search else None)
         every = cfg.curvature_every
@@ -646,8 +656,8 @@ class InnerLoop:
             loglik_, line_, at_mean_, prior_, a_m_, a_s_ = (
                 (loglik, line, at_mean, prior, a_m, a_s) if parts is None else parts)
             sigma = s.rsqrt()
-            if h_last is None:  # measure g and h at the antithetic points
-                e = natural.probes(raw() if isinstance(raw, Redraw) else raw)
+            if h_last is None:  # measure g and h at the sign points (antithetic pairs, or one-sided)
+                e = natural.probes(raw() if isinstance(raw, Redraw) else raw, pairs)
                 phi = torch.addcmul(m.unsqueeze(-2), sigma.unsqueeze(-2), e)
                 if not create_graph:
                     phi.requires_grad_()
@@ -675,7 +685,7 @@ class InnerLoop:
 
         if recomputed:
             m, s = self._recomputed_natural(nat_step, m, s, lik, prior, a_m, a_s, noise_at, steps, every, x, y,
-                                            noise, mask, lead)
+                                            noise, mask, lead, natural.num_points(cfg.num_samples, pairs))
             return {"loc": m.expand(lead + (B, self.size)), "rho": inv_softplus(s.rsqrt()).expand(lead + (B, self.size))}
         run_step = checkpointed(nat_step) if second_order and cfg.memory == "checkpoint" else nat_step
         h = None
@@ -692,15 +702,15 @@ class InnerLoop:
         return {"loc": m.expand(lead + (B, self.size)), "rho": inv_softplus(s.rsqrt()).expand(lead + (B, self.size))}
 
     def _recomputed_natural(self, nat_step, m, s, lik, prior, a_m, a_s, noise_at, steps, every, x, y, noise,
-                            mask, lead) -> tuple[Tensor, Tensor]:
+                            mask, lead, points) -> tuple[Tensor, Tensor]:
         """(m, s)^(K) through one :class:`RecomputedSteps` node (memory="checkpoint", Normal prior).
 
         The state is (m, s), and the kept curvature h when ``curvature_every > 1``
         (a step that measures h afresh ignores the h it is given; the first is
         given zeros). The node's other inputs are the tensors of θ the step
         reads: likelihood sites, the prior's (μ_p, s_p), and α_m, α_s when tensors.
+        ``points``: the evaluations of a measuring step (:func:`hvi.natural.num_points`).
         """
-        S = self.config.num_samples
         keep_h = every > 1 and steps > 1
         has_line, has_mean = self.config.line_search, keep_h
 
@@ -709,7 +719,7 @@ class InnerLoop:
 
         def spec_step(t, state, e, inputs, create_graph):
             lk, pr, (am, as_) = inputs
-            parts = (make(lk, 2 * S), make(lk, 3, per_point=True) if has_line else None,
+            parts = (make(lk, points), make(lk, 3, per_point=True) if has_line else None,
                      make(lk, 1) if has_mean else None, pr, am, as_)
             h_last = None if t % every == 0 else state["h"]
             m_, s_, _, _, h = nat_step(state["m"], state["s"], e, h_last, parts, create_graph)

@@ -8,10 +8,12 @@ The engine validates against these (``InnerConfig``, ``MetaModel``,
 
 from __future__ import annotations
 
-__all__ = ["INNER_UPDATES", "MEMORY_MODES", "Q_THETAS", "OBJECTIVES", "METHODS"]
+__all__ = ["INNER_UPDATES", "INNER_CURVATURES", "MEMORY_MODES", "Q_THETAS", "OBJECTIVES", "METHODS"]
 
 #: ``InnerConfig.update``: the natural-gradient step (Bayesian learning rule) or plain gradient ascent.
 INNER_UPDATES: tuple[str, ...] = ("natural", "gradient")
+#: ``InnerConfig.curvature``: the natural step's g and h from antithetic sign pairs m ± σ·r (2 evaluations per sample) or from m + σ·r alone (1).
+INNER_CURVATURES: tuple[str, ...] = ("pair", "one_sided")
 #: ``InnerConfig.memory``: keep every inner step's graph, recompute each step in the backward pass, or differentiate the converged λ implicitly.
 MEMORY_MODES: tuple[str, ...] = ("none", "checkpoint", "implicit")
 #: ``MetaModel(q_theta=...)``: point mass, diagonal Normal or spline flow over the latent global sites.

@@ -38,6 +38,7 @@ COMMON: dict[str, Any] = {
     "kl_weight": 1.0,
     "inner_samples": 1,
     "curvature_every": 1,
+    "inner_curvature": "pair",
     "memory_mode": "none",
     "chunk": None,
     "steps": 1000,

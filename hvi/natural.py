@@ -27,7 +27,8 @@ conjugate one-step property stands.
 
 **Estimates** (:func:`moments`), from the gradients of the one backward pass
 the step needs anyway, at antithetic pairs φ = m ± σ·r with r a random sign
-vector (r_d = ±1, drawn from the inner loop's noise)::
+vector (r_d = ±1, drawn from the inner loop's noise; the default,
+``InnerConfig(curvature="pair")``)::
 
     g = mean over points of ∇ℓ(φ)
     h = −mean over points of ∇ℓ(φ)·r / σ
@@ -46,12 +47,30 @@ rule). Three properties follow, each checked in the tests:
   Off-diagonal curvature adds zero-mean noise Σ_e H_de σ_e r_e r_d / σ_d, as in
   Hutchinson's diagonal estimator.
 
+**One-sided** (``InnerConfig(curvature="one_sided")``, :func:`probes` with
+``antithetic=False``): the same g and h from the S points m + σ·r alone, one
+network evaluation per Monte Carlo sample instead of two (about half the
+inner loop's cost). What it loses is the pair's cancellation: on a quadratic ℓ,
+∇ℓ(m + σr) = ∇ℓ(m) − H·σ·r, so g = ∇ℓ(m) − H·σ·r̄ and
+
+    h = H − mean over points of ∇ℓ(m)·r / σ
+
+carries the zero-mean noise −∇ℓ(m)·r/σ (and g the noise −H·σ·r̄). Both vanish
+in expectation, so the conjugate one-step property at α = 1 holds only to
+Monte Carlo error: of order |∇ℓ(m)|/(σ·√S) in h, large where the prior is
+tight (σ small) or the support set far from the prior mean; and of order
+H·σ/(s'·√S) in the mean's step, large where the prior is wide (at the first
+step σ is the prior's sd: the mean lands about σ_p/√S from the posterior's,
+many posterior sds when the data are informative). The clip h ≥ 0 turns part
+of h's noise into a bias toward more precision. Measured in
+tests/test_natural.py (``test_one_sided_step_is_the_posterior_to_monte_carlo_error...``).
+
 The points are an estimator of q's expectations for the inner loop only: any
 λ it returns gives a valid ELBO, which the guide scores with Gaussian draws.
 Expectations are sampled at q's spread rather than taken at the mean (a
 Gauss–Newton matrix at m) because they need no per-output Jacobian (a U-Net
 has thousands of outputs per task) and cost one backward pass: the same as a
-gradient step with twice the draws.
+gradient step with twice the draws (one-sided: with as many).
 
 **Positivity**: h is clipped at 0 (negative curvature of a non-convex network is
 dropped, as a Gauss–Newton matrix would drop it), so the target precision is at
@@ -68,16 +87,26 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["probes", "moments", "step", "line_scale"]
+__all__ = ["probes", "num_points", "moments", "step", "line_scale"]
 
 
-def probes(eps: Tensor) -> Tensor:
-    """Standard-normal draws ``(..., S, D)`` → antithetic sign pairs ``(..., 2S, D)``: r, then −r.
+def num_points(num_samples: int, antithetic: bool = True) -> int:
+    """The points (network evaluations) per task of one curvature-measuring step: 2S for pairs, S one-sided."""
+    return 2 * num_samples if antithetic else num_samples
+
+
+def probes(eps: Tensor, antithetic: bool = True) -> Tensor:
+    """Standard-normal draws ``(..., S, D)`` → sign points ``(..., num_points(S, antithetic), D)``.
 
     r = sign(ε) (0 counts as +1) is a Rademacher vector: r² = 1 exactly.
+
+    Args:
+        eps: The inner loop's noise of one step.
+        antithetic: Pairs r, then −r (default: ``2S`` points); False gives r
+            alone (``S`` points, the one-sided estimate of the module docstring).
     """
     r = (eps >= 0).to(eps.dtype).mul_(2.0).sub_(1.0)
-    return torch.cat([r, r.neg()], dim=-2)
+    return torch.cat([r, r.neg()], dim=-2) if antithetic else r
 
 
 def moments(grad_phi: Tensor, probe: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:

@@ -225,6 +225,7 @@ INNER_KEYS: dict[str, str] = {
     "first_order": "first_order",
     "memory_mode": "memory",
     "curvature_every": "curvature_every",
+    "inner_curvature": "curvature",
 }
 
 
@@ -248,6 +249,8 @@ def check_inner_field(field: str, value: Any, name: str | None = None) -> Any:
         return check_choice(name, value, choices.INNER_UPDATES)
     if field == "memory":
         return check_choice(name, value, choices.MEMORY_MODES)
+    if field == "curvature":
+        return check_choice(name, value, choices.INNER_CURVATURES)
     if field == "lr":
         if isinstance(value, Mapping):
             return {k: check_positive(f"{name}[{k!r}]", a) for k, a in value.items()}
@@ -316,6 +319,11 @@ def check_inner(values: Mapping[str, Any], names: Mapping[str, str] | None = Non
         raise ValueError(
             f"{n('curvature_every')}={every} needs {n('update')}='natural' and {n('memory')} 'none' or "
             f"'checkpoint' (got {n('update')}={update!r}, {n('memory')}={memory!r}); use {n('curvature_every')}=1."
+        )
+    if v["curvature"] != "pair" and update != "natural":
+        raise ValueError(
+            f"{n('curvature')}={v['curvature']!r} needs {n('update')}='natural' (got {update!r}); "
+            f"use {n('curvature')}='pair', or {n('update')}='natural'."
         )
     return v
 
@@ -415,6 +423,7 @@ KEYS: dict[str, tuple[str, bool]] = {
     "kl_weight": (_FLOAT, False),
     "inner_samples": (_INT, False),
     "curvature_every": (_INT, False),
+    "inner_curvature": (_STR, False),
     "memory_mode": (_STR, False),
     "chunk": (_INT, True),
     "steps": (_INT, False),

@@ -68,6 +68,7 @@ INNER_BAD = [
     ("memory", "memory_mode", "recompute",
      "{name}='recompute' is not understood; use one of 'none', 'checkpoint', 'implicit'."),
     ("curvature_every", "curvature_every", 0, "{name}=0 must be an integer >= 1 (1 measures it every step)."),
+    ("curvature", "inner_curvature", "two_sided", "{name}='two_sided' is not understood; use one of 'pair', 'one_sided'."),
 ]
 
 
