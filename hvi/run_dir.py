@@ -182,7 +182,8 @@ def finalize(work: str | os.PathLike, out: str | os.PathLike) -> None:
 DISTRIBUTED_KEY = "distributed"
 
 #: Keys added after runs were first written, with the value those older runs used.
-BEFORE_THE_KEY = {"inner_update": "gradient", "method": "abml", "memory_mode": "none", "chunk": None}
+BEFORE_THE_KEY = {"inner_update": "gradient", "method": "abml", "memory_mode": "none", "chunk": None,
+                  "curvature_every": 1, "inner_curvature": "pair"}
 
 
 def check_config(cfg: Mapping[str, Any], path: Path) -> dict[str, Any]:
