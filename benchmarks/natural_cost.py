@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     p.add_argument("--steps", type=int, default=4, help="timed meta-steps per run (default 4)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--natural-lr", type=float, default=None,
+                   help="inner α of the natural configurations (default: meta_step.py's, 0.1)")
     p.add_argument("--out", default="docs/results/meta_step_updates.json", help="JSON file to write")
     args = p.parse_args(argv)
     load_start = os.getloadavg()[0]
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         f"natural, curvature_every={args.every}": ["--update", "natural", "--curvature-every", str(args.every)],
         "natural, one_sided": ["--update", "natural", "--curvature", "one_sided"],
     }
+    if args.natural_lr is not None:
+        configs = {k: v + (["--inner-lr", str(args.natural_lr)] if "natural" in v else []) for k, v in configs.items()}
     runs: dict[str, list[dict]] = {name: [] for name in configs}
     matmul = []
     for _ in range(args.rounds):
@@ -76,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         last = rs[-1]
         summary[name] = {
             "update": last["update"], "curvature_every": last.get("curvature_every", 1),
-            "curvature": last.get("curvature", "pair"),
+            "curvature": last.get("curvature", "pair"), "inner_lr": last.get("inner_lr"),
+            # A diverging inner loop (loss not finite) makes a step's cost meaningless.
+            "loss_finite": all(d.get("loss_finite", True) for d in rs),
             "step_s_median": round(step, 4), "cpu_s_median": round(cpu, 4),
             "step_ratio_to_gradient": round(step / base[0], 3), "cpu_ratio_to_gradient": round(cpu / base[1], 3),
             "gflop_per_task": last["gflop_per_task"], "peak_rss_mb": statistics.median(d["peak_rss_mb"] for d in rs),

@@ -165,9 +165,10 @@ def curvature() -> str:
 
 def one_sided() -> str:
     """The natural update's curvature from antithetic pairs (default) vs one-sided points: sinusoid quality and cost."""
-    cost = {s.get("curvature", "pair"): s["cpu_ratio_to_gradient"]
-            for s in json.loads((RESULTS / "meta_step_updates.json").read_text())["summary"].values()
-            if s["update"] == "natural" and s["curvature_every"] == 1}
+    dc = json.loads((RESULTS / "meta_step_one_sided.json").read_text())
+    runs = {s["curvature"]: s for s in dc["summary"].values() if s["update"] == "natural" and s["curvature_every"] == 1}
+    assert all(s["loss_finite"] for s in runs.values()), "meta_step_one_sided.json: an inner loop diverged"
+    cost = {k: s["cpu_ratio_to_gradient"] for k, s in runs.items()}
     da, db = (json.loads((RESULTS / f).read_text()) for f in ("sinusoid_tuned.json", "sinusoid_one_sided.json"))
     rows = ["| source | metric | pairs m ± σ·r (default) | one-sided m + σ·r |", "|---|---|---|---|"]
     for k in ("1", "5", "10"):
@@ -175,11 +176,18 @@ def one_sided() -> str:
         rows.append(f"| sinusoid (README setting, K = 5) | query MSE after {k} step{'s' if k != '1' else ''} | "
                     f"{va['mse']:.3f} ± {va['mse_ci95']:.3f} | {vb['mse']:.3f} ± {vb['mse_ci95']:.3f} |")
     rows.append(f"| sinusoid | training time | {da['fit_seconds']:.0f} s | {db['fit_seconds']:.0f} s |")
-    rows.append(f"| meta-step cost (U-Net, K = 5, second order) | CPU time vs a gradient step | {cost['pair']:.2f}× "
-                f"| {cost['one_sided']:.2f}× |")
-    cmds = [f"`{d['command']}` ({d['date']})" for d in (da, db)]
-    return ("\n".join(rows) + "\n\nMean ± 95% CI half-width over the held-out tasks. From " + "; ".join(cmds)
-            + "; cost from `docs/results/meta_step_updates.json` (`results_table.py meta_step`).")
+    rows.append(f"| meta-step cost (U-Net, K = 5, second order, α = {runs['pair']['inner_lr']:g}) | CPU time vs a "
+                f"gradient step | {cost['pair']:.2f}× | {cost['one_sided']:.2f}× |")
+    cmds = [f"`{d['command']}` ({d['date']})" for d in (da, db, dc)]
+    per_round = {k: [r["cpu_s_median"] for r in dc["results"] if r["impl"] == "engine" and r["update"] == u
+                     and r.get("curvature_every", 1) == 1 and r.get("curvature", "pair") == c]
+                 for k, u, c in (("gradient", "gradient", "pair"), ("pair", "natural", "pair"),
+                                 ("one_sided", "natural", "one_sided"))}
+    rounds = ", ".join(f"{o / g:.2f}" for o, g in zip(per_round["one_sided"], per_round["gradient"]))
+    return ("\n".join(rows) + "\n\nMean ± 95% CI half-width over the held-out tasks. Cost: medians of CPU s per "
+            f"meta-step over {dc['config']['rounds']} alternating rounds (one-sided vs gradient by round: {rounds}; "
+            f"load average {dc['loadavg_1m_start']:.1f} at the start, {dc['loadavg_1m_end']:.1f} at the end). From "
+            + "; ".join(cmds) + ".")
 
 
 def nuts() -> str:
@@ -416,6 +424,10 @@ def meta_step() -> str:
         measured = "n/a" if s["update"] == "gradient" else ("every step" if every == 1 else f"every {every} steps")
         if s.get("curvature", "pair") != "pair":
             measured += f", {s['curvature'].replace('_', '-')}"
+        if not all(r.get("loss_finite", True) for r in d["results"] if r["impl"] == "engine"
+                   and (r["update"], r.get("curvature_every", 1), r.get("curvature", "pair"))
+                   == (s["update"], every, s.get("curvature", "pair"))):
+            measured += " (inner loop diverged: loss not finite, cost not comparable)"
         rows.append(f"| {s['update']} | {measured} | {s['step_s_median']:.3f} | {s['step_ratio_to_gradient']:.2f}× "
                     f"| {s['cpu_s_median']:.3f} | {s['cpu_ratio_to_gradient']:.2f}× | {s['gflop_per_task']:.1f} "
                     f"| {s['peak_rss_mb']:.0f} |")

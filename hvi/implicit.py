@@ -8,7 +8,8 @@ to be a stationary point of the task's inner objective with the noise held fixed
 
 with ℓ the support log-likelihood (it reads the likelihood's global sites) and
 e_j the last inner step's noise directions: the antithetic sign points
-m ± σ·r of the natural update (:func:`hvi.natural.probes`), or the Gaussian
+m ± σ·r of the natural update (:func:`hvi.natural.probes`; m + σ·r alone under
+``InnerConfig(curvature="one_sided")``, whose fixed point is F's too), or the Gaussian
 draws of the gradient update. θ enters F through the prior's (μ_p, s_p) and the
 likelihood's sites. Where ∇_λ F(λ*; θ) = 0, the implicit function theorem gives::
 
