@@ -17,6 +17,9 @@ Settings per method (``SETTINGS`` below; 3 training inner steps for all):
   β = 1e-3 (a tempered posterior: at β = 1 the 28k-weight posterior of a
   5-image support set stays at its prior and accuracy stays at chance, see
   docs/results.md), first order: the ``hvi fit --model conv4`` defaults.
+* abml_ls: the same with the natural step's line search (chosen by the 5-shot
+  screen, docs/results/glyph_abml_screen.json; docs/methods.md says why), run
+  with ``--methods abml_ls --shots 5,1 --merge``.
 * maml: plain gradient descent on the cross-entropy at α = 0.4 (MAML's
   Omniglot step size), second order, outer Adam 1e-3.
 * fomaml: as maml, first order.
