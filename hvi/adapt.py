@@ -112,7 +112,9 @@ class InnerConfig:
             curvature along the step allows (ℓ at m and m ± δ·step: one batched
             forward of three points, no backward). t = 1 exactly where the
             curvature is diagonal. Measured worse than a fixed α = 0.1 on the
-            sinusoid MLP and the solar U-Net (docs/inner_loop.md), so off.
+            sinusoid MLP and the solar U-Net, better on 5-shot glyphs with
+            conv4, where the diagonal step overshoots (docs/inner_loop.md,
+            docs/methods.md); off by default.
         parallel_tasks: On CPU, split the task batch into one chunk per intra-op
             thread and adapt the chunks in parallel worker threads with
             single-threaded kernels (default True; see :mod:`hvi.parallel`).
