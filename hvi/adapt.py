@@ -114,7 +114,7 @@ class InnerConfig:
             curvature is diagonal. Measured worse than a fixed α = 0.1 on the
             sinusoid MLP and the solar U-Net, better on 5-shot glyphs with
             conv4, where the diagonal step overshoots (docs/inner_loop.md,
-            docs/methods.md); off by default.
+            docs/methods.md); off by default (``hvi fit --inner-line-search``).
         parallel_tasks: On CPU, split the task batch into one chunk per intra-op
             thread and adapt the chunks in parallel worker threads with
             single-threaded kernels (default True; see :mod:`hvi.parallel`).

@@ -39,6 +39,7 @@ COMMON: dict[str, Any] = {
     "inner_samples": 1,
     "curvature_every": 1,
     "inner_curvature": "pair",
+    "inner_line_search": False,
     "memory_mode": "none",
     "chunk": None,
     "steps": 1000,

@@ -183,7 +183,7 @@ DISTRIBUTED_KEY = "distributed"
 
 #: Keys added after runs were first written, with the value those older runs used.
 BEFORE_THE_KEY = {"inner_update": "gradient", "method": "abml", "memory_mode": "none", "chunk": None,
-                  "curvature_every": 1, "inner_curvature": "pair"}
+                  "curvature_every": 1, "inner_curvature": "pair", "inner_line_search": False}
 
 
 def check_config(cfg: Mapping[str, Any], path: Path) -> dict[str, Any]:

@@ -226,6 +226,7 @@ INNER_KEYS: dict[str, str] = {
     "memory_mode": "memory",
     "curvature_every": "curvature_every",
     "inner_curvature": "curvature",
+    "inner_line_search": "line_search",
 }
 
 
@@ -324,6 +325,11 @@ def check_inner(values: Mapping[str, Any], names: Mapping[str, str] | None = Non
         raise ValueError(
             f"{n('curvature')}={v['curvature']!r} needs {n('update')}='natural' (got {update!r}); "
             f"use {n('curvature')}='pair', or {n('update')}='natural'."
+        )
+    if v["line_search"] and update != "natural":
+        raise ValueError(
+            f"{n('line_search')}=True scales the natural step, but {n('update')}={update!r}; "
+            f"use {n('update')}='natural', or {n('line_search')}=False."
         )
     return v
 
@@ -424,6 +430,7 @@ KEYS: dict[str, tuple[str, bool]] = {
     "inner_samples": (_INT, False),
     "curvature_every": (_INT, False),
     "inner_curvature": (_STR, False),
+    "inner_line_search": (_BOOL, False),
     "memory_mode": (_STR, False),
     "chunk": (_INT, True),
     "steps": (_INT, False),

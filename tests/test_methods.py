@@ -280,6 +280,6 @@ def test_old_run_config_without_method_loads_as_abml(tmp_path):
     cfg.update(model="mlp", likelihood="gaussian", val_every=1, checkpoint_every=1)
     assert check_run_config(cfg, tmp_path / CONFIG_FILE)["method"] == "abml"
     # Runs from before the natural step's curvature options measured the pair at every step.
-    old = {k: v for k, v in cfg.items() if k not in ("curvature_every", "inner_curvature")}
+    old = {k: v for k, v in cfg.items() if k not in ("curvature_every", "inner_curvature", "inner_line_search")}
     loaded = check_run_config(old, tmp_path / CONFIG_FILE)
-    assert (loaded["curvature_every"], loaded["inner_curvature"]) == (1, "pair")
+    assert (loaded["curvature_every"], loaded["inner_curvature"], loaded["inner_line_search"]) == (1, "pair", False)

@@ -442,3 +442,21 @@ def test_the_cli_option_and_toml_key_reach_the_run_config(runner, tmp_path):
     res = cli_checks.invoke(["fit", "--model", "mlp", "--config", toml, "--print-config"], runner)
     cli_checks.assert_error(res, "inner_curvature='one_sided' needs inner_update='natural' (got 'gradient'); "
                                  "use inner_curvature='pair', or inner_update='natural'.")
+
+
+def test_the_line_search_is_a_run_config_key(runner, tmp_path):
+    import cli_checks
+
+    from hvi.builders import inner_config
+
+    res = cli_checks.invoke(["fit", "--model", "conv4", "--inner-line-search", "--print-config"], runner)
+    assert res.exit_code == 0, res.output
+    assert "inner_line_search = true" in res.stdout.splitlines()
+    assert inner_config({"inner_line_search": True}).line_search is True
+    assert inner_config({}).line_search is False
+    res = cli_checks.invoke(["fit", "--model", "mlp", "--inner-line-search", "--inner-update", "gradient",
+                             "--inner-lr", "0.01", "--print-config"], runner)
+    cli_checks.assert_error(res, "inner_line_search=True scales the natural step, but inner_update='gradient'; "
+                                 "use inner_update='natural', or inner_line_search=False.")
+    with pytest.raises(ValueError, match=r"^inner line_search=True scales the natural step, but inner update='gradient'"):
+        hvi.InnerConfig(update="gradient", line_search=True)
