@@ -319,13 +319,13 @@ def test_a_zero_scale_counts_as_a_diverged_inner_loop():
     assert not bool(fam.is_valid({**ok, "loc": torch.tensor([0.0, float("nan"), 0.0], dtype=DT)}))
 
 
-def test_reused_curvature_is_checkpointed_exactly():
-    # The kept h crosses checkpointed steps as an input: the meta-gradients stay exact.
+def assert_checkpoint_matches_none(atol: float, **inner) -> None:
+    """The outer loss and every meta-gradient with ``memory="checkpoint"`` equal the unchecked loop's."""
     out = []
     for memory in ("none", "checkpoint"):
         meta = hvi.MetaModel(small_net(), GaussianPrior(init_scale=0.1), hvi.Gaussian(init_scale=0.5),
-                             inner=hvi.InnerConfig(steps=4, lr=0.5, num_samples=2, curvature_every=2,
-                                                   learn_lr=True, memory=memory))
+                             inner=hvi.InnerConfig(steps=4, lr=0.5, num_samples=2, learn_lr=True, memory=memory,
+                                                   **inner))
         pyro.clear_param_store()
         pyro.set_rng_seed(2)
         loss = Trace_ELBO().differentiable_loss(meta.model, meta.guide, regression_batch())
@@ -335,7 +335,12 @@ def test_reused_curvature_is_checkpointed_exactly():
     torch.testing.assert_close(l1, l0, rtol=1e-12, atol=1e-12)
     assert set(g0) == set(g1) and any(bool(v.abs().sum() > 0) for v in g0.values())
     for k in g0:
-        torch.testing.assert_close(g1[k], g0[k], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-10, atol=atol)
+
+
+def test_reused_curvature_is_checkpointed_exactly():
+    # The kept h crosses checkpointed steps as an input: the meta-gradients stay exact.
+    assert_checkpoint_matches_none(1e-12, curvature_every=2)
 
 
 # -- curvature="one_sided": the points m + σ·r alone (hvi.natural's docstring) ----------
@@ -356,21 +361,7 @@ def test_one_sided_loop_and_outer_gradients_match_naive_loop(first_order, num_sa
 
 @pytest.mark.parametrize("every", [1, 2])
 def test_one_sided_is_checkpointed_exactly(every):
-    out = []
-    for memory in ("none", "checkpoint"):
-        meta = hvi.MetaModel(small_net(), GaussianPrior(init_scale=0.1), hvi.Gaussian(init_scale=0.5),
-                             inner=hvi.InnerConfig(steps=4, lr=0.5, num_samples=2, curvature_every=every,
-                                                   learn_lr=True, memory=memory, curvature="one_sided"))
-        pyro.clear_param_store()
-        pyro.set_rng_seed(2)
-        loss = Trace_ELBO().differentiable_loss(meta.model, meta.guide, regression_batch())
-        params = dict(pyro.get_param_store().named_parameters())
-        out.append((loss, dict(zip(params, torch.autograd.grad(loss, list(params.values()))))))
-    (l0, g0), (l1, g1) = out
-    torch.testing.assert_close(l1, l0, rtol=1e-12, atol=1e-12)
-    assert set(g0) == set(g1) and any(bool(v.abs().sum() > 0) for v in g0.values())
-    for k in g0:
-        torch.testing.assert_close(g1[k], g0[k], rtol=1e-10, atol=1e-10)
+    assert_checkpoint_matches_none(1e-10, curvature_every=every, curvature="one_sided")
 
 
 def one_step_posteriors(curvature: str, num_samples: int, tau: float, M: int = 400):
