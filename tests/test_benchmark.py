@@ -3,7 +3,6 @@ loss and gradients against the engine's for the same θ, data and noise."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import pyro
 import pyro.poutine as poutine
 import pytest
+from script_loader import load_script
 import torch
 import torch.nn.functional as F
 
@@ -21,14 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "meta_step.py"
 
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("hvi_bench_meta_step", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bench = _load_bench()
+bench = load_script("benchmarks/meta_step.py", "hvi_bench_meta_step")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -35,28 +35,19 @@ to 0), so it is not tested here; ``benchmarks/hierarchical_nuts.py --update grad
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data" / "nuts_reference.json"
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bench = _load("hvi_bench_hierarchical_nuts", ROOT / "benchmarks" / "hierarchical_nuts.py")
-script = _load("hvi_scripts_nuts_reference", ROOT / "scripts" / "nuts_reference.py")
+bench = load_script("benchmarks/hierarchical_nuts.py", "hvi_bench_hierarchical_nuts")
+script = load_script("scripts/nuts_reference.py", "hvi_scripts_nuts_reference")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-try:
-    from provenance import write_result
-finally:
-    sys.path.pop(0)
+from script_loader import load_script
+
+write_result = load_script("benchmarks/provenance.py", "hvi_bench_provenance").write_result
 
 
 def test_the_command_is_shell_quoted_and_the_payload_kept(tmp_path):

@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from script_loader import load_script
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "reference_speed.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("hvi_bench_reference_speed", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-rs = _load()
+rs = load_script("benchmarks/reference_speed.py", "hvi_bench_reference_speed")
 
 
 def test_parse_reference_output():

@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 
 
-def _load(name: str):
-    sys.path.insert(0, str(BENCH))  # scaling_sweep imports provenance as a sibling
-    try:
-        spec = importlib.util.spec_from_file_location(f"hvi_bench_{name}", BENCH / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(BENCH))
-    return mod
-
-
-sweep = _load("scaling_sweep")
+sweep = load_script("benchmarks/scaling_sweep.py", "hvi_bench_scaling_sweep")
 
 
 def test_the_quick_grid_varies_one_axis_at_a_time_and_runs_each_point_once():

@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "sinusoid_methods.py"
+from script_loader import load_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(SCRIPT.parent))  # the script imports benchmarks/provenance.py
-    try:
-        spec = importlib.util.spec_from_file_location("hvi_bench_sinusoid_methods", SCRIPT)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    return load_script("benchmarks/sinusoid_methods.py", "hvi_bench_sinusoid_methods")
 
 
 def test_merge_keeps_other_rows_and_refuses_another_budget(bench, tmp_path, capsys):
