@@ -223,6 +223,18 @@ def nuts() -> str:
             f"`{ref.get('command', 'python scripts/nuts_reference.py')}`; hvi: {cmds}.")
 
 
+#: The row labels of the glyph_methods and sinusoid_methods tables (benchmarks/plot_methods.py uses them too).
+GLYPH_LABELS = {"abml": "ABML", "maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile",
+                "abml_ls": "ABML, line search"}
+SINUSOID_LABELS = {"abml": "ABML", "maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile",
+                   "maml_k5": "MAML, K = 5 in training", "abml_k1": "ABML, K = 1 in training"}
+
+
+def glyph_label(name: str) -> str:
+    """A glyph_methods.py method's row label."""
+    return GLYPH_LABELS.get(name, f"ABML ({name})" if name.startswith("abml_") else name)
+
+
 def _glyph_setting(s: dict) -> str:
     """A glyph_methods.py settings row in words."""
     if s["method"] != "abml":
@@ -255,11 +267,9 @@ def _glyph_rows(d: dict, label) -> tuple[list[str], dict[str, list[str]]]:
 def glyph_methods() -> str:
     """ABML, MAML, first-order MAML and Reptile on 5-way glyph episodes: accuracy and pooled ECE."""
     d = json.loads((RESULTS / "glyph_methods.json").read_text())
-    labels = {"abml": "ABML", "maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile",
-              "abml_ls": "ABML, line search"}
     rows = ["| episodes | method | settings | accuracy, 1 step | accuracy, 3 steps | accuracy, 10 steps | ECE, 3 steps | training |",
             "|---|---|---|---|---|---|---|---|"]
-    body, sources = _glyph_rows(d, lambda n: labels.get(n, f"ABML ({n})" if n.startswith("abml_") else n))
+    body, sources = _glyph_rows(d, glyph_label)
     cfg = d["config"]
     done = "" if d["complete"] else " The run was stopped before every setting finished; the missing rows were not measured."
     origin = ("; ".join(f"{c} ({', '.join(rs)})" for c, rs in sources.items()) if len(sources) > 1
@@ -305,8 +315,7 @@ def glyph_abml_step() -> str:
 
 def sinusoid_methods() -> str:
     d = json.loads((RESULTS / "sinusoid_methods.json").read_text())
-    labels = {"abml": "ABML", "maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile",
-              "maml_k5": "MAML, K = 5 in training", "abml_k1": "ABML, K = 1 in training"}
+    labels = SINUSOID_LABELS
     rows = ["| method | settings | 1 step | 5 steps | 10 steps | training |", "|---|---|---|---|---|---|"]
     sources: dict[str, list[str]] = {}  # "command (date)" -> the rows it measured (rows merged in later carry their own)
     for name, r in d["methods"].items():
