@@ -14,6 +14,8 @@
     python benchmarks/results_table.py glyph_abml_step  # why: the first natural step on 1- vs 5-shot glyph episodes
     python benchmarks/results_table.py siren_study     # SIREN meta-initialization: PSNR vs steps, meta vs standard init
     python benchmarks/results_table.py siren_ntk       # the SIREN's NTK: energy of held-out faces in the top-k eigenfunctions
+    python benchmarks/results_table.py siren_study_images  # the same study on photo tiles (siren_study.py --data images)
+    python benchmarks/results_table.py siren_ntk_images    # its NTK table
     python benchmarks/results_table.py distributed     # hvi fit on 1 and 2 processes (torchrun, gloo)
     python benchmarks/results_table.py solar_headroom  # the best linear blend of the solar baselines vs climatology
     python benchmarks/results_table.py cli_startup     # hvi bare / --help / models --brief, with their times
@@ -372,8 +374,16 @@ def sinusoid_abml_screen() -> str:
             "(commands in `docs/results/sinusoid_abml_screen.json`).")
 
 
-def siren_study() -> str:
-    d = json.loads((RESULTS / "siren_study.json").read_text())
+def _siren_data(d: dict) -> tuple[str, str]:
+    """A siren_study.py JSON's test images in words and their size ("faces", "25×25"); runs before --data were faces."""
+    noun = {"faces": "faces", "images": "photo tiles"}[d["config"].get("data", "faces")]
+    size = re.search(r"(\d+)x(\d+) gray", d["protocol"])
+    return noun, f"{size[1]}×{size[2]}"
+
+
+def siren_study(file: str = "siren_study.json") -> str:
+    d = json.loads((RESULTS / file).read_text())
+    noun, size = _siren_data(d)
     t, match, cfg = d["psnr_by_inner_steps"], d["steps_to_match_2_meta_steps"], d["config"]
     curves = ("standard SGD", "standard SGD lr/10", "standard Adam")
     alpha = cfg["inner_lr"]
@@ -402,25 +412,27 @@ def siren_study() -> str:
                 f"averages {u['corr_abs_error_vs_epistemic_std_2_steps']:.2f} (its likelihood σ is fixed at √½, so the "
                 "predictive std is that σ).")
     return ("\n".join(rows)
-            + f"\n\nPSNR (dB) ± 95% CI over {cfg['test_images']} held-out faces (25×25, all pixels fitted). 'never': not within "
+            + f"\n\nPSNR (dB) ± 95% CI over {cfg['test_images']} held-out {noun} ({size}, all pixels fitted). 'never': not within "
             f"the {cfg['match_steps']} steps of the standard-init curves. Meta-training: siren width {cfg['width']}, depth "
-            f"{cfg['depth']}, ω0 = 30, {cfg['steps']} outer Adam steps at {cfg['outer_lr']:g} of {cfg['task_batch']} faces, "
+            f"{cfg['depth']}, ω0 = 30, {cfg['steps']} outer Adam steps at {cfg['outer_lr']:g} of {cfg['task_batch']} {noun}, "
             f"{cfg['inner_steps']} inner SGD steps at α = {alpha:g}; ABML β = {cfg['abml_kl']:g}, initial prior scale "
             f"{cfg['abml_scale']:g}.{abml} The whole study took {d['seconds_total'] / 60:.0f} min on {cfg['threads']} thread(s) "
             f"(load average {d['load_average_start'][0]:.1f} at the start, {d['load_average_end'][0]:.1f} at the end). "
             f"From `{d['command']}` ({d['date']}).")
 
 
-def siren_ntk() -> str:
-    d = json.loads((RESULTS / "siren_study.json").read_text())
+def siren_ntk(file: str = "siren_study.json") -> str:
+    d = json.loads((RESULTS / file).read_text())
+    noun, size = _siren_data(d)
     ks = ("1", "2", "5", "10", "20", "50", "100", "200")
     rows = ["| init | " + " | ".join(f"k = {k}" for k in ks) + " | top eigenvalue |", "|---" * (len(ks) + 2) + "|"]
     for name, r in d["ntk"].items():
         f = r["energy_fraction_centered"]
         rows.append(f"| {name} | " + " | ".join(f"{f[k]:.3f}" for k in ks) + f" | {r['eigenvalues_top5'][0]:.4g} |")
     raw = ", ".join(f"{n} {r['energy_fraction_raw']['1']:.3f}" for n, r in d["ntk"].items())
-    return ("\n".join(rows) + f"\n\nFraction of the held-out faces' energy (each face minus its mean) in the span of the top-k "
-            f"eigenvectors of the empirical NTK on the 25×25 grid, mean over {d['config']['test_images']} faces. The raw faces' "
+    one = noun[:-1]  # "face", "photo tile"
+    return ("\n".join(rows) + f"\n\nFraction of the held-out {noun}' energy (each {one} minus its mean) in the span of the top-k "
+            f"eigenvectors of the empirical NTK on the {size} grid, mean over {d['config']['test_images']} {noun}. The raw {noun}' "
             f"fraction at k = 1 (their mean, mostly): {raw}. From `{d['command']}` ({d['date']}).")
 
 
@@ -737,7 +749,9 @@ def update(paths: list[str], tables: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    tables = {"cli_threads": cli_threads, "reference_speed": reference_speed, "scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "curvature": curvature, "one_sided": one_sided, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "sinusoid_abml_screen": sinusoid_abml_screen, "glyph_methods": glyph_methods, "glyph_abml_screen": glyph_abml_screen, "glyph_abml_step": glyph_abml_step, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk}
+    tables = {"cli_threads": cli_threads, "reference_speed": reference_speed, "scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "curvature": curvature, "one_sided": one_sided, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "sinusoid_abml_screen": sinusoid_abml_screen, "glyph_methods": glyph_methods, "glyph_abml_screen": glyph_abml_screen, "glyph_abml_step": glyph_abml_step, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk,
+              "siren_study_images": lambda: siren_study("siren_study_images.json"),
+              "siren_ntk_images": lambda: siren_ntk("siren_study_images.json")}
     if args[:1] == ["--update"] and len(args) > 1:
         update(args[1:], tables)
         return 0

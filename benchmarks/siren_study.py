@@ -1,4 +1,4 @@
-"""The SIREN meta-initialization study and its NTK analysis (issue #15, seed 002) on the faces source.
+"""The SIREN meta-initialization study and its NTK analysis (issue #15, seed 002) on the faces or photo-tile source.
 
 Meta-learns a SIREN initialization (ω0 = 30; width 256, depth 5 by default)
 on the 80 training faces of ``hvi.data`` "faces" (25×25 gray, intensities
@@ -27,11 +27,17 @@ images, outer Adam. Then, on the 10 held-out test faces:
 
 Writes ``docs/results/siren_study.json`` and the figures
 ``docs/figures/siren_study.png`` (PSNR vs steps, reconstructions, ABML std)
-and ``docs/figures/siren_ntk.png``. Reduced settings (what fits a shared
+and ``docs/figures/siren_ntk.png``. ``--data images`` runs the same study on
+``hvi.data`` "images" (32×32 gray tiles of scikit-image's photos, split by
+photo: 1650 training tiles; the test images are ``--test-images`` tiles evenly
+spaced over the 293 test tiles of coffee, coins and moon) and writes
+``docs/results/siren_study_images.json``, ``docs/figures/siren_study_images.png``
+and ``docs/figures/siren_ntk_images.png``. Reduced settings (what fits a shared
 machine) by default; ``--full`` runs the issue's network, inner loop and
 batch with the most outer steps that fit the hour (1500; the seed ran 5000)::
 
     OMP_NUM_THREADS=1 python benchmarks/siren_study.py            # reduced: 300 outer steps
+    OMP_NUM_THREADS=1 python benchmarks/siren_study.py --data images --steps 500 --match-steps 1000
     python benchmarks/siren_study.py --full                       # 1500 outer steps, 2 threads (the hour on 2 quiet cores)
 
 One thread's CPU time per step, measured at width 256 on 25×25 faces: MAML
@@ -66,6 +72,16 @@ from provenance import write_result
 STEPS = (0, 1, 2, 5, 10)
 #: The k of the NTK energy table.
 ENERGY_KS = (1, 2, 5, 10, 20, 50, 100, 200)
+#: Per --data: what a test image is called in the figures, the protocol's words, and the output files' suffix.
+DATA = {"faces": ("faces", "faces source (scikit-image lfw_subset)", ""),
+        "images": ("photo tiles", "images source (gray tiles of scikit-image's photos, split by photo)", "_images")}
+
+
+def pick_test(n: int, m: int) -> Tensor:
+    """``m`` of ``n`` test images, evenly spaced (all of them, in order, when ``m >= n``)."""
+    if m >= n:
+        return torch.arange(n)
+    return torch.linspace(0, n - 1, m).round().long()
 
 
 def tasks(images: Tensor, index: Tensor, num_tasks: int) -> TaskBatch:
@@ -156,6 +172,7 @@ def ntk_summary(net: FunctionalNet, init: dict[str, Tensor], grid: Tensor, ys: T
 
 
 def figures(args, h, w, test_imgs, recon, std_map, table, curves, ntk_curves, eigvecs) -> list[str]:
+    noun, _, suffix = DATA[args.data]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -184,10 +201,10 @@ def figures(args, h, w, test_imgs, recon, std_map, table, curves, ntk_curves, ei
         ax.text(0.99, 0.03, f"y clipped at {top:.0f} dB; the standard-init curves go on to {peak:.0f} dB (JSON)",
                 transform=ax.transAxes, ha="right", fontsize=8)
     ax.set_xlabel("steps (SGD at the inner lr, or lr/10; Adam at 1e-4); step 0 drawn at 0.7")
-    ax.set_ylabel("PSNR (dB), mean of test faces")
+    ax.set_ylabel(f"PSNR (dB), mean of test {noun}")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, ncol=2)
-    ax.set_title(f"SIREN on held-out faces ({h}x{w}): meta-learned vs standard init "
+    ax.set_title(f"SIREN on held-out {noun} ({h}x{w}): meta-learned vs standard init "
                  f"(width {args.width}, depth {args.depth}, {args.steps} outer steps)", fontsize=10)
     for r, i in enumerate(show):
         imgs = [test_imgs[i]] + [recon[k][i] for k in recon]
@@ -207,7 +224,7 @@ def figures(args, h, w, test_imgs, recon, std_map, table, curves, ntk_curves, ei
             if r == 0:
                 a.set_title("abml std (2 steps)", fontsize=8)
     fig.tight_layout()
-    p = os.path.join(args.figure_dir, "siren_study.png")
+    p = os.path.join(args.figure_dir, f"siren_study{suffix}.png")
     fig.savefig(p, dpi=100)
     plt.close(fig)
     paths.append(p)
@@ -236,17 +253,20 @@ def figures(args, h, w, test_imgs, recon, std_map, table, curves, ntk_curves, ei
                 a.set_ylabel(name, fontsize=9)
             if r == 0:
                 a.set_title(f"eigenfunction #{c + 1}", fontsize=8)
-    fig.suptitle("empirical NTK of the SIREN on the 25x25 grid: standard vs meta-learned init (test faces)", fontsize=10)
+    fig.suptitle(f"empirical NTK of the SIREN on the {h}x{w} grid: standard vs meta-learned init (test {noun})", fontsize=10)
     fig.tight_layout()
-    p = os.path.join(args.figure_dir, "siren_ntk.png")
+    p = os.path.join(args.figure_dir, f"siren_ntk{suffix}.png")
     fig.savefig(p, dpi=100)
     plt.close(fig)
     paths.append(p)
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with the defaults that depend on --data and --full filled in."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", choices=sorted(DATA), default="faces",
+                   help="hvi.data source: faces (25x25, the default) or images (32x32 photo tiles)")
     p.add_argument("--full", action="store_true",
                    help="the issue's network and inner loop with the most outer steps that fit the hour on 2 cores: "
                         "1500 outer steps per method, 1000-step standard curves, 2 threads")
@@ -265,20 +285,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-images", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default 1; --full 2)")
-    p.add_argument("--out", default="docs/results/siren_study.json")
+    p.add_argument("--out", help="the JSON (default docs/results/siren_study.json; --data images: siren_study_images.json)")
     p.add_argument("--figure-dir", default="docs/figures")
     args = p.parse_args(argv)
+    args.out = args.out or f"docs/results/siren_study{DATA[args.data][2]}.json"
     args.steps = args.steps if args.steps is not None else (1500 if args.full else 300)
     args.match_steps = args.match_steps if args.match_steps is not None else 1000
     args.threads = args.threads if args.threads is not None else (2 if args.full else 1)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    noun, protocol, _ = DATA[args.data]
     torch.set_num_threads(args.threads)
     hvi.tune_allocator()
     t_start = time.perf_counter()
     load_start = os.getloadavg()
 
-    source = hvi.data.get_source("faces")
+    source = hvi.data.get_source(args.data)
     train = (source.images("train") + 1) / 2  # [0, 1], as in the seed
-    test = ((source.images("test") + 1) / 2)[: args.test_images]
+    test = (source.images("test") + 1) / 2
+    test = test[pick_test(test.shape[0], args.test_images)]
     h, w = source.image_shape
     grid = pixel_grid(h, w)
     test_batch = tasks(test, torch.arange(test.shape[0]), test.shape[0])
@@ -362,8 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - t_start
     write_result(args.out, "benchmarks/siren_study.py", argv, {
         "config": {k: v for k, v in vars(args).items() if k not in ("out", "figure_dir")},
-        "protocol": (f"faces source (scikit-image lfw_subset), {h}x{w} gray in [0, 1]; each task = one image, support = query = "
-                     f"all {h * w} pixels; {train.shape[0]} training faces, PSNR (dB) on the first {test.shape[0]} test faces; "
+        "protocol": (f"{protocol}, {h}x{w} gray in [0, 1]; each task = one image, support = query = "
+                     f"all {h * w} pixels; {train.shape[0]} training {noun}, PSNR (dB) on {test.shape[0]} test {noun} "
+                     f"({'the first' if args.data == 'faces' else 'evenly spaced over the'} {source.images('test').shape[0]}); "
                      "siren w0 = hidden_w0 = 30; inner: SGD on the pixel MSE (Gaussian likelihood, sigma^2 = 1/2 fixed); "
                      "outer: Adam; standard init = the siren's Sitzmann init (the same seeded network every method starts from)"),
         "psnr_by_inner_steps": table,
