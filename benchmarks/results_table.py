@@ -7,6 +7,7 @@
     python benchmarks/results_table.py meta_step       # a meta-step's time and memory, gradient vs natural
     python benchmarks/results_table.py curvature       # natural update, curvature every step vs every 5th: quality and cost
     python benchmarks/results_table.py one_sided       # natural update, antithetic pairs vs one-sided points: quality and cost
+    python benchmarks/results_table.py curvature_noise # why no one-evaluation curvature: each estimate's error on one task
     python benchmarks/results_table.py cli_quickstart  # the README's hvi fit / evaluate / diagnose transcript
     python benchmarks/results_table.py sinusoid_methods  # ABML vs MAML, FOMAML, Reptile, one budget
     python benchmarks/results_table.py sinusoid_abml_screen  # ABML settings screened against MAML, short budget
@@ -190,6 +191,31 @@ def one_sided() -> str:
             f"meta-step over {dc['config']['rounds']} alternating rounds (one-sided vs gradient by round: {rounds}; "
             f"load average {dc['loadavg_1m_start']:.1f} at the start, {dc['loadavg_1m_end']:.1f} at the end). From "
             + "; ".join(cmds) + ".")
+
+
+def curvature_noise() -> str:
+    """Why no one-evaluation curvature estimate: each estimate's error on one task (benchmarks/curvature_noise.py)."""
+    d = json.loads((RESULTS / "curvature_noise.json").read_text())
+    names = ["pair", "one_sided", "one_sided, last-step baseline", "one_sided, exact baseline"]
+    evals = {"pair": 2, "one_sided": 1, "one_sided, last-step baseline": 1, "one_sided, exact baseline": 2}
+    label = {"pair": "pair m ± σ·r (default)", "one_sided": "one-sided m + σ·r",
+             "one_sided, last-step baseline": "one-sided, last step's g as baseline",
+             "one_sided, exact baseline": "one-sided, ∇ℓ(m) as baseline (oracle)"}
+    rows = ["| network | where | estimate | evaluations | error of h | error of the mean's step |", "|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        net = "U-Net (meta_step.py, random images)" if r["model"] == "bayes_unet" else "sinusoid MLP"
+        net += f", prior scale {r['prior_scale']:g}"
+        for where in ("start", "after one step"):
+            w = r[where]
+            place = "λ^(0)" if where == "start" else f"after one step (α = {r['alpha']:g}; mean moved {w['mean_moved_in_sigmas_rms']:.2f} σ rms)"
+            for n in names:
+                if n in w["relative_error"]:
+                    rows.append(f"| {net} | {place} | {label[n]} | {evals[n]} | {w['relative_error'][n]:.2f} | "
+                                f"{w['mean_step_relative_error'][n]:.2f} |")
+    c = d["config"]
+    return ("\n".join(rows) + "\n\nRelative error ‖estimate − reference‖/‖reference‖ of h, and of the mean's natural step "
+            f"that the estimate gives, mean over {c['trials']} draws; the reference is the mean of {c['ref_pairs']} pairs. From "
+            f"`{d['command']}` ({d['date']}).")
 
 
 def nuts() -> str:
@@ -749,7 +775,7 @@ def update(paths: list[str], tables: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    tables = {"cli_threads": cli_threads, "reference_speed": reference_speed, "scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "curvature": curvature, "one_sided": one_sided, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "sinusoid_abml_screen": sinusoid_abml_screen, "glyph_methods": glyph_methods, "glyph_abml_screen": glyph_abml_screen, "glyph_abml_step": glyph_abml_step, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk,
+    tables = {"cli_threads": cli_threads, "reference_speed": reference_speed, "scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "curvature": curvature, "one_sided": one_sided, "curvature_noise": curvature_noise, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "sinusoid_abml_screen": sinusoid_abml_screen, "glyph_methods": glyph_methods, "glyph_abml_screen": glyph_abml_screen, "glyph_abml_step": glyph_abml_step, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk,
               "siren_study_images": lambda: siren_study("siren_study_images.json"),
               "siren_ntk_images": lambda: siren_ntk("siren_study_images.json")}
     if args[:1] == ["--update"] and len(args) > 1:
