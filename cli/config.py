@@ -86,6 +86,9 @@ def _normalise_data(cfg: dict[str, Any]) -> None:
 def resolve(cli: Mapping[str, Any], toml: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
     """The resolved config of a new run and the set of keys set explicitly.
 
+    A row's ``inner_line_search`` (conv4's) belongs to the natural step: with
+    another ``inner_update`` it is off unless given (then it is refused).
+
     Args:
         cli: Options given on the command line (None = not given).
         toml: Keys from ``--config``.
@@ -119,6 +122,8 @@ def resolve(cli: Mapping[str, Any], toml: Mapping[str, Any]) -> tuple[dict[str, 
                 cfg[k] = {**(cfg.get(k) or {}), **copy.deepcopy(v)}
             else:
                 cfg[k] = copy.deepcopy(v)
+    if cfg.get("inner_update") != "natural" and "inner_line_search" not in explicit:
+        cfg["inner_line_search"] = False  # a row's line search (conv4's) is the natural step's; given, it is refused
     cfg["model"] = model
     if cfg.get("data") is None:
         raise ValueError(

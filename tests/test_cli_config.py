@@ -56,6 +56,7 @@ def test_fit_help_shows_default_values(runner):
     assert "Total SVI steps (default 1000; mlp 5000, siren 300, conv4 500, bayes_unet 600)." in text
     assert "Tasks per step (default 8; siren 4, conv4 4, bayes_unet 4)." in text  # mlp keeps the common 8
     assert '(default "natural").' in text  # every zoo row takes the natural step
+    assert "docs/inner_loop.md) (default false; conv4 true)." in text  # --inner-line-search
     assert '(mlp "sinusoid", siren "faces", conv4 "glyphs", bayes_unet "solar")' in text
     assert "'hvi models' lists each one's defaults row" in text
 

@@ -440,9 +440,25 @@ def test_the_line_search_is_a_run_config_key(runner, tmp_path):
 
     from hvi.builders import inner_config
 
-    res = cli_checks.invoke(["fit", "--model", "conv4", "--inner-line-search", "--print-config"], runner)
-    assert res.exit_code == 0, res.output
-    assert "inner_line_search = true" in res.stdout.splitlines()
+    def line_search(*args):
+        res = cli_checks.invoke(["fit", *args, "--print-config"], runner)
+        assert res.exit_code == 0, res.output
+        (line,) = [line for line in res.stdout.splitlines() if line.startswith("inner_line_search = ")]
+        return line.removeprefix("inner_line_search = ")
+
+    # mlp's row keeps the common default (off); conv4's turns it on (glyphs overshoot, hvi/defaults.py)
+    assert [line_search("--model", "mlp"), line_search("--model", "mlp", "--inner-line-search")] == ["false", "true"]
+    assert [line_search("--model", "conv4"), line_search("--model", "conv4", "--no-inner-line-search")] == ["true", "false"]
+    # conv4's line search goes with its natural step: gradient updates and the deterministic methods drop it
+    assert line_search("--model", "conv4", "--inner-update", "gradient") == "false"
+    assert line_search("--model", "conv4", "--method", "maml") == "false"
+    from hvi.defaults import defaults_for
+
+    assert [defaults_for("conv4", m)["inner_line_search"] for m in ("abml", "maml", "fomaml", "reptile")] == [
+        True, False, False, False]
+    res = cli_checks.invoke(["fit", "--model", "conv4", "--inner-update", "gradient", "--inner-line-search",
+                             "--print-config"], runner)
+    cli_checks.assert_error(res, "inner_line_search=True scales the natural step, but inner_update='gradient'")
     assert inner_config({"inner_line_search": True}).line_search is True
     assert inner_config({}).line_search is False
     res = cli_checks.invoke(["fit", "--model", "mlp", "--inner-line-search", "--inner-update", "gradient",
