@@ -10,10 +10,16 @@ batch 8, the gradient inner update (the benchmark's defaults):
 * **fixed overhead**: the same meta-step on a 508-weight U-Net (base 1,
   4×4 images), whose CPU time is Pyro's, Python's and the kernel launches';
 * **rounds**: ``benchmarks/meta_step.py --impl engine --steps 4 --warmup 1
-  --threads 1 --json --no-matmul`` run in each tree in turn (``PYTHONPATH``
+  --threads 1 --json --no-matmul`` (``--steps`` sets the 4) run in each tree in turn (``PYTHONPATH``
   set to it), ``--rounds`` alternating rounds, each in a fresh process; the
   median of the per-run ``cpu_s_median`` (CPU seconds of the process per
   meta-step, which a shared machine moves far less than wall time).
+
+Each tree's processes import all of ``hvi`` from that tree: ``pyproject.toml``
+maps ``hvi.models`` to ``models/`` and ``hvi.cli`` to ``cli/``, which an
+editable install resolves to its own checkout whatever ``PYTHONPATH`` says,
+so a ``sitecustomize`` (put first on ``PYTHONPATH``, and so inherited by
+``meta_step.py``'s worker processes) maps them to the tree's folders.
 
 Example (``/tmp/before`` a ``git worktree`` of the commit before a change)::
 
@@ -29,6 +35,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from provenance import write_result
@@ -43,7 +50,9 @@ torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[1])
 import meta_step as ms
 import hvi
-assert hvi.__file__.startswith(sys.argv[2]), (hvi.__file__, sys.argv[2])
+import hvi.models.unet
+for mod in (hvi, hvi.models.unet):
+    assert mod.__file__.startswith(sys.argv[2]), (mod.__file__, sys.argv[2])
 hvi.tune_allocator()
 args = ms.parse_args(["--impl", "engine", "--threads", "1"])
 cfg = dict(vars(args)); cfg.update(impl="engine", task_batch=8, inner_steps=5, first_order=False)
@@ -58,6 +67,35 @@ rows = [(e.key, str(e.input_shapes), e.self_cpu_time_total, e.count)
         for e in prof.key_averages(group_by_input_shape=True)]
 print(json.dumps({"weights": meta.net.num_weights, "rows": rows}))
 """
+
+# The sitecustomize of tree_env: hvi's subpackages outside hvi/ from $HVI_SPEED_TREE.
+TREE_SITE = r"""
+import importlib.util, os, sys
+_tree = os.environ.get("HVI_SPEED_TREE")
+if _tree:
+    class _TreePackages:
+        MAP = {"hvi.models": "models", "hvi.cli": "cli"}
+
+        @classmethod
+        def find_spec(cls, name, path=None, target=None):
+            sub = cls.MAP.get(name)
+            if sub is None:
+                return None
+            d = os.path.join(_tree, sub)
+            return importlib.util.spec_from_file_location(name, os.path.join(d, "__init__.py"),
+                                                          submodule_search_locations=[d])
+
+    sys.meta_path.insert(0, _TreePackages)
+"""
+
+
+def tree_env(tree: Path) -> dict[str, str]:
+    """The environment that makes a process (and its children) import all of ``hvi`` from ``tree``."""
+    site = Path(tempfile.gettempdir()) / f"hvi_speed_profile_site_{os.getpid()}"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(TREE_SITE)
+    return dict(os.environ, PYTHONPATH=f"{site}{os.pathsep}{tree}", HVI_SPEED_TREE=str(tree), OMP_NUM_THREADS="1")
+
 
 VIEWS = {"aten::empty", "aten::empty_like", "aten::empty_strided", "aten::resize_", "aten::as_strided",
          "aten::view", "aten::reshape", "aten::_reshape_alias", "aten::permute", "aten::expand", "aten::select",
@@ -87,7 +125,7 @@ def kind(name: str, shapes: str, weights: int) -> str:
 
 def breakdown(tree: Path) -> dict:
     """Self CPU time of one profiled meta-step by kind, in ms and shares."""
-    env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
+    env = tree_env(tree)
     # cwd=tree: ``python -c`` puts the working directory first on sys.path, ahead of PYTHONPATH.
     out = subprocess.run([sys.executable, "-c", PROFILE_CODE, str(tree / "benchmarks"), str(tree)], check=True,
                          capture_output=True, text=True, env=env, cwd=tree).stdout
@@ -105,7 +143,7 @@ def breakdown(tree: Path) -> dict:
 
 
 def meta_step(tree: Path, common: list[str]) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
+    env = tree_env(tree)
     cmd = [sys.executable, str(tree / "benchmarks" / "meta_step.py"), "--impl", "engine", "--json", *common]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")][0]
@@ -127,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="name=path[,name=path]: source trees to measure (each put on PYTHONPATH)")
     p.add_argument("--rounds", type=int, default=3,
                    help="alternating rounds of meta_step.py per tree (0: the breakdown only)")
+    p.add_argument("--steps", type=int, default=4, help="timed meta-steps per meta_step.py run")
     p.add_argument("--out", default=None, help="JSON file to write (benchmarks/provenance.py)")
     args = p.parse_args(argv)
-    common = ["--steps", "4", "--warmup", "1", "--threads", "1", "--no-matmul"]
+    common = ["--steps", str(args.steps), "--warmup", "1", "--threads", "1", "--no-matmul"]
     runs: dict[str, list[dict]] = {name: [] for name in args.trees}
     for r in range(args.rounds):
         for name, tree in args.trees.items():

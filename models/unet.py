@@ -83,9 +83,10 @@ class _WGrad(torch.autograd.Function):
         g, h = ctx.saved_tensors
         dg = dh = None
         if ctx.needs_input_grad[0]:
-            dg = torch.zeros_like(g) if gw is None else F.conv2d(h, gw, padding=ctx.padding, groups=ctx.groups)
-            if gb is not None:
-                dg = dg + gb[:, None, None]
+            if gw is None:
+                dg = torch.zeros_like(g) if gb is None else torch.zeros_like(g) + gb[:, None, None]
+            else:  # the bias term in the convolution's own epilogue, not a pass over g of its own
+                dg = F.conv2d(h, gw, gb, padding=ctx.padding, groups=ctx.groups)
         if ctx.needs_input_grad[1] and gw is not None:
             dh = _DGrad.apply(g, h, gw, ctx.padding, ctx.groups)
         return dg, dh, None, None, None
@@ -138,18 +139,150 @@ def _task_conv(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, paddin
     channels-last too, so a chain of these stays in that layout. Its backward
     is differentiable by grouped convolutions (:class:`_TaskConv`).
     """
-    tasks, c_out = weight.shape[:2]
-    args = (h, weight.reshape((tasks * c_out,) + weight.shape[2:]), bias.reshape(tasks * c_out), padding, tasks)
+    tasks, c_out, c_in, kh, kw = weight.shape
+    # (B, C_out, C_in, k, k) -> (B*C_out, C_in, k, k) in channels-last memory: one copy (the per-task
+    # weights are views into flat (B, D) tensors, so any merge copies), in the layout that the
+    # channels-last convolution would otherwise copy them to again; its backward is views only.
+    w = weight.permute(0, 1, 3, 4, 2).reshape(tasks * c_out, kh, kw, c_in).permute(0, 3, 1, 2)
+    args = (h, w, bias.reshape(tasks * c_out), padding, tasks)
     if torch.compiler.is_compiling():  # a compiled forward is differentiated once (FunctionalNet.configure)
         return F.conv2d(*args[:3], padding=padding, groups=tasks)
     return _TaskConv.apply(*args)
 
 
-def _task_cat(a: torch.Tensor, b: torch.Tensor, tasks: int) -> torch.Tensor:
-    """Per-task channel concatenation of task-interleaved ``(N, B*C, H, W)`` tensors, channels-last."""
+def _cat(a: torch.Tensor, b: torch.Tensor, tasks: int) -> torch.Tensor:
     n, _, h, w = a.shape
     parts = [t.permute(0, 2, 3, 1).reshape(n, h, w, tasks, -1) for t in (a, b)]
     return torch.cat(parts, dim=-1).reshape(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+def _split(g: torch.Tensor, tasks: int, c_a: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The adjoint of :func:`_cat`: each task's first ``c_a`` channels, and the rest, channels-last."""
+    n, _, h, w = g.shape
+    v = g.permute(0, 2, 3, 1).reshape(n, h, w, tasks, -1)
+    return tuple(p.clone(memory_format=torch.contiguous_format).reshape(n, h, w, -1).permute(0, 3, 1, 2)
+                 for p in (v[..., :c_a], v[..., c_a:]))
+
+
+class _TaskCat(torch.autograd.Function):
+    """:func:`_cat` whose backward is :class:`_TaskSplit` (and whose double backward is itself again).
+
+    Autograd's backward of ``torch.cat`` returns strided slices of the
+    gradient, and the derivative of a slice (second order) zero-fills a
+    tensor of the whole gradient's size and copies the slice into it. Both
+    maps are linear and each other's adjoint, so here each is the other's
+    backward: a copy per part, no zero-fill (same values).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(a, b, tasks):
+        return _cat(a, b, tasks)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        a, _b, ctx.tasks = inputs
+        ctx.c_a = a.shape[1] // ctx.tasks
+
+    @staticmethod
+    def backward(ctx, g):
+        ga, gb = _TaskSplit.apply(g, ctx.tasks, ctx.c_a)
+        return ga, gb, None
+
+
+class _TaskSplit(torch.autograd.Function):
+    """:func:`_split`, whose backward is :class:`_TaskCat`."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(g, tasks, c_a):
+        return _split(g, tasks, c_a)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _g, ctx.tasks, _c_a = inputs
+
+    @staticmethod
+    def backward(ctx, gga, ggb):
+        return _TaskCat.apply(gga, ggb, ctx.tasks), None, None
+
+
+def _task_cat(a: torch.Tensor, b: torch.Tensor, tasks: int) -> torch.Tensor:
+    """Per-task channel concatenation of task-interleaved ``(N, B*C, H, W)`` tensors, channels-last."""
+    if torch.compiler.is_compiling():
+        return _cat(a, b, tasks)
+    return _TaskCat.apply(a, b, tasks)
+
+
+_threshold_backward = torch.ops.aten.threshold_backward
+
+
+class _ReluGrad(torch.autograd.Function):
+    """ReLU's backward ``g * (y > 0)`` from its output ``y``; differentiable in ``g`` (the same mask).
+
+    PyTorch's double backward of ReLU (``ThresholdBackwardBackward0``) also
+    returns a zero-filled gradient for ``y`` (the mask's derivative is zero
+    almost everywhere), which autograd then adds into ``y``'s gradient and
+    carries on; here ``y`` gets none. Same values.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(g, y):
+        return _threshold_backward(g, y, 0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, gg):
+        (y,) = ctx.saved_tensors
+        return _ReluGrad.apply(gg, y), None
+
+
+class _Relu(torch.autograd.Function):
+    """``F.relu`` whose backward is :class:`_ReluGrad` (PyTorch's own op when not differentiated)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return torch.relu(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        if not torch.is_grad_enabled():
+            return _threshold_backward(g, y, 0)
+        return _ReluGrad.apply(g, y)
+
+
+def _relu(x: torch.Tensor) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return F.relu(x)
+    return _Relu.apply(x)
+
+
+def _task_head(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, tasks: int) -> torch.Tensor:
+    """The per-task 1x1 convolution of task-interleaved channels-last ``z``, as ``(B, N, C_out, H, W)``.
+
+    A contraction over each task's channels (``einsum``: one batched
+    matmul). As a grouped ``F.conv2d`` with one output channel per group,
+    PyTorch's CPU convolution runs it, its backward and double backward one
+    group at a time, with a copy of each group's slice.
+    """
+    n, _, h, w = z.shape
+    zt = z.permute(0, 2, 3, 1).reshape(n, h, w, tasks, -1)  # a view of channels-last memory
+    out = torch.einsum("nhwbc,boc->bnohw", zt, weight.reshape(tasks, weight.shape[1], -1))
+    return out + bias[:, None, :, None, None]
 
 
 class _DoubleConv(nn.Module):
@@ -246,7 +379,12 @@ class BayesUNet(nn.Module):
         NCHW memory, where PyTorch's CPU (oneDNN) kernels for them take about
         twice as long forward and backward, and it moves the task dimension
         (a copy) around every pooling, upsampling and concatenation; here
-        pooling and upsampling see the task-interleaved batch directly.
+        pooling and upsampling see the task-interleaved batch directly. The
+        convolutions take channels-last weights (:func:`_task_conv`), and
+        ReLU, the skip concatenation and the 1x1 head are :func:`_relu`,
+        :func:`_task_cat` and :func:`_task_head`, whose (double) backward
+        passes do less work than PyTorch's for the same values
+        (``tests/test_unet_ops.py``, ``benchmarks/unet_ops_ab.py``).
 
         Args:
             weights: Every parameter name of this module mapped to a tensor
@@ -271,8 +409,8 @@ class BayesUNet(nn.Module):
             )
 
         def block(name: str, z: torch.Tensor) -> torch.Tensor:
-            z = F.relu(_task_conv(z, weights[f"{name}.conv1.weight"], weights[f"{name}.conv1.bias"], 1))
-            return F.relu(_task_conv(z, weights[f"{name}.conv2.weight"], weights[f"{name}.conv2.bias"], 1))
+            z = _relu(_task_conv(z, weights[f"{name}.conv1.weight"], weights[f"{name}.conv1.bias"], 1))
+            return _relu(_task_conv(z, weights[f"{name}.conv2.weight"], weights[f"{name}.conv2.bias"], 1))
 
         # (B, N, C, H, W) -> (N, B*C, H, W) on (N, H, W, B, C) memory: channels-last.
         z = x.permute(1, 3, 4, 0, 2).reshape(n, h, w, tasks * c).permute(0, 3, 1, 2)
@@ -286,8 +424,7 @@ class BayesUNet(nn.Module):
         for i in range(len(self.up)):
             z = F.interpolate(z, scale_factor=2.0, mode="bilinear", align_corners=False)
             z = block(f"up.{i}", _task_cat(z, skips.pop(), tasks))
-        z = _task_conv(z, weights["head.weight"], weights["head.bias"], 0)
-        return z.reshape(n, tasks, -1, h, w).permute(1, 0, 2, 3, 4)
+        return _task_head(z, weights["head.weight"], weights["head.bias"], tasks)
 
 
 @register_model("bayes_unet")
