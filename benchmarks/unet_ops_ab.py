@@ -54,8 +54,7 @@ def plain_ops() -> dict[str, Any]:
     """The plain PyTorch forms of the four operators (``models/unet.py`` before them), by global name."""
     import torch
     import torch.nn.functional as F
-
-    import hvi.models.unet as unet
+    from hvi.models import unet
 
     def task_conv(h, weight, bias, padding):
         tasks, c_out = weight.shape[:2]
@@ -78,12 +77,12 @@ def plain_ops() -> dict[str, Any]:
 
 def measure(first_order: bool, task_batch: int, rounds: int, ablate: bool | list[str]) -> dict[str, Any]:
     """Paired CPU seconds per meta-step of each variant, for one order."""
+    import meta_step as ms
     import pyro
     import torch
+    from hvi.models import unet
 
     import hvi
-    import hvi.models.unet as unet
-    import meta_step as ms
 
     torch.set_num_threads(1)
     hvi.tune_allocator()

@@ -12,11 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hvi.models import get_model, unet
 from script_loader import load_script
 from torch.autograd import gradcheck, gradgradcheck
-
-import hvi.models.unet as unet
-from hvi.models import get_model
 
 D = torch.float64
 CL = torch.channels_last
@@ -125,7 +123,7 @@ def test_batched_forward_equals_the_plain_operators(monkeypatch, particles):
     net, weights, x = _net_weights(particles=particles)
     fn = net.batched_forward if particles is None else torch.func.vmap(net.batched_forward, in_dims=(0, None))
     new = _meta(fn, weights, x)
-    for op, (name, f) in load_script("benchmarks/unet_ops_ab.py").plain_ops().items():
+    for name, f in load_script("benchmarks/unet_ops_ab.py").plain_ops().values():
         monkeypatch.setattr(unet, name, f)
     plain = _meta(fn, weights, x)
     for a, b in zip(new, plain):
