@@ -462,6 +462,16 @@ def siren_ntk(file: str = "siren_study.json") -> str:
             f"fraction at k = 1 (their mean, mostly): {raw}. From `{d['command']}` ({d['date']}).")
 
 
+def siren_study_images() -> str:
+    """The SIREN study on photo tiles (benchmarks/siren_study.py --data images)."""
+    return siren_study("siren_study_images.json")
+
+
+def siren_ntk_images() -> str:
+    """The NTK table of the SIREN study on photo tiles."""
+    return siren_ntk("siren_study_images.json")
+
+
 def meta_step() -> str:
     d = json.loads((RESULTS / "meta_step_updates.json").read_text())
     rows = ["| inner update | curvature measured | step s (median) | vs gradient | CPU s per step | vs gradient "
@@ -776,8 +786,7 @@ def update(paths: list[str], tables: dict) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     tables = {"cli_threads": cli_threads, "reference_speed": reference_speed, "scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "curvature": curvature, "one_sided": one_sided, "curvature_noise": curvature_noise, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "sinusoid_abml_screen": sinusoid_abml_screen, "glyph_methods": glyph_methods, "glyph_abml_screen": glyph_abml_screen, "glyph_abml_step": glyph_abml_step, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk,
-              "siren_study_images": lambda: siren_study("siren_study_images.json"),
-              "siren_ntk_images": lambda: siren_ntk("siren_study_images.json")}
+              "siren_study_images": siren_study_images, "siren_ntk_images": siren_ntk_images}
     if args[:1] == ["--update"] and len(args) > 1:
         update(args[1:], tables)
         return 0
