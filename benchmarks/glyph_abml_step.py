@@ -10,8 +10,8 @@ curvature into each weight than 1-shot ones (5 images): more weights take the
 α-independent Newton step.
 
 This script measures it at the shared ``conv4`` initialisation of
-benchmarks/glyph_methods.py (the conv4 defaults: α = 0.3, β = 1e-3, prior scale
-0.01), on held-out 5-way episodes, for the first inner step:
+benchmarks/glyph_methods.py (the conv4 defaults' α = 0.3, β = 1e-3, prior scale
+0.01; the step without the line search), on held-out 5-way episodes, for the first inner step:
 
 * the fraction of weights with α·h/β > c_p (their mean step is ≥ half the
   diagonal Newton step g/h whatever α), averaged over episodes;

@@ -16,10 +16,11 @@ Settings per method (``SETTINGS`` below; 3 training inner steps for all):
 * abml: natural-gradient inner step, α = 0.3, prior scale 0.01, KL weight
   β = 1e-3 (a tempered posterior: at β = 1 the 28k-weight posterior of a
   5-image support set stays at its prior and accuracy stays at chance, see
-  docs/results.md), first order: the ``hvi fit --model conv4`` defaults.
+  docs/results.md), first order: the ``hvi fit --model conv4`` defaults as they
+  were before the line search joined them.
 * abml_ls: the same with the natural step's line search (chosen by the 5-shot
   screen, docs/results/glyph_abml_screen.json; docs/methods.md says why), run
-  with ``--methods abml_ls --shots 5,1 --merge``.
+  with ``--methods abml_ls --shots 5,1 --merge``: ``hvi fit --model conv4``'s defaults now.
 * maml: plain gradient descent on the cross-entropy at α = 0.4 (MAML's
   Omniglot step size), second order, outer Adam 1e-3.
 * fomaml: as maml, first order.
@@ -59,7 +60,7 @@ SETTINGS = {
     "fomaml": ("fomaml", "gradient", 0.4, True, 1e-3, 0.0),
     "reptile": ("reptile", "gradient", 0.4, True, 0.5, 0.0),
 }
-#: ABML's inner loop (the ``hvi fit --model conv4`` defaults): α of the mean and, when not None, of the
+#: ABML's inner loop (the ``hvi fit --model conv4`` defaults without the line search): α of the mean and, when not None, of the
 #: precision (``lr_rho``), KL weight β, first order, learned per-tensor α, line search, draws per step.
 ABML = {"lr": 0.3, "lr_rho": None, "kl_weight": 1e-3, "first_order": True, "learn_lr": False, "line_search": False,
         "num_samples": 1}
@@ -70,6 +71,7 @@ ABML_VARIANTS: dict[str, dict] = {
     "abml_ls": {"line_search": True},
     "abml_ls_a01": {"line_search": True, "lr": 0.1},
     "abml_ls_a1": {"line_search": True, "lr": 1.0},
+    "abml_ls_2nd": {"line_search": True, "first_order": False},
     "abml_a01": {"lr": 0.1},
     "abml_learnlr": {"learn_lr": True},
     "abml_b1e-2": {"kl_weight": 1e-2},
