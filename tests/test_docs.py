@@ -172,3 +172,12 @@ def test_checker_finds_broken_links(tmp_path):
     )
     assert _anchors(page) == {"top", "the-objective-its-scaling-and-β", "top-1"}
     assert [t for _, t in _links(page)] == ["#the-objective-its-scaling-and-β", "#top-1", "#nowhere", "missing.md"]
+
+
+def test_every_benchmark_script_is_in_the_benchmarks_index():
+    readme = (ROOT / "benchmarks" / "README.md").read_text()
+    index = readme.split("## Every script", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `([\w.]+\.py)` \|", index, flags=re.M))
+    scripts = {p.name for p in (ROOT / "benchmarks").glob("*.py")}
+    assert scripts - listed == set(), "add these to benchmarks/README.md's 'Every script' tables"
+    assert listed - scripts == set(), "these are listed in benchmarks/README.md but do not exist"
