@@ -210,6 +210,28 @@ def _ascend(lam: Tensor, alpha: Tensor | float, grad: Tensor) -> Tensor:
     return torch.add(lam, grad, alpha=alpha)
 
 
+def _normal_ascent(loc, rho, sigma, g_loc, g_sigma, kl, c, alpha_loc, alpha_rho):
+    """One gradient step of a diagonal Normal q(loc, ρ), σ = softplus(ρ), under the closed-form KL.
+
+    ``g_loc``, ``g_sigma``: the likelihood term's gradient in ``loc`` and in σ
+    (not ρ); ``kl``: ``(μ_p, s_p⁻²)`` or None (β = 0); ``c``: the KL's weight β/N.
+    The same values and derivatives as ascending ``∇_loc − c·s_p⁻²(loc − μ_p)``
+    and ``sigmoid(ρ)·(∇_σ − c(σ s_p⁻² − 1/σ))`` (the ρ-gradient of autograd
+    through softplus plus the KL's), in fewer kernels of λ's size: ``sigmoid(ρ)``
+    is taken once and multiplies both terms, and the update is fused into it.
+    """
+    s = torch.sigmoid(rho)
+    if kl is not None:
+        prior_loc, prior_prec = kl
+        cp = prior_prec * c  # (…, 1, D): a task-shared, smaller tensor
+        g_loc = torch.addcmul(g_loc, loc - prior_loc, cp, value=-1.0)
+        g_sigma = torch.add(torch.addcmul(g_sigma, sigma, cp, value=-1.0), sigma.reciprocal(), alpha=c)
+    new_loc = _ascend(loc, alpha_loc, g_loc)
+    if isinstance(alpha_rho, Tensor):
+        return new_loc, torch.addcmul(rho, alpha_rho * s, g_sigma)
+    return new_loc, torch.addcmul(rho, s, g_sigma, value=alpha_rho)
+
+
 def _learned(alpha: Tensor | float) -> bool:
     return isinstance(alpha, Tensor) and alpha.requires_grad
 
@@ -507,16 +529,18 @@ class InnerLoop:
             src = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in lam.items()}
             if closed_form:
                 sigma = F.softplus(src["rho"])
-                phi = torch.addcmul(src["loc"].unsqueeze(-2), sigma.unsqueeze(-2), e)
-            else:
-                phi = self.family.sample({k: v.unsqueeze(-2) for k, v in src.items()}, e)
+                # A mul and an add, not addcmul: addcmul's derivatives scale ε by its `value`
+                # (a kernel of φ's size) in the inner gradient and again in the outer pass.
+                phi = src["loc"].unsqueeze(-2) + sigma.unsqueeze(-2) * e
+                # ℓ's gradient in σ, not ρ: sigmoid(ρ) then multiplies it and the KL's term once.
+                g_loc, g_sigma = torch.autograd.grad(objective(phi, src, loglik_), [src["loc"], sigma],
+                                                     create_graph=create_graph)
+                new = _normal_ascent(lam["loc"], lam["rho"], sigma, g_loc, g_sigma, kl_terms_ if closed_kl else None,
+                                     c, alpha_["loc"], alpha_["rho"])
+                return dict(zip(("loc", "rho"), new))
+            phi = self.family.sample({k: v.unsqueeze(-2) for k, v in src.items()}, e)
             grads = torch.autograd.grad(objective(phi, src, loglik_), list(src.values()), create_graph=create_graph)
             g = dict(zip(src, grads))
-            if closed_kl:  # fused kernels (addcmul): fewer temporaries of λ's size per step
-                prior_loc, prior_prec = kl_terms_
-                g["loc"] = torch.addcmul(g["loc"], src["loc"] - prior_loc, prior_prec, value=-c)
-                dkl_dsigma = sigma * prior_prec - sigma.reciprocal()
-                g["rho"] = torch.addcmul(g["rho"], dkl_dsigma, torch.sigmoid(src["rho"]), value=-c)
             return {k: _ascend(lam[k], alpha_[k], g[k]) for k in lam}
 
         if checkpointed and closed_form:
