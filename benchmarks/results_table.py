@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -132,7 +133,11 @@ def zoo() -> str:
             v = m.get(key)
             return "–" if v is None or v["value"] is None else f"{v['value']:.3f} ± {v['value'] - v['ci_low']:.3f}"
 
-        rows.append(f"| {cfg['model']} | {cfg['data']} | {key} | {cell(ev['metrics'])} | "
+        # a row run with options beyond its defaults (other than --data) says which
+        extra = shlex.split(d["command"].partition(" -- ")[2])
+        extra = [a for i, a in enumerate(extra) if a != "--data" and (i == 0 or extra[i - 1] != "--data")]
+        model = f"{cfg['model']} (`{' '.join(extra)}`)" if extra else cfg["model"]
+        rows.append(f"| {model} | {cfg['data']} | {key} | {cell(ev['metrics'])} | "
                     f"{cell(ev['baselines']['prior']['metrics'])} | {cell(ev['baselines']['scratch']['metrics'])} | "
                     f"{d['fit_seconds']:.0f} s |")
         cmds.append(f"`{d['command']}` ({d['date']})")
@@ -253,7 +258,7 @@ def nuts() -> str:
 
 #: The row labels of the glyph_methods and sinusoid_methods tables (benchmarks/plot_methods.py uses them too).
 GLYPH_LABELS = {"abml": "ABML", "maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile",
-                "abml_ls": "ABML, line search"}
+                "abml_ls": "ABML, line search", "abml_ls_2nd": "ABML, line search, second order"}
 SINUSOID_LABELS = {"abml": "ABML", "maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile",
                    "maml_k5": "MAML, K = 5 in training", "abml_k1": "ABML, K = 1 in training"}
 
