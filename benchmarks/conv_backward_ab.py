@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+from paired_steps import engine, medians, paired_cpu, speedup  # noqa: E402
 
 
 def _pytorch_task_conv(h, weight, bias, padding: int):
@@ -42,45 +42,23 @@ def _pytorch_task_conv(h, weight, bias, padding: int):
 
 def measure(first_order: bool, task_batch: int, rounds: int) -> dict[str, Any]:
     """Paired CPU seconds per meta-step of both variants, for one order."""
-    import pyro
-    import torch
-
-    import hvi
     import hvi.models.unet as unet
-    import meta_step as ms
 
-    torch.set_num_threads(1)
-    hvi.tune_allocator()
-    args = ms.parse_args(["--impl", "engine", "--threads", "1"])
-    cfg = dict(vars(args))
-    cfg.update(impl="engine", task_batch=task_batch, inner_steps=5, first_order=first_order)
-    pyro.set_rng_seed(0)
-    batch = ms.make_batch(cfg)
-    _meta, svi = ms.make_engine(cfg)
+    _meta, step = engine(task_batch, first_order)
     variants = {"task_conv": unet._task_conv, "pytorch": _pytorch_task_conv}
-    cpu: dict[str, list[float]] = {k: [] for k in variants}
-    try:
-        for f in variants.values():  # warm-up
-            unet._task_conv = f
-            svi.step(batch)
-        for r in range(rounds):
-            order = list(variants) if r % 2 == 0 else list(variants)[::-1]
-            for name in order:
-                unet._task_conv = variants[name]
-                c0 = time.process_time()
-                svi.step(batch)
-                cpu[name].append(time.process_time() - c0)
-    finally:
-        unet._task_conv = variants["task_conv"]
-    ratios = [p / t for p, t in zip(cpu["pytorch"], cpu["task_conv"])]
+
+    def use(f):
+        return lambda: setattr(unet, "_task_conv", f)
+
+    cpu = paired_cpu(step, {k: use(f) for k, f in variants.items()}, rounds, use(variants["task_conv"]))
+    s = speedup(cpu["pytorch"], cpu["task_conv"])
     return {
         "order": "first" if first_order else "second",
         "task_batch": task_batch,
-        "cpu_s": {k: [round(v, 4) for v in vs] for k, vs in cpu.items()},
-        "cpu_s_median": {k: round(statistics.median(vs), 4) for k, vs in cpu.items()},
-        "speedup_per_round": [round(v, 3) for v in ratios],
-        "speedup_median": round(statistics.median(ratios), 3),
-        "faster_rounds": sum(v > 1 for v in ratios),
+        **medians(cpu),
+        "speedup_per_round": s["per_round"],
+        "speedup_median": s["median"],
+        "faster_rounds": s["faster_rounds"],
         "rounds": rounds,
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }

@@ -31,7 +31,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+
+from paired_steps import alternating, engine, medians, paired_cpu, speedup  # noqa: E402
 
 BASELINE = "71c5356"  # hvi/adapt.py before the fused step (#16)
 
@@ -68,52 +69,33 @@ def lambda_ms(prof, D: int) -> float:
 
 def measure(first_order: bool, task_batch: int, rounds: int, commit: str, profile: int = 0) -> dict[str, Any]:
     """Paired CPU seconds per meta-step of the baseline and the new step, for one order."""
-    import meta_step as ms
-    import pyro
     import torch
 
-    import hvi
     from hvi import adapt
 
-    torch.set_num_threads(1)
-    hvi.tune_allocator()
-    args = ms.parse_args(["--impl", "engine", "--threads", "1"])
-    cfg = dict(vars(args))
-    cfg.update(impl="engine", task_batch=task_batch, inner_steps=5, first_order=first_order)
-    pyro.set_rng_seed(0)
-    batch = ms.make_batch(cfg)
-    meta, svi = ms.make_engine(cfg)
+    meta, step = engine(task_batch, first_order)
     D = sum(math.prod(s) for s in dict(meta.net.shapes).values())
     runs = {"baseline": baseline_run(commit), "new": adapt.InnerLoop._run}
-    cpu: dict[str, list[float]] = {k: [] for k in runs}
+
+    def use(f):
+        return lambda: setattr(adapt.InnerLoop, "_run", f)
+
+    cpu = paired_cpu(step, {k: use(f) for k, f in runs.items()}, rounds, use(runs["new"]))
+    lam_ms: dict[str, list[float]] = {k: [] for k in runs}
     try:
-        for f in runs.values():  # warm-up
-            adapt.InnerLoop._run = f
-            svi.step(batch)
-        for r in range(rounds):
-            order = list(runs) if r % 2 == 0 else list(runs)[::-1]
-            for name in order:
-                adapt.InnerLoop._run = runs[name]
-                c0 = time.process_time()
-                svi.step(batch)
-                cpu[name].append(time.process_time() - c0)
-        lam_ms: dict[str, list[float]] = {k: [] for k in runs}
         for r in range(profile):
-            for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            for name in alternating(list(runs), r):
                 adapt.InnerLoop._run = runs[name]
                 with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
-                    svi.step(batch)
+                    step()
                 lam_ms[name].append(round(lambda_ms(prof, D), 1))
     finally:
         adapt.InnerLoop._run = runs["new"]
-    ratios = [b / n for b, n in zip(cpu["baseline"], cpu["new"])]
     return {
         "order": "first" if first_order else "second",
         "task_batch": task_batch,
-        "cpu_s": {k: [round(v, 4) for v in vs] for k, vs in cpu.items()},
-        "cpu_s_median": {k: round(statistics.median(vs), 4) for k, vs in cpu.items()},
-        "speedup_vs_baseline": {"per_round": [round(v, 3) for v in ratios], "median": round(statistics.median(ratios), 4),
-                                "faster_rounds": sum(v > 1 for v in ratios), "rounds": rounds},
+        **medians(cpu),
+        "speedup_vs_baseline": {**speedup(cpu["baseline"], cpu["new"], digits=4), "rounds": rounds},
         "flat_size_D": D,
         "lambda_op_self_ms": lam_ms,
         "lambda_op_self_ms_median": {k: statistics.median(v) for k, v in lam_ms.items()} if profile else {},

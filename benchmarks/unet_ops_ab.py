@@ -38,14 +38,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+from paired_steps import engine, medians, paired_cpu, speedup  # noqa: E402
 
 OPS = ("weights", "relu", "cat", "head")
 
@@ -77,21 +77,9 @@ def plain_ops() -> dict[str, Any]:
 
 def measure(first_order: bool, task_batch: int, rounds: int, ablate: bool | list[str]) -> dict[str, Any]:
     """Paired CPU seconds per meta-step of each variant, for one order."""
-    import meta_step as ms
-    import pyro
-    import torch
     from hvi.models import unet
 
-    import hvi
-
-    torch.set_num_threads(1)
-    hvi.tune_allocator()
-    args = ms.parse_args(["--impl", "engine", "--threads", "1"])
-    cfg = dict(vars(args))
-    cfg.update(impl="engine", task_batch=task_batch, inner_steps=5, first_order=first_order)
-    pyro.set_rng_seed(0)
-    batch = ms.make_batch(cfg)
-    _meta, svi = ms.make_engine(cfg)
+    _meta, step = engine(task_batch, first_order)
     plain = plain_ops()
     new = {op: (name, getattr(unet, name)) for op, (name, _f) in plain.items()}
     variants = {"plain": set(OPS), "new": set()}
@@ -99,41 +87,21 @@ def measure(first_order: bool, task_batch: int, rounds: int, ablate: bool | list
         variants.update({f"-{op}": {op} for op in (OPS if ablate is True else ablate)})
 
     def use(plain_set):
-        for op in OPS:
-            name, f = (plain if op in plain_set else new)[op]
-            setattr(unet, name, f)
+        def install():
+            for op in OPS:
+                name, f = (plain if op in plain_set else new)[op]
+                setattr(unet, name, f)
+        return install
 
-    cpu: dict[str, list[float]] = {k: [] for k in variants}
-    try:
-        for v in variants.values():  # warm-up
-            use(v)
-            svi.step(batch)
-        for r in range(rounds):
-            order = list(variants) if r % 2 == 0 else list(variants)[::-1]
-            for name in order:
-                use(variants[name])
-                c0 = time.process_time()
-                svi.step(batch)
-                cpu[name].append(time.process_time() - c0)
-    finally:
-        use(set())
-    res: dict[str, Any] = {
+    cpu = paired_cpu(step, {k: use(v) for k, v in variants.items()}, rounds, use(set()))
+    return {
         "order": "first" if first_order else "second",
         "task_batch": task_batch,
-        "cpu_s": {k: [round(v, 4) for v in vs] for k, vs in cpu.items()},
-        "cpu_s_median": {k: round(statistics.median(vs), 4) for k, vs in cpu.items()},
-        "speedup_vs_plain": {},
+        **medians(cpu),
+        "speedup_vs_plain": {k: speedup(cpu["plain"], cpu[k]) for k in variants if k != "plain"},
         "rounds": rounds,
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
-    for k in variants:
-        if k == "plain":
-            continue
-        ratios = [p / t for p, t in zip(cpu["plain"], cpu[k])]
-        res["speedup_vs_plain"][k] = {"per_round": [round(v, 3) for v in ratios],
-                                      "median": round(statistics.median(ratios), 3),
-                                      "faster_rounds": sum(v > 1 for v in ratios)}
-    return res
 
 
 def main(argv: list[str] | None = None) -> int:
