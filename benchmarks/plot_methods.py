@@ -29,10 +29,21 @@ COLOURS = {"maml": "C0", "fomaml": "C1", "reptile": "C2", "abml": "C3"}
 MARKERS = {"maml": "o", "fomaml": "s", "reptile": "^", "abml": "D"}
 
 
-def _style(name: str) -> dict[str, Any]:
+#: Variants that need a style of their own beside their family's dashed one (linestyle, colour, bar hatch).
+VARIANT_STYLES = {"abml_ls_2nd": ("-.", "darkred", "xx")}
+
+
+def _look(name: str) -> tuple[str, str, str | None]:
+    """(linestyle, colour, bar hatch) of a method row."""
     family, variant = name.split("_")[0], name not in COLOURS
-    colour = COLOURS.get(family, "C4")
-    return {"color": colour, "marker": MARKERS.get(family, "v"), "linestyle": "--" if variant else "-",
+    default = ("--" if variant else "-", COLOURS.get(family, "C4"), "//" if variant else None)
+    return VARIANT_STYLES.get(name, default)
+
+
+def _style(name: str) -> dict[str, Any]:
+    line, colour, _ = _look(name)
+    family, variant = name.split("_")[0], name not in COLOURS
+    return {"color": colour, "marker": MARKERS.get(family, "v"), "linestyle": line,
             "markerfacecolor": "white" if variant else colour, "markersize": 5, "capsize": 3, "linewidth": 1.5}
 
 
@@ -154,15 +165,15 @@ def plot_glyph(path: str | Path, out: str | Path) -> dict[str, dict[str, dict[st
             s = series[shots].get(label)
             if s is None or s["ece_3"] is None:
                 continue
-            st = _style(s["name"])
-            ax.bar(i + (j - (len(labels) - 1) / 2) * width, s["ece_3"], width * 0.9, color=st["color"],
-                   hatch="//" if st["linestyle"] == "--" else None, edgecolor="white" if st["linestyle"] == "--" else None,
+            _, colour, hatch = _look(s["name"])
+            ax.bar(i + (j - (len(labels) - 1) / 2) * width, s["ece_3"], width * 0.9, color=colour,
+                   hatch=hatch, edgecolor="white" if hatch else None,
                    yerr=[[s["ece_3"] - s["ece_3_ci95"][0]], [s["ece_3_ci95"][1] - s["ece_3"]]], capsize=2,
                    label=label if i == 0 else None)
     ax.set_xticks(range(len(panels)), [f"5-way {p}" for p in panels])
     ax.set_ylabel("pooled 15-bin ECE after 3 steps, 95% CI (lower is better)")
     ax.grid(alpha=0.3, axis="y")
-    ax.set_title("calibration after 3 steps\n(hatched: the dashed rows)", fontsize=10)
+    ax.set_title("calibration after 3 steps\n(hatched: the variant rows)", fontsize=10)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncol=len(names), fontsize=9)
     cfg = d.get("config", {})
