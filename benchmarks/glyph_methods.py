@@ -20,7 +20,9 @@ Settings per method (``SETTINGS`` below; 3 training inner steps for all):
   were before the line search joined them.
 * abml_ls: the same with the natural step's line search (chosen by the 5-shot
   screen, docs/results/glyph_abml_screen.json; docs/methods.md says why), run
-  with ``--methods abml_ls --shots 5,1 --merge``: ``hvi fit --model conv4``'s defaults now.
+  with ``--methods abml_ls --shots 5,1 --merge``.
+* abml_ls_2nd: abml_ls trained second order (``hvi fit --model conv4``'s
+  defaults now), run with ``--methods abml_ls_2nd --shots 5,1 --merge``.
 * maml: plain gradient descent on the cross-entropy at α = 0.4 (MAML's
   Omniglot step size), second order, outer Adam 1e-3.
 * fomaml: as maml, first order.
@@ -34,7 +36,9 @@ row's inner loop one setting at a time, for the screen on 5-shot episodes::
 
 ``--merge`` keeps the other rows of an existing ``--out`` (same ``--steps``,
 ``--task-batch``, ``--test-tasks``, ``--samples``) and gives every row its own
-command and date.
+command and date. The file is read again before each write, so commands that
+merge into one ``--out`` can run side by side. Every command's wall time and
+load average are kept under ``"runs"``.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -163,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-tasks", type=int, default=600, help="held-out episodes (default 600)")
     p.add_argument("--samples", type=int, default=10, help="ABML weight draws per prediction (default 10)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--eval-chunk", type=int, default=5,
+                   help="held-out episodes per hvi.predict call (default 5: on a CPU a call's activations then "
+                        "stay in cache; 100 episodes of 10 draws take about twice as long)")
     p.add_argument("--out", default="docs/results/glyph_methods.json", help="JSON file to write")
     p.add_argument("--merge", action="store_true",
                    help="keep the other rows of an existing --out (same --steps, --task-batch, --test-tasks, --samples)")
@@ -173,13 +181,19 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"--methods: unknown {', '.join(unknown)}; use some of {', '.join([*SETTINGS, *ABML_VARIANTS])}")
     budget = {k: getattr(args, k) for k in ("steps", "task_batch", "test_tasks", "samples")}
-    earlier = None
-    if args.merge and Path(args.out).exists():
+
+    def read_earlier() -> dict | None:
+        if not (args.merge and Path(args.out).exists()):
+            return None
         earlier = json.loads(Path(args.out).read_text())
         was = {k: earlier["config"].get(k) for k in budget}
         if was != budget:
             p.error(f"--merge: {args.out} was measured at {was}, not {budget}; use the same --steps, --task-batch, "
                     "--test-tasks and --samples, or drop --merge")
+        return earlier
+
+    read_earlier()  # refuses another budget before any work
+    start, load_start = time.perf_counter(), round(os.getloadavg()[0], 2)
     command = " ".join(["python", "benchmarks/glyph_methods.py", *(sys.argv[1:] if argv is None else argv)])
     torch.set_num_threads(args.threads)
     hvi.tune_allocator()
@@ -194,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             fitted = hvi.fit(meta, source, steps=args.steps, task_batch=args.task_batch, lr=row["outer_lr"], seed=0)
             seconds = time.perf_counter() - t0
-            scores = {str(m): evaluate(meta, test, m, 100, args.samples, seed=m) for m in EVAL_STEPS}
+            t0 = time.perf_counter()
+            scores = {str(m): evaluate(meta, test, m, args.eval_chunk, args.samples, seed=m) for m in EVAL_STEPS}
+            eval_seconds = time.perf_counter() - t0
             for m, s in scores.items():
                 print(f"{k_shot}-shot {variant:>8} {m:>2} steps: accuracy {s['accuracy']:.3f} "
                       f"[{s['accuracy_ci95'][0]:.3f}, {s['accuracy_ci95'][1]:.3f}] ECE {s['ece']:.3f}", flush=True)
@@ -202,21 +218,30 @@ def main(argv: list[str] | None = None) -> int:
                 "settings": row,
                 **({"command": command, "date": datetime.date.today().isoformat()} if args.merge else {}),
                 "fit_seconds": round(seconds, 1),
+                "eval_seconds": round(eval_seconds, 1),
                 "skipped_steps": len(fitted.skipped),
                 "by_inner_steps": scores,
             }
             done = sum(len(v) for v in results.values())
+            run = {"date": datetime.date.today().isoformat(), "wall_seconds": round(time.perf_counter() - start, 1),
+                   "loadavg_1m_start": load_start, "loadavg_1m_end": round(os.getloadavg()[0], 2),
+                   "complete": done == len(shots) * len(methods)}
             payload = {  # after each fit: "complete" at the end
-                "config": {k: v for k, v in vars(args).items() if k not in ("out", "merge")},
+                "config": {k: v for k, v in vars(args).items() if k not in ("out", "merge", "eval_chunk")},
                 "protocol": "glyphs, 5-way, k-shot support, 5 query per class, conv4 hidden 32, test alphabets held out",
                 "complete": done == len(shots) * len(methods),
                 "results": results,
+                "runs": {command: run},
             }
+            earlier = read_earlier()
             if earlier is not None:  # every row carries the command and date that measured it
                 payload["results"] = _merge(earlier, results)
                 payload["config"]["shots"] = ",".join(k.split("-")[0] for k in payload["results"])
                 payload["config"]["methods"] = ",".join(dict.fromkeys(v for b in payload["results"].values() for v in b))
-                payload["complete"] = payload["complete"] and earlier.get("complete", True)
+                payload["runs"] = {**{c: r for c, r in earlier.get("runs", {}).items() if c != command}, **payload["runs"]}
+                # Each command's own flag: the file may hold this command's earlier, unfinished write.
+                payload["complete"] = all(r["complete"] for r in payload["runs"].values()) and (
+                    "runs" in earlier or earlier.get("complete", True))
             write_result(args.out, "benchmarks/glyph_methods.py", argv, payload)
     print(f"wrote {args.out}")
     return 0

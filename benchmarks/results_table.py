@@ -309,7 +309,18 @@ def glyph_methods() -> str:
               else next(iter(sources)))
     return ("\n".join(rows + body) + f"\n\nQuery accuracy [95% CI over {cfg['test_tasks']} held-out episodes] after 1, 3, 10 inner "
             f"steps and the pooled 15-bin ECE [bootstrap 95% CI] after 3; every method {cfg['steps']} outer steps of "
-            f"{cfg['task_batch']} episodes with 3 inner steps, one CPU thread.{done} From {origin}.")
+            f"{cfg['task_batch']} episodes with 3 inner steps, one CPU thread.{done} From {origin}.{_glyph_runs(d)}")
+
+
+def _glyph_runs(d: dict) -> str:
+    """Each glyph_methods.py command's wall time, as its JSON keeps it under "runs"."""
+    runs = d.get("runs")
+    if not runs:
+        return ""
+    parts = [f"`{c}` {r['wall_seconds'] / 60:.0f} min (load {r['loadavg_1m_start']:g} → {r['loadavg_1m_end']:g})"
+             + ("" if r["complete"] else ", stopped early") for c, r in runs.items()]
+    return (" Each command's wall time, training and evaluation, with the 1-min load average at its start and end "
+            "(2 cores): " + "; ".join(parts) + ".")
 
 
 def glyph_abml_screen() -> str:

@@ -54,11 +54,11 @@ def plain_ops() -> dict[str, Any]:
     """The plain PyTorch forms of the four operators (``models/unet.py`` before them), by global name."""
     import torch
     import torch.nn.functional as F
-    from hvi.models import unet
+    from hvi.models import task_ops, unet
 
     def task_conv(h, weight, bias, padding):
         tasks, c_out = weight.shape[:2]
-        return unet._TaskConv.apply(h, weight.reshape((tasks * c_out,) + weight.shape[2:]),
+        return task_ops._TaskConv.apply(h, weight.reshape((tasks * c_out,) + weight.shape[2:]),
                                     bias.reshape(tasks * c_out), padding, tasks)
 
     def task_cat(a, b, tasks):

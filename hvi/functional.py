@@ -200,6 +200,14 @@ class FunctionalNet:
             return cache[key](weights, x)
         return self._batched_fn(x.shape[0] == 1, weight_batch_dims)(weights, x)
 
+    def _folded(self, module: nn.Module, weights: Weights, x: Tensor, sample_dims: int) -> Tensor:
+        """``batched_forward`` on weights ``(*S, B, ...)`` as ``prod(S)·B`` tasks; outputs ``(*S, B, ...)``."""
+        lead = next(iter(weights.values())).shape[:sample_dims]
+        w = {n: v.reshape((-1,) + v.shape[sample_dims + 1:]) for n, v in weights.items()}
+        xx = x.expand(lead + x.shape).reshape((-1,) + x.shape[1:])
+        out = self._apply(module, w, xx, batched=True)
+        return out.reshape(lead + x.shape[:1] + out.shape[1:])
+
     def _batched_fn(self, single: bool, weight_batch_dims: int):
         # This thread's module, picked here: a compiled function traces only the network.
         module = self._module()
@@ -207,14 +215,19 @@ class FunctionalNet:
         def call(w: Weights, xx: Tensor) -> Tensor:
             return self._apply(module, w, xx)
 
+        own = callable(getattr(module, "batched_forward", None)) and not self.buffers
+        if own and weight_batch_dims > 1:
+            # Sample dims folded into the task dim (inputs repeated per draw), as the inner loop
+            # folds its draws: one call of the module's own forward, no vmap around it.
+            return lambda w, xx: self._folded(module, w, xx, weight_batch_dims - 1)
         if single:
             # One task: vmap's batching rules (e.g. grouped convolutions) only cost here.
             fn = lambda w, xx: call(  # noqa: E731
                 {n: v.squeeze(0) for n, v in w.items()}, xx.squeeze(0)
             ).unsqueeze(0)
-        elif callable(getattr(module, "batched_forward", None)) and not self.buffers:
-            # The module's own forward for many tasks (models.unet.BayesUNet): equal to the
-            # vmap below, with a faster memory layout.
+        elif own:
+            # The module's own forward for many tasks (models.unet.BayesUNet, models.conv4.Conv4):
+            # equal to the vmap below, with a faster memory layout.
             fn = lambda w, xx: self._apply(module, w, xx, batched=True)  # noqa: E731
         else:
             fn = vmap(call, in_dims=(0, 0))

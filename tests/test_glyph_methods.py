@@ -48,3 +48,25 @@ def test_merge_keeps_other_rows_and_refuses_another_budget(bench, tmp_path, caps
     with pytest.raises(SystemExit):
         bench.main(["--methods", "abml_nope", *budget])
     assert "--methods: unknown abml_nope" in capsys.readouterr().err
+
+
+def test_side_by_side_merges_keep_each_others_rows_and_wall_times(bench, tmp_path, monkeypatch):
+    out = tmp_path / "r.json"
+    budget = ["--steps", "1", "--test-tasks", "2", "--task-batch", "1", "--samples", "2", "--shots", "1", "--out", str(out),
+              "--merge"]
+    assert bench.main(["--methods", "reptile", *budget]) == 0
+    fit = bench.hvi.fit
+
+    def fit_while_another_command_writes(*args, **kwargs):  # the other command lands a row mid-run
+        monkeypatch.setattr(bench.hvi, "fit", fit)
+        assert bench.main(["--methods", "maml", *budget]) == 0
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(bench.hvi, "fit", fit_while_another_command_writes)
+    assert bench.main(["--methods", "fomaml", *budget]) == 0
+    after = json.loads(out.read_text())
+    assert sorted(after["results"]["1-shot"]) == ["fomaml", "maml", "reptile"]
+    runs = after["runs"]
+    assert sorted(c.split("--methods ")[1].split()[0] for c in runs) == ["fomaml", "maml", "reptile"]
+    assert all(r["complete"] and r["wall_seconds"] > 0 for r in runs.values()) and after["complete"]
+    assert all(r["eval_seconds"] > 0 for r in after["results"]["1-shot"].values())
