@@ -111,15 +111,15 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         # The diagonal natural step overshoots on glyphs; the line search
         # shrinks it where the curvature along the step says so. 1-shot,
         # 300 steps (docs/results/glyph_methods.json, abml_ls vs abml):
-        # accuracy after 1/3/10 inner steps 0.708/0.891/0.845 with it,
-        # 0.551/0.867/0.677 without.
+        # accuracy after 1/3/10 inner steps 0.684/0.894/0.856 with it,
+        # 0.627/0.876/0.696 without.
         "inner_line_search": True,
         "kl_weight": 1e-3,
         # Second order (COMMON's): differentiating through the line-searched
         # steps is what makes the init adapt in few steps, as for MAML against
         # first-order MAML. `hvi fit --model conv4` evaluated on 100 1-shot
-        # episodes (docs/results/zoo_conv4*.json): accuracy 0.932 against
-        # first order's 0.890, NLL 0.268 against 0.297, at 2-3x the fit time.
+        # episodes (docs/results/zoo_conv4*.json): accuracy 0.938 against
+        # first order's 0.894, NLL 0.224 against 0.286, at 2x the fit time.
         "steps": 500,
         "task_batch": 4,
         "lr": 1e-3,
