@@ -172,7 +172,7 @@ def diagnose_run(
         raise ValueError(f"the {split} tasks of {cfg['data']!r} have no query points to check predictions on.")
     trace = read_metrics_trace(run_path)
     elbo = None if trace is None else trace["elbo"]
-    chunk = eval_chunk_size(meta, num_samples)
+    chunk = eval_chunk_size(meta, num_samples, query_x=batch.query_x[0])
     lap("load")
 
     idata = dg.to_inference_data(
@@ -182,7 +182,7 @@ def diagnose_run(
     lap("idata")
     k = dg.pareto_k(
         meta, batch, num_samples=k_samples, inner_steps=steps, seed=seed,
-        chunk_tasks=eval_chunk_size(meta, k_samples),
+        chunk_tasks=eval_chunk_size(meta, k_samples, query_x=batch.query_x[0]),
     )
     lap("pareto_k")
     classify = meta.likelihood.is_classification

@@ -117,7 +117,7 @@ def evaluate_run(
     meta = run.meta
     steps = cfg["inner_steps"] if inner_steps is None else inner_steps
     classify = meta.likelihood.is_classification
-    chunk = eval_chunk_size(meta, num_samples)
+    chunk = eval_chunk_size(meta, num_samples, query_x=source.get_tasks(split, torch.arange(1)).query_x[0].to(run.device))
 
     # The non-meta-learned baseline: a fresh network's init as θ, in its own param store.
     store = pyro.get_param_store()
@@ -345,7 +345,7 @@ def predict_files(
     # The query targets are not used by prediction (and may be absent: NaN / -1 fill).
     batch = dataclasses.replace(batch, query_y=torch.zeros_like(batch.query_y)).to(run.device)
     steps = run.cfg["inner_steps"] if inner_steps is None else inner_steps
-    chunk = eval_chunk_size(run.meta, num_samples)
+    chunk = eval_chunk_size(run.meta, num_samples, query_x=batch.query_x[0])
     parts: dict[str, list[Tensor]] = {"mean": [], "std": [], "probs": [], "samples": [], "quantiles": []}
     devices = [run.device.index or 0] if run.device.type == "cuda" else []
     gen = torch.Generator().manual_seed(seed + 1)  # the draws' own stream: mean/std do not depend on --samples

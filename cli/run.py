@@ -152,9 +152,18 @@ def _chunks(source, split: str, n: int, chunk: int, device: torch.device) -> lis
     return out
 
 
-def eval_chunk_size(meta, num_samples: int, budget_bytes: float = 2.5e8) -> int:
-    """Tasks per predict call so the weight samples stay within ``budget_bytes``."""
-    per_task = max(1, meta.net.num_weights) * 4 * max(1, num_samples)
+def eval_chunk_size(meta, num_samples: int, budget_bytes: float = 2.5e8, query_x: torch.Tensor | None = None) -> int:
+    """Tasks per predict call so that the weight draws stay within ``budget_bytes``.
+
+    With ``query_x`` (one task's query inputs, ``(N, *x_shape)``) the network's
+    activations on them count too, once per draw: for a conv net they, not the
+    weights, set the memory (conv4 on a 25-image query set: about 11 MB of
+    activations per draw against 0.1 MB of weights).
+    """
+    per_draw = max(1, meta.net.num_weights) * 4
+    if query_x is not None and query_x.shape[0] > 0:
+        per_draw += meta.net.activation_bytes(query_x)
+    per_task = per_draw * max(1, num_samples)
     return int(max(1, min(64, budget_bytes // per_task)))
 
 

@@ -11,6 +11,7 @@ import copy
 import math
 import threading
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -135,6 +136,36 @@ class FunctionalNet:
     @property
     def num_weights(self) -> int:
         return sum(math.prod(s) for s in self.shapes.values())
+
+    def activation_bytes(self, x: Tensor) -> int:
+        """Bytes of every submodule's output in one forward on ``x``, at the initial weights.
+
+        A size estimate of the activations that one weight draw of one task
+        holds at once (functional ops inside a module's ``forward`` are not
+        counted), for choosing how many tasks to predict in one call.
+
+        Args:
+            x: One task's inputs ``(N, *x_shape)``, on the network's device.
+
+        Returns:
+            The summed ``numel * element_size`` of the submodules' tensor outputs.
+        """
+        total = 0
+
+        def count(_module: nn.Module, _inputs: Any, out: Any) -> None:
+            nonlocal total
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, Tensor):
+                    total += t.numel() * t.element_size()
+
+        handles = [m.register_forward_hook(count) for m in self.module.modules()]
+        try:
+            with torch.no_grad():
+                self._apply(self.module, self.init_weights, x)
+        finally:
+            for h in handles:
+                h.remove()
+        return total
 
     def __call__(self, weights: Weights, x: Tensor) -> Tensor:
         """One network evaluation: ``x`` is ``(N, *x_shape)``, weights unbatched."""
