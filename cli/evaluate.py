@@ -117,7 +117,8 @@ def evaluate_run(
     meta = run.meta
     steps = cfg["inner_steps"] if inner_steps is None else inner_steps
     classify = meta.likelihood.is_classification
-    chunk = eval_chunk_size(meta, num_samples, query_x=source.get_tasks(split, torch.arange(1)).query_x[0].to(run.device))
+    query_x = source.get_tasks(split, torch.arange(1)).query_x[0].to(run.device) if n else None
+    chunk = eval_chunk_size(meta, num_samples, query_x=query_x)
 
     # The non-meta-learned baseline: a fresh network's init as θ, in its own param store.
     store = pyro.get_param_store()

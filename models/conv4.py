@@ -20,13 +20,12 @@ class _BatchNorm(torch.autograd.Function):
     """``F.batch_norm(z, None, None, weight, bias, training=True, eps)`` whose backward is cheap to differentiate.
 
     PyTorch's double backward of batch norm sums over ``(N, H, W)`` of
-    channels-last memory with a slow strided reduction (0.76 s for the second
-    derivatives of a ``(25, 256, 28, 28)`` batch on one thread). The forward,
-    and a backward that is not differentiated, are PyTorch's own kernels;
-    a backward that will be differentiated (second order) is written in plain
+    channels-last memory with a slow strided reduction. The forward, and a
+    backward that is not differentiated, are PyTorch's own kernels; a
+    backward that will be differentiated (second order) is written in plain
     ops on the ``(N, H, W, C)`` view of the memory, where each reduction runs
-    over leading dims (0.29 s for the same second derivatives). Same values
-    to rounding (``tests/test_conv4_batched.py``).
+    over leading dims (docs/performance.md). Same values to rounding
+    (``tests/test_conv4_batched.py``).
     """
 
     generate_vmap_rule = True
@@ -121,7 +120,7 @@ class Conv4(nn.Module):
         Tasks are interleaved along the channels, ``(N, B*C, H, W)`` in
         channels-last memory: each convolution is one grouped call over the
         tasks, and since BatchNorm normalises each channel over
-        ``(N, H, W)``, one ``F.batch_norm`` over the B*C channels gives every
+        ``(N, H, W)``, one batch norm over the B*C channels gives every
         task its own batch statistics. vmap reaches the same grouped calls
         on NCHW memory and moves the task dimension around every
         normalisation and pooling (``benchmarks/conv4_batched_ab.py``).
