@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             payload = {  # after each fit: "complete" at the end
                 "config": {k: v for k, v in vars(args).items() if k not in ("out", "merge", "eval_chunk")},
                 "protocol": "glyphs, 5-way, k-shot support, 5 query per class, conv4 hidden 32, test alphabets held out",
-                "complete": done == len(shots) * len(methods),
+                "complete": run["complete"],
                 "results": results,
                 "runs": {command: run},
             }
