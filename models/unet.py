@@ -95,6 +95,9 @@ def _task_head(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, tasks:
     return out + bias[:, None, :, None, None]
 
 
+UPSAMPLE_MODES = ("bilinear", "nearest_1x1")
+
+
 class _DoubleConv(nn.Module):
     """Two 3x3 convolutions (padding 1), each followed by ReLU."""
 
@@ -112,10 +115,9 @@ class BayesUNet(nn.Module):
 
     Level ``l`` (``0 <= l < depth``) has ``base * 2**l`` channels. The encoder
     applies two 3x3 conv + ReLU per level with 2x2 max-pooling between levels.
-    The decoder upsamples with bilinear ``F.interpolate`` (scale 2,
-    ``align_corners=False``; parameter-free), concatenates the encoder skip
-    feature of the same level (``[upsampled, skip]`` on the channel axis) and
-    applies two 3x3 conv + ReLU. A final 1x1 conv maps to ``out_channels``
+    The decoder upsamples by 2 (see ``upsample``), concatenates the encoder
+    skip feature of the same level (``[upsampled, skip]`` on the channel axis)
+    and applies two 3x3 conv + ReLU. A final 1x1 conv maps to ``out_channels``
     (no output activation). No normalisation layers and no buffers. Pooling
     and upsampling run on channels-last memory (faster on CPU, same values).
 
@@ -124,18 +126,32 @@ class BayesUNet(nn.Module):
         out_channels: Output channels.
         base: Channels at level 0.
         depth: Number of resolution levels (``depth - 1`` poolings).
+        upsample: ``"bilinear"``: bilinear ``F.interpolate`` (``align_corners=False``,
+            parameter-free), so the decoder's first conv sees the deeper
+            level's channels plus the skip's. ``"nearest_1x1"``: nearest
+            upsampling and a 1x1 conv (``up_proj.{i}``) to the skip's width,
+            the seed reference's decoder, with fewer weights and FLOPs
+            (``docs/performance.md``). The 1x1 conv runs before the upsampling, which
+            gives the same values (a pointwise affine map commutes with
+            repeating pixels) at a quarter of its cost.
 
     Raises:
-        ValueError: If any argument is not a positive integer.
+        ValueError: If any size is not a positive integer or ``upsample`` is unknown.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, base: int, depth: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, base: int, depth: int,
+                 upsample: str = "bilinear") -> None:
         super().__init__()
         for arg, val in (("in_channels", in_channels), ("out_channels", out_channels),
                          ("base", base), ("depth", depth)):
             if not isinstance(val, int) or isinstance(val, bool) or val < 1:
                 raise ValueError(f"bayes_unet: {arg} must be a positive int, got {val!r}")
+        if upsample not in UPSAMPLE_MODES:
+            raise ValueError(
+                f"bayes_unet: upsample must be one of {', '.join(map(repr, UPSAMPLE_MODES))}, got {upsample!r}"
+            )
         self.depth = depth
+        self.upsample = upsample
         widths = [base * 2**level for level in range(depth)]
         self.down = nn.ModuleList()
         prev = in_channels
@@ -143,9 +159,12 @@ class BayesUNet(nn.Module):
             self.down.append(_DoubleConv(prev, w))
             prev = w
         # up[i] produces level depth-2-i from [upsampled level+1, skip level].
+        levels = list(reversed(range(depth - 1)))
+        if upsample == "nearest_1x1":
+            self.up_proj = nn.ModuleList(nn.Conv2d(widths[lv + 1], widths[lv], kernel_size=1) for lv in levels)
         self.up = nn.ModuleList(
-            _DoubleConv(widths[level + 1] + widths[level], widths[level])
-            for level in reversed(range(depth - 1))
+            _DoubleConv((widths[lv] if upsample == "nearest_1x1" else widths[lv + 1]) + widths[lv], widths[lv])
+            for lv in levels
         )
         self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
 
@@ -172,8 +191,11 @@ class BayesUNet(nn.Module):
             x = block(x)
             skips.append(x)
         skips.pop()  # deepest level is the bottleneck, not a skip
-        for block in self.up:
-            x = F.interpolate(_channels_last(x), scale_factor=2.0, mode="bilinear", align_corners=False)
+        for i, block in enumerate(self.up):
+            if self.upsample == "nearest_1x1":
+                x = F.interpolate(_channels_last(self.up_proj[i](x)), scale_factor=2.0, mode="nearest")
+            else:
+                x = F.interpolate(_channels_last(x), scale_factor=2.0, mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skips.pop()], dim=1))
         return self.head(x)
 
@@ -232,13 +254,18 @@ class BayesUNet(nn.Module):
             skips.append(z)
         skips.pop()  # deepest level is the bottleneck, not a skip
         for i in range(len(self.up)):
-            z = F.interpolate(z, scale_factor=2.0, mode="bilinear", align_corners=False)
+            if self.upsample == "nearest_1x1":
+                z = _task_conv(z, weights[f"up_proj.{i}.weight"], weights[f"up_proj.{i}.bias"], 0)
+                z = F.interpolate(z, scale_factor=2.0, mode="nearest")
+            else:
+                z = F.interpolate(z, scale_factor=2.0, mode="bilinear", align_corners=False)
             z = block(f"up.{i}", _task_cat(z, skips.pop(), tasks))
         return _task_head(z, weights["head.weight"], weights["head.bias"], tasks)
 
 
 @register_model("bayes_unet")
-def bayes_unet(in_channels: int = 3, out_channels: int = 1, base: int = 16, depth: int = 3) -> nn.Module:
+def bayes_unet(in_channels: int = 3, out_channels: int = 1, base: int = 16, depth: int = 3,
+               upsample: str = "bilinear") -> nn.Module:
     """2-D U-Net for image-to-image regression (ReLU, bilinear upsampling, no BatchNorm).
 
     Level ``l`` has ``base * 2**l`` channels (defaults: 16/32/64), two 3x3
@@ -255,11 +282,14 @@ def bayes_unet(in_channels: int = 3, out_channels: int = 1, base: int = 16, dept
         out_channels: Output channels. Defaults to 1.
         base: Channels at the first level. Defaults to 16.
         depth: Number of resolution levels. Defaults to 3.
+        upsample: ``"bilinear"`` (parameter-free) or ``"nearest_1x1"`` (nearest
+            upsampling and a 1x1 conv to the skip's width, the seed
+            reference's decoder; 109,361 parameters). Defaults to ``"bilinear"``.
 
     Returns:
         A :class:`BayesUNet` (118,273 parameters with the defaults).
 
     Raises:
-        ValueError: If any argument is not a positive integer.
+        ValueError: If any size is not a positive integer or ``upsample`` is unknown.
     """
-    return BayesUNet(in_channels, out_channels, base, depth)
+    return BayesUNet(in_channels, out_channels, base, depth, upsample)

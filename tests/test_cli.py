@@ -164,12 +164,13 @@ def test_evaluate_json_and_table(runner, trained):
     assert "rmse" in table.stdout and "prior (0 steps)" in table.stdout and "scratch" in table.stdout
 
 
-def test_evaluate_persistence_skill_on_clouds(runner, tmp_path):
+@pytest.mark.parametrize("upsample", ["bilinear", "nearest_1x1"])
+def test_evaluate_persistence_skill_on_clouds(runner, tmp_path, upsample):
     out = tmp_path / "c"
     cfg = tmp_path / "run.toml"
     cfg.write_text(
         'data = "clouds"\n[data_args]\nsize = 8\nk_shot = 2\nk_query = 2\nnum_tasks = [8, 2, 3]\n'
-        "[model_args]\nbase = 2\ndepth = 2\n"
+        f'[model_args]\nbase = 2\ndepth = 2\nupsample = "{upsample}"\n'
     )
     res = invoke(
         runner,

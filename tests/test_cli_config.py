@@ -30,7 +30,7 @@ def test_models_show_fit_defaults_and_builder_arguments(runner):
     assert "inner_steps=5 learn_lr=true steps=5000 task_batch=8 lr=0.003 eval_tasks=200" in mlp
     assert 'on sinusoid: likelihood_args={"noise":0.1}' in mlp  # hvi.defaults.DATA_DEFAULTS
     assert 'model_args: in_features=1 out_features=1 hidden=[40,40] activation="relu"' in mlp
-    assert "model_args: in_channels=3 out_channels=1 base=16 depth=3" in text  # bayes_unet's builder
+    assert 'model_args: in_channels=3 out_channels=1 base=16 depth=3 upsample="bilinear"' in text  # bayes_unet's builder
     assert max(map(len, res.output.splitlines())) <= 100
 
 

@@ -223,7 +223,7 @@ def test_unknown_config_key_message():
 def test_describe_and_defaults():
     assert describe_model("mlp").startswith("Sinusoid-benchmark MLP")
     assert "\n" not in describe_model("bayes_unet")
-    assert model_defaults("bayes_unet") == {"in_channels": 3, "out_channels": 1, "base": 16, "depth": 3}
+    assert model_defaults("bayes_unet") == {"in_channels": 3, "out_channels": 1, "base": 16, "depth": 3, "upsample": "bilinear"}
     assert model_defaults("siren") == {
         "in_features": 2, "out_features": 1, "width": 256, "depth": 5, "w0": 30.0, "hidden_w0": 30.0,
     }
