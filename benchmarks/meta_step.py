@@ -61,7 +61,7 @@ from typing import Any
 
 # Keys every per-(impl, configuration) JSON line carries.
 RESULT_KEYS = (
-    "impl", "model", "size", "base", "weights", "k_shot", "k_query", "inner_steps",
+    "impl", "model", "size", "base", "upsample", "weights", "k_shot", "k_query", "inner_steps",
     "task_batch", "first_order", "tasks_per_s", "peak_rss_mb", "peak_rss_delta_mb",
     "gflop_per_task", "gflop_per_s", "sys_s_per_step", "minflt_per_step", "malloc",
 )
@@ -125,7 +125,8 @@ def build_net(cfg: dict[str, Any]):
 
     torch.manual_seed(cfg["seed"])
     if cfg["model"] == "bayes_unet":
-        return get_model("bayes_unet", in_channels=3, out_channels=1, base=cfg["base"], depth=cfg["depth"])
+        return get_model("bayes_unet", in_channels=3, out_channels=1, base=cfg["base"], depth=cfg["depth"],
+                         upsample=cfg.get("upsample", "bilinear"))
     if cfg["model"] == "mlp":
         return get_model("mlp")
     raise ValueError(f"unknown model {cfg['model']!r}")
@@ -393,6 +394,7 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "model": cfg["model"],
         "size": cfg["size"] if cfg["model"] != "mlp" else None,
         "base": cfg["base"] if cfg["model"] != "mlp" else None,
+        "upsample": cfg.get("upsample", "bilinear") if cfg["model"] != "mlp" else None,
         "weights": weights,
         "k_shot": cfg["k_shot"],
         "k_query": cfg["k_query"],
@@ -546,6 +548,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=32, help="image height = width (bayes_unet)")
     p.add_argument("--base", type=int, default=16, help="channels at the first U-Net level")
     p.add_argument("--depth", type=int, default=3, help="U-Net levels")
+    p.add_argument("--upsample", choices=("bilinear", "nearest_1x1"), default="bilinear",
+                   help="U-Net decoder: bilinear (hvi's default) or nearest_1x1 (the seed reference's: "
+                        "nearest upsampling and a 1x1 conv; 109,361 weights at base 16)")
     p.add_argument("--k-shot", type=int, default=5, help="support examples per task (Ns)")
     p.add_argument("--k-query", type=int, default=5, help="query examples per task")
     p.add_argument("--inner-steps", type=_int_list, default=[5],
@@ -665,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
             for impl in impls:
                 cfgs.append({
                     "impl": impl, "model": args.model, "size": args.size, "base": args.base,
-                    "depth": args.depth, "k_shot": args.k_shot, "k_query": args.k_query,
+                    "upsample": args.upsample, "depth": args.depth, "k_shot": args.k_shot, "k_query": args.k_query,
                     "inner_steps": K, "task_batch": B, "first_order": args.first_order,
                     "steps": args.steps, "warmup": args.warmup, "inner_lr": args.inner_lr,
                     "update": args.update, "memory_mode": args.memory_mode, "chunk": args.chunk,

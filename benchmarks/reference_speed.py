@@ -311,9 +311,10 @@ def run_reference(python: str, script: str, tasks: int, first_order: bool, count
 
 
 def run_meta_step(impl: str, batch: int, first_order: bool, steps: int, warmup: int, count_flops: bool,
-                  timeout: float) -> dict[str, Any]:
+                  timeout: float, upsample: str = "bilinear") -> dict[str, Any]:
     """One ``benchmarks/meta_step.py`` configuration (itself a fresh worker process); its JSON line."""
     args = ["--impl", impl, "--task-batch", str(batch), "--size", str(SHAPE["size"]), "--base", str(SHAPE["base"]),
+            "--upsample", upsample,
             "--k-shot", str(SHAPE["k_shot"]), "--k-query", str(SHAPE["k_query"]),
             "--inner-steps", str(SHAPE["inner_steps"]), "--update", "gradient", "--threads", "1",
             "--steps", str(steps), "--warmup", str(warmup), "--json", "--no-matmul"]
@@ -337,6 +338,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--engine-batch", default="8", help="engine task batches, comma-separated")
     p.add_argument("--naive-batch", default="1,8", help="naive-loop task batches, comma-separated")
     p.add_argument("--steps", type=int, default=5, help="timed meta-steps per meta_step.py run (after 1 warm-up)")
+    p.add_argument("--upsample", choices=("bilinear", "nearest_1x1"), default="bilinear",
+                   help="the engine's and the naive loop's U-Net decoder: bilinear (hvi's default, 118,273 "
+                        "weights) or nearest_1x1 (the reference's own network, 109,361 weights)")
     p.add_argument("--matmul-size", type=int, default=2048)
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed per process")
     p.add_argument("--out", default=None, help="JSON file to write (docs/results/reference_speed.json)")
@@ -368,12 +372,13 @@ def main(argv: list[str] | None = None) -> int:
     for b in engine_b:
         for fo in (False, True):
             configs.append((f"engine_{'1st' if fo else '2nd'}_B{b}",
-                            lambda fl, b=b, fo=fo: run_meta_step("engine", b, fo, args.steps, 1, fl, args.timeout)))
+                            lambda fl, b=b, fo=fo: run_meta_step("engine", b, fo, args.steps, 1, fl, args.timeout,
+                                                                 args.upsample)))
     for b in naive_b:
         # The naive loop costs B tasks a step; fewer steps at large B keep a round short.
         steps = max(2, args.steps if b == 1 else args.steps // 2 + 1)
         configs.append((f"naive_2nd_B{b}", lambda fl, b=b, s=steps: run_meta_step("naive", b, False, s, 1, fl,
-                                                                                  args.timeout)))
+                                                                                  args.timeout, args.upsample)))
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in configs}
     matmuls: list[dict[str, Any]] = []
     flops: dict[str, float] = {}
@@ -407,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         summary[name] = s
     matmul = {k: statistics.median(m[k] for m in matmuls) for k in ("gflop_per_s", "gflop_per_cpu_s")}
     result = {
-        "config": {**SHAPE, "threads": 1, "rounds": args.rounds, "engine_batches": engine_b, "naive_batches": naive_b,
+        "config": {**SHAPE, "upsample": args.upsample, "threads": 1, "rounds": args.rounds, "engine_batches": engine_b, "naive_batches": naive_b,
                    "update": "gradient", "meta_step_steps": args.steps, "reference_tasks": args.reference_tasks},
         "basis": "tasks_per_cpu_s",
         "criteria": judge(summary, matmul, "tasks_per_cpu_s"),

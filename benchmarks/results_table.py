@@ -26,6 +26,8 @@
     python benchmarks/results_table.py scaling         # tasks/s and peak RSS vs task batch, inner steps, image size
     python benchmarks/results_table.py scaling_guide   # per memory mode: CPU cost vs none, peak RSS growth per axis
     python benchmarks/results_table.py reference_speed # engine vs the seed reference and the naive loop: #16's speed criteria
+    python benchmarks/results_table.py reference_speed_same_net # the same, the engine on the reference's own U-Net
+    python benchmarks/results_table.py conv_ceiling    # the step's convolutions alone: the GFLOP/s criterion's ceiling
     python benchmarks/results_table.py net_options     # torch.compile and a bf16 forward: speed and meta-gradient error
     python benchmarks/results_table.py zoo             # every zoo model's defaults: adapted vs prior vs scratch
     python benchmarks/results_table.py --update README.md docs/*.md   # rewrite the marked tables in place
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import shlex
 import sys
 from pathlib import Path
@@ -676,9 +679,9 @@ def scaling_guide() -> str:
             f"From {_sweep_source(d)}.")
 
 
-def reference_speed() -> str:
+def reference_speed(file: str = "reference_speed.json") -> str:
     """Issue #16's speed criteria: the engine against the seed reference and the naive loop (reference_speed.py)."""
-    d = json.loads((RESULTS / "reference_speed.json").read_text())
+    d = json.loads((RESULTS / file).read_text())
     label = {"reference": "seed reference (`higher`, one task at a time)", "engine": "engine", "naive": "naive loop"}
     rows = ["| implementation | order | task batch | tasks per CPU-s (runs) | tasks/s wall | GFLOP per task | GFLOP per CPU-s |",
             "|---|---|---|---|---|---|---|"]
@@ -707,9 +710,69 @@ def reference_speed() -> str:
             f"of {cfg['rounds']} alternating rounds (and each criterion's ratio within each round). Tasks per CPU second of the process (the criteria's basis: other jobs "
             f"took {min(others):.0%}–{max(others):.0%} of the machine's CPU during the runs, which wall time mostly "
             f"measures); same-run 2048² float32 matmul {mm['gflop_per_cpu_s']:.0f} GFLOP per CPU-s "
-            f"({mm['gflop_per_s']:.0f} per wall second). The two U-Nets differ (the reference's {d['summary']['reference_2nd']['weights']:,} weights "
-            f"upsample by nearest neighbour and a 1×1 convolution; the engine's {d['summary']['engine_2nd_B8']['weights']:,} bilinearly), "
-            f"hence their GFLOP per task. From `{d['command']}` ({d['date']}).")
+            f"({mm['gflop_per_s']:.0f} per wall second; {min(r['gflop_per_cpu_s'] for r in mm['runs']):.0f}–"
+            f"{max(r['gflop_per_cpu_s'] for r in mm['runs']):.0f} across the rounds). " + _reference_nets(d) + f" From `{d['command']}` ({d['date']}).")
+
+
+def _reference_nets(d: dict) -> str:
+    ref_w = d["summary"]["reference_2nd"]["weights"]
+    eng_w = next(s["weights"] for name, s in d["summary"].items() if name.startswith("engine"))
+    if d["config"].get("upsample", "bilinear") == "nearest_1x1":
+        return (f"The same network on both sides: the engine and the naive loop run `bayes_unet` with "
+                f"`upsample=\"nearest_1x1\"` ({eng_w:,} weights; the reference's {ref_w:,}), the reference's decoder "
+                f"of nearest upsampling and a 1×1 convolution; the engine runs that convolution before the "
+                f"upsampling (the same values, a quarter of its FLOPs), hence its fewer GFLOP per task.")
+    return (f"The two U-Nets differ (the reference's {ref_w:,} weights upsample by nearest neighbour and a 1×1 "
+            f"convolution; the engine's {eng_w:,} bilinearly), hence their GFLOP per task.")
+
+
+def reference_speed_same_net() -> str:
+    """Issue #16's speed criteria with the engine on the reference's own U-Net (``--upsample nearest_1x1``)."""
+    text = reference_speed("reference_speed_same_net.json")
+    first = RESULTS / "reference_speed_same_net_first_sitting.json"
+    if not first.exists():
+        return text
+    d = json.loads(first.read_text())
+    key = "engine_2nd_vs_reference_2nd"
+    later = json.loads((RESULTS / "reference_speed_same_net.json").read_text())["criteria_per_round"][key]["ratios"]
+    rounds = d["criteria_per_round"][key]["ratios"]
+    both = sorted(rounds + later)
+    return (text + f" An earlier sitting the same day (`{d['command']}`, its file renamed to {first.name}): "
+            f"engine second order / reference second order {d['criteria'][key]['ratio']:.2f} "
+            f"(per round {', '.join(f'{v:.2f}' for v in rounds)}); over both sittings' {len(both)} rounds the "
+            f"per-round ratio's median is {statistics.median(both):.2f}, and {sum(v >= 2 for v in both)} of "
+            f"{len(both)} rounds reach 2.")
+
+
+def conv_ceiling() -> str:
+    """The second-order step's convolutions timed alone: the ceiling of #16's GFLOP/s criterion (conv_ceiling.py)."""
+    d = json.loads((RESULTS / "conv_ceiling.json").read_text())
+    s, cfg = d["summary"], d["config"]
+    ref = json.loads((RESULTS / "reference_speed.json").read_text())["summary"]
+    naive = max(v["tasks_per_cpu_s"] for k, v in ref.items() if k.startswith("naive_2nd"))
+    rows = ["| convolution calls | calls per step | GFLOP per step | CPU s alone | GFLOP per CPU-s | vs matmul |",
+            "|---|---|---|---|---|---|"]
+    for name, k in sorted(d["kinds"].items(), key=lambda kv: -kv[1]["cpu_s"]):
+        rows.append(f"| {name} | {k['calls']} | {k['gflop']:.1f} | {k['cpu_s']:.3f} | {k['gflop_per_cpu_s']:.0f} "
+                    f"| {k['gflop_per_cpu_s'] / s['matmul_gflop_per_cpu_s']:.2f} |")
+    rows.append(f"| **all, alone** | {s['calls']} | {s['conv_gflop']:.1f} | {s['conv_cpu_s']:.3f} "
+                f"| {s['conv_gflop_per_cpu_s']:.0f} | {s['conv_gflop_per_cpu_s'] / s['matmul_gflop_per_cpu_s']:.2f} |")
+    rows.append(f"| **the whole step** | | {s['step_gflop']:.1f} | {s['step_cpu_s']:.3f} | {s['step_gflop_per_cpu_s']:.0f} "
+                f"| {s['step_share_of_matmul']:.2f} |")
+    loads = [r["loadavg_1m"] for r in d["rounds"]]
+    return ("\n".join(rows) + f"\n\nOne exact second-order meta-step, task batch {cfg['task_batch']} (32×32 U-Net base 16, "
+            f"`upsample=\"{cfg['upsample']}\"`, 5-shot, K = 5, one thread): its {s['calls']} convolution calls "
+            f"({s['distinct_calls']} distinct) replayed alone, medians of {cfg['rounds']} rounds; same-process 2048² "
+            f"float32 matmul {s['matmul_gflop_per_cpu_s']:.0f} GFLOP per CPU-s. The convolutions take "
+            f"{s['conv_share_of_step_time']:.0%} of the step's CPU time; were everything else free, the step would run "
+            f"at {s['ceiling_share_of_matmul']:.2f} of the matmul (the criterion needs 0.60): for 0.60 everything "
+            f"else would have to cost at most {s['ceiling_share_of_matmul'] / 0.6 - 1:.0%} of the convolutions' "
+            f"time; it costs {1 / s['conv_share_of_step_time'] - 1:.0%}. With nothing but its convolutions the step "
+            f"would run at {cfg['task_batch'] / s['conv_cpu_s']:.1f} tasks per CPU-s, "
+            f"{cfg['task_batch'] / s['conv_cpu_s'] / naive:.1f}× the naive loop's best in reference_speed.json "
+            f"({naive:.2f} tasks per CPU-s, another run); for 2.2× everything else would have to cost at most "
+            f"{cfg['task_batch'] / s['conv_cpu_s'] / naive / 2.2 - 1:.0%} of the convolutions' time. 1-minute load "
+            f"{min(loads):.1f}–{max(loads):.1f}. From `{d['command']}` ({d['date']}).")
 
 
 def net_options() -> str:
@@ -801,7 +864,7 @@ def update(paths: list[str], tables: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    tables = {"cli_threads": cli_threads, "reference_speed": reference_speed, "scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "curvature": curvature, "one_sided": one_sided, "curvature_noise": curvature_noise, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "sinusoid_abml_screen": sinusoid_abml_screen, "glyph_methods": glyph_methods, "glyph_abml_screen": glyph_abml_screen, "glyph_abml_step": glyph_abml_step, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk,
+    tables = {"cli_threads": cli_threads, "reference_speed": reference_speed, "reference_speed_same_net": reference_speed_same_net, "conv_ceiling": conv_ceiling, "scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "curvature": curvature, "one_sided": one_sided, "curvature_noise": curvature_noise, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "sinusoid_abml_screen": sinusoid_abml_screen, "glyph_methods": glyph_methods, "glyph_abml_screen": glyph_abml_screen, "glyph_abml_step": glyph_abml_step, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk,
               "siren_study_images": siren_study_images, "siren_ntk_images": siren_ntk_images}
     if args[:1] == ["--update"] and len(args) > 1:
         update(args[1:], tables)
