@@ -28,6 +28,7 @@
     python benchmarks/results_table.py reference_speed # engine vs the seed reference and the naive loop: #16's speed criteria
     python benchmarks/results_table.py reference_speed_same_net # the same, the engine on the reference's own U-Net
     python benchmarks/results_table.py conv_ceiling    # the step's convolutions alone: the GFLOP/s criterion's ceiling
+    python benchmarks/results_table.py layout_ab       # channels-last max-pool and head gradient vs PyTorch's own ops
     python benchmarks/results_table.py net_options     # torch.compile and a bf16 forward: speed and meta-gradient error
     python benchmarks/results_table.py zoo             # every zoo model's defaults: adapted vs prior vs scratch
     python benchmarks/results_table.py --update README.md docs/*.md   # rewrite the marked tables in place
@@ -744,6 +745,22 @@ def reference_speed_same_net() -> str:
             f"{len(both)} rounds reach 2.")
 
 
+def layout_ab() -> str:
+    """Paired CPU seconds with the channels-last max-pool and head gradient against PyTorch's own (layout_ab.py)."""
+    d = json.loads((RESULTS / "layout_ab.json").read_text())
+    rows = ["| model | order | CPU s, PyTorch's ops | CPU s, channels-last gradients | plain / new, median of rounds "
+            "| rounds faster |", "|---|---|---|---|---|---|"]
+    for r in d["results"]:
+        sp = r["speedup_vs_plain"]
+        rows.append(f"| `{r['model']}` | {r['order']} | {r['cpu_s_median']['plain']:.3f} | {r['cpu_s_median']['new']:.3f} "
+                    f"| {sp['median']:.3f}× | {sp['faster_rounds']} of {r['rounds']} |")
+    loads = [d["loadavg_1m_start"]] + [r["loadavg_1m"] for r in d["results"]]
+    return ("\n".join(rows) + "\n\nOne meta-step of each variant per round, in one process at one thread, the order "
+            "reversed every other round; `bayes_unet`: meta_step.py's engine (base 16, 32×32, 5-shot, K = 5, task batch "
+            "8), `conv4`: the glyph study's SVI step (hidden 32, 5-way 5-shot, 4 episodes, 3 natural steps with the line "
+            f"search). 1-minute load {min(loads):.1f}–{max(loads):.1f}. From `{d['command']}` ({d['date']}).")
+
+
 def conv_ceiling() -> str:
     """The second-order step's convolutions timed alone: the ceiling of #16's GFLOP/s criterion (conv_ceiling.py)."""
     d = json.loads((RESULTS / "conv_ceiling.json").read_text())
@@ -864,7 +881,7 @@ def update(paths: list[str], tables: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    tables = {"cli_threads": cli_threads, "reference_speed": reference_speed, "reference_speed_same_net": reference_speed_same_net, "conv_ceiling": conv_ceiling, "scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "curvature": curvature, "one_sided": one_sided, "curvature_noise": curvature_noise, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "sinusoid_abml_screen": sinusoid_abml_screen, "glyph_methods": glyph_methods, "glyph_abml_screen": glyph_abml_screen, "glyph_abml_step": glyph_abml_step, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk,
+    tables = {"cli_threads": cli_threads, "reference_speed": reference_speed, "reference_speed_same_net": reference_speed_same_net, "conv_ceiling": conv_ceiling, "layout_ab": layout_ab, "scaling": scaling, "scaling_guide": scaling_guide, "net_options": net_options, "memory_criteria": memory_criteria, "solar_headroom": solar_headroom, "cli_startup": cli_startup, "memory_modes": memory_modes, "zoo": zoo, "sinusoid": sinusoid, "conjugate": conjugate, "solar": solar, "nuts": nuts, "meta_step": meta_step, "curvature": curvature, "one_sided": one_sided, "curvature_noise": curvature_noise, "cli_quickstart": cli_quickstart, "sinusoid_methods": sinusoid_methods, "sinusoid_abml_screen": sinusoid_abml_screen, "glyph_methods": glyph_methods, "glyph_abml_screen": glyph_abml_screen, "glyph_abml_step": glyph_abml_step, "distributed": distributed, "siren_study": siren_study, "siren_ntk": siren_ntk,
               "siren_study_images": siren_study_images, "siren_ntk_images": siren_ntk_images}
     if args[:1] == ["--update"] and len(args) > 1:
         update(args[1:], tables)

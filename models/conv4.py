@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import register_model
-from .task_ops import task_conv, task_relu
+from .task_ops import task_conv, task_max_pool, task_relu
 
 __all__ = ["Conv4", "conv4"]
 
@@ -147,7 +147,7 @@ class Conv4(nn.Module):
             z = _batch_norm(z, weights[f"{norm}.weight"].reshape(-1), weights[f"{norm}.bias"].reshape(-1),
                             self.features[i + 1].eps)
             # ReLU after the pooling: the same values (both are monotone), on a quarter of the elements.
-            z = task_relu(F.max_pool2d(z, kernel_size=2))
+            z = task_relu(task_max_pool(z))
         # torch.flatten of one task's (C, s, s) features, for every task: (N, B, C*s*s).
         feats = z.reshape(n, tasks, -1, z.shape[-2] * z.shape[-1]).reshape(n, tasks, -1)
         out = torch.einsum("nbf,bkf->bnk", feats, weights["classifier.weight"])

@@ -9,6 +9,8 @@ from torch import nn
 from .registry import register_model
 # Private aliases: benchmarks/unet_ops_ab.py swaps these module globals for their plain forms.
 from .task_ops import channels_last as _channels_last
+from .task_ops import grad_channels_last as _grad_channels_last
+from .task_ops import task_max_pool as _max_pool
 from .task_ops import task_conv as _task_conv
 from .task_ops import task_relu as _relu
 
@@ -68,9 +70,18 @@ class _TaskSplit(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         _g, ctx.tasks, _c_a = inputs
+        ctx.shapes = [o.shape for o in output]
+        # Autograd would fill a part without a gradient with NCHW zeros, and each elementwise op that then mixed
+        # them with channels-last tensors would run a strided loop.
+        ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx, gga, ggb):
+        if gga is None and ggb is None:
+            return None, None, None
+        ref = ggb if gga is None else gga
+        gga, ggb = (torch.zeros((n, h, w, c), dtype=ref.dtype, device=ref.device).permute(0, 3, 1, 2)
+                    if part is None else part for part, (n, c, h, w) in zip((gga, ggb), ctx.shapes))
         return _TaskCat.apply(gga, ggb, ctx.tasks), None, None
 
 
@@ -90,7 +101,8 @@ def _task_head(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, tasks:
     group at a time, with a copy of each group's slice.
     """
     n, _, h, w = z.shape
-    zt = z.permute(0, 2, 3, 1).reshape(n, h, w, tasks, -1)  # a view of channels-last memory
+    # The einsum's gradient for z comes out of a batched matmul in (B*C, N, H, W) memory order.
+    zt = _grad_channels_last(z).permute(0, 2, 3, 1).reshape(n, h, w, tasks, -1)  # a view of channels-last memory
     out = torch.einsum("nhwbc,boc->bnohw", zt, weight.reshape(tasks, weight.shape[1], -1))
     return out + bias[:, None, :, None, None]
 
@@ -213,10 +225,12 @@ class BayesUNet(nn.Module):
         (a copy) around every pooling, upsampling and concatenation; here
         pooling and upsampling see the task-interleaved batch directly. The
         convolutions take channels-last weights (:func:`_task_conv`), and
-        ReLU, the skip concatenation and the 1x1 head are :func:`_relu`,
-        :func:`_task_cat` and :func:`_task_head`, whose (double) backward
-        passes do less work than PyTorch's for the same values
-        (``tests/test_unet_ops.py``, ``benchmarks/unet_ops_ab.py``).
+        ReLU, max-pooling, the skip concatenation and the 1x1 head are
+        :func:`_relu`, :func:`_max_pool`, :func:`_task_cat` and
+        :func:`_task_head`, whose (double) backward passes do less work than
+        PyTorch's for the same values and keep the gradients channels-last
+        (``tests/test_unet_ops.py``, ``benchmarks/unet_ops_ab.py``,
+        ``benchmarks/layout_ab.py``).
 
         Args:
             weights: Every parameter name of this module mapped to a tensor
@@ -249,7 +263,7 @@ class BayesUNet(nn.Module):
         skips = []
         for level in range(len(self.down)):
             if level > 0:
-                z = F.max_pool2d(z, kernel_size=2)
+                z = _max_pool(z)
             z = block(f"down.{level}", z)
             skips.append(z)
         skips.pop()  # deepest level is the bottleneck, not a skip

@@ -128,3 +128,92 @@ def test_batched_forward_equals_the_plain_operators(monkeypatch, particles):
     plain = _meta(fn, weights, x)
     for a, b in zip(new, plain):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+
+
+def test_max_pool_equals_f_max_pool2d_in_value_first_and_second_derivatives():
+    x = _cl(2, 6, 8, 6, seed=0)
+    y = _rand(2, 6, 4, 3, seed=3)
+    # through a product, so that the second derivative is not zero
+    _assert_same(lambda x, y: y * unet._max_pool(x) ** 2, lambda x, y: y * F.max_pool2d(x, 2) ** 2, (x, y))
+
+
+def test_max_pool_ties_pick_the_same_element_as_pytorch():
+    """After a ReLU most windows are all zeros: the first maximum takes the gradient, as in PyTorch's kernel."""
+    x = F.relu(_cl(1, 4, 6, 6, seed=1)).detach().contiguous(memory_format=CL).requires_grad_()
+    y = _rand(1, 4, 3, 3, seed=2)
+    _assert_same(lambda x, y: y * unet._max_pool(x) ** 2, lambda x, y: y * F.max_pool2d(x, 2) ** 2, (x, y))
+
+
+def _non_channels_last_activations(monkeypatch, plain: bool) -> list[str]:
+    """Ops that output an activation-shaped tensor in another memory order, in a U-Net meta-gradient."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    if plain:
+        monkeypatch.setattr(unet, "_max_pool", lambda z: F.max_pool2d(z, 2))
+        monkeypatch.setattr(unet, "_grad_channels_last", lambda z: z)
+    net, weights, x = _net_weights()
+    levels = {(x.shape[-2] // 2**k, x.shape[-1] // 2**k) for k in range(3)}
+    found = []
+
+    class Layouts(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            is_view = func is torch.ops.aten._unsafe_view.default or (
+                func._schema.returns and func._schema.returns[0].alias_info is not None)
+            # (N, C, H, W) at one of the U-Net's levels; an (N, H, W, C) tensor is channels-last memory viewed as such
+            if (isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[0] == x.shape[1] and not is_view
+                    and tuple(out.shape[2:]) in levels and not out.is_contiguous(memory_format=CL)):
+                found.append(f"{func} -> {tuple(out.shape)} {out.stride()}")
+            return out
+
+    with Layouts():
+        _meta(net.batched_forward, weights, x)
+    return found
+
+
+def test_second_order_gradients_stay_channels_last(monkeypatch):
+    """The point of the layout operators: no op of a meta-gradient makes an NCHW or permuted activation.
+
+    PyTorch's max-pool hands autograd an NCHW zero gradient for the pooled
+    input in the outer pass, and the head's batched matmul returns its
+    gradient in ``(B*C, N, H, W)`` order; every elementwise op or
+    convolution that then meets a channels-last tensor runs a strided loop
+    or copies.
+    """
+    assert _non_channels_last_activations(monkeypatch, plain=False) == []
+    assert _non_channels_last_activations(monkeypatch, plain=True) != []  # the check can fail
+
+
+def test_grad_channels_last_is_the_identity_with_a_channels_last_gradient():
+    x = _rand(2, 3, 4, 5, seed=0)
+    y = unet._grad_channels_last(x)
+    torch.testing.assert_close(y, x, rtol=0, atol=0)
+    (g,) = torch.autograd.grad(y, x, torch.ones(2, 3, 4, 5, dtype=D), create_graph=True)
+    assert g.is_contiguous(memory_format=CL)
+    assert gradgradcheck(unet._grad_channels_last, (x,))
+
+
+def test_task_cat_second_order_with_one_part_unused():
+    """The split's backward when only one part's gradient is differentiated (no NCHW zeros for the other)."""
+    a, b = _cl(2, 3 * 4, 5, 4, seed=0), _cl(2, 3 * 2, 5, 4, seed=1)
+    w = _rand(2, 3 * 6, 5, 4, seed=2)
+
+    def meta(cat):
+        ga, _gb = torch.autograd.grad((cat(a, b, 3) * w).sin().sum(), (a, b), create_graph=True)
+        return torch.autograd.grad((ga**2).sum(), (a, b, w), allow_unused=True, materialize_grads=True)
+
+    for got, want in zip(meta(unet._task_cat), meta(_plain()["cat"])):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_max_pool_under_vmap_equals_f_max_pool2d():
+    """FunctionalNet vmaps batched_forward over θ particles: the pool's backward and double backward batch too."""
+    x = _rand(2, 2, 6, 8, 6, seed=0)
+    y = _rand(2, 2, 6, 4, 3, seed=3)
+
+    def f(pool):
+        return lambda x, y: y * torch.func.vmap(lambda xi: pool(unet._grad_channels_last(unet._channels_last(xi))))(x) ** 2
+
+    _assert_same(f(unet._max_pool), f(lambda z: F.max_pool2d(z, 2)), (x, y))
