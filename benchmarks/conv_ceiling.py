@@ -27,6 +27,7 @@ Example (the command of ``docs/results/conv_ceiling.json``)::
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -121,19 +122,6 @@ def replay(calls: Counter, reps: int) -> list[dict[str, Any]]:
     return rows
 
 
-def matmul_per_cpu_s(n: int, repeats: int = 9) -> float:
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        c0 = time.process_time()
-        a @ b
-        times.append(time.process_time() - c0)
-    return 2 * n**3 / statistics.median(times) / 1e9
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="conv_ceiling.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -149,8 +137,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import os
-
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import meta_step as ms
     import pyro
@@ -158,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import hvi
     from provenance import write_result
+    from reference_speed import matmul_worker
 
     torch.set_num_threads(1)
     hvi.tune_allocator()
@@ -182,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             step()
             cpu.append(time.process_time() - c0)
         rows = replay(calls, args.reps)
-        rounds.append({"step_cpu_s": statistics.median(cpu), "rows": rows, "matmul_gflop_per_cpu_s": matmul_per_cpu_s(2048),
+        rounds.append({"step_cpu_s": statistics.median(cpu), "rows": rows, "matmul_gflop_per_cpu_s": matmul_worker(2048)["gflop_per_cpu_s"],
                        "loadavg_1m": round(os.getloadavg()[0], 2)})
         conv_s = sum(x["count"] * x["cpu_s"] for x in rows)
         print(f"round {r}: step {rounds[-1]['step_cpu_s']:.3f} CPU-s, its convolutions alone {conv_s:.3f} CPU-s, "

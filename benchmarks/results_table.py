@@ -680,9 +680,12 @@ def scaling_guide() -> str:
             f"From {_sweep_source(d)}.")
 
 
-def reference_speed(file: str = "reference_speed.json") -> str:
+def reference_speed() -> str:
     """Issue #16's speed criteria: the engine against the seed reference and the naive loop (reference_speed.py)."""
-    d = json.loads((RESULTS / file).read_text())
+    return _reference_speed(json.loads((RESULTS / "reference_speed.json").read_text()))
+
+
+def _reference_speed(d: dict) -> str:
     label = {"reference": "seed reference (`higher`, one task at a time)", "engine": "engine", "naive": "naive loop"}
     rows = ["| implementation | order | task batch | tasks per CPU-s (runs) | tasks/s wall | GFLOP per task | GFLOP per CPU-s |",
             "|---|---|---|---|---|---|---|"]
@@ -729,13 +732,14 @@ def _reference_nets(d: dict) -> str:
 
 def reference_speed_same_net() -> str:
     """Issue #16's speed criteria with the engine on the reference's own U-Net (``--upsample nearest_1x1``)."""
-    text = reference_speed("reference_speed_same_net.json")
+    same = json.loads((RESULTS / "reference_speed_same_net.json").read_text())
+    text = _reference_speed(same)
     first = RESULTS / "reference_speed_same_net_first_sitting.json"
     if not first.exists():
         return text
     d = json.loads(first.read_text())
     key = "engine_2nd_vs_reference_2nd"
-    later = json.loads((RESULTS / "reference_speed_same_net.json").read_text())["criteria_per_round"][key]["ratios"]
+    later = same["criteria_per_round"][key]["ratios"]
     rounds = d["criteria_per_round"][key]["ratios"]
     both = sorted(rounds + later)
     return (text + f" An earlier sitting the same day (`{d['command']}`, its file renamed to {first.name}): "
